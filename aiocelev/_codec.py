@@ -1,0 +1,264 @@
+"""The wire codec: events <-> message bodies, and kombu's Redis envelope.
+
+Encoding reproduces what Celery (kombu's JSON serializer) puts on the wire:
+``json.dumps`` with its default ``", "`` / ``": "`` separators, ASCII escaping,
+keys in insertion order.  Decoding uses orjson on the hot path, falling back to
+the standard library only for what orjson refuses but JSON allows (integers
+beyond 64 bits).  Only JSON is ever deserialised: any other content type is
+refused with :class:`~aiocelev.DecodeError` before its body is looked at.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import decimal
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from ._events import Event, _wrap, routing_key_of
+from ._exceptions import DecodeError
+from ._message import KOMBU_ENVELOPE, IncomingMessage, OutgoingMessage
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "decode_envelope",
+    "decode_message",
+    "dumps",
+    "encode_batch",
+    "encode_envelope",
+    "encode_event",
+    "event_message",
+    "batch_message",
+    "loads",
+    "validate_event",
+]
+
+#: Default limit on one message body, in bytes (a Celery batch of 24 failures with
+#: long tracebacks stays far below it).
+DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+
+_ACCEPTED_CONTENT_TYPES = frozenset({"application/json", "", None})
+_ACCEPTED_ENCODINGS = frozenset({"utf-8", "utf8", "UTF-8", "", None})
+
+
+def _kombu_default(obj: Any) -> Any:
+    """Encode the non-JSON types kombu >= 5.3 knows, the way it does."""
+    if isinstance(obj, datetime.datetime):
+        return {"__type__": "datetime", "__value__": obj.isoformat()}
+    if isinstance(obj, datetime.date):
+        return {"__type__": "date", "__value__": obj.isoformat()}
+    if isinstance(obj, datetime.time):
+        return {"__type__": "time", "__value__": obj.isoformat()}
+    if isinstance(obj, decimal.Decimal):
+        return {"__type__": "decimal", "__value__": str(obj)}
+    if isinstance(obj, uuid.UUID):
+        return {"__type__": "uuid", "__value__": {"hex": obj.hex}}
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        raw = bytes(obj)
+        try:
+            return {"__type__": "bytes", "__value__": raw.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"__type__": "base64", "__value__": base64.b64encode(raw).decode("ascii")}
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    json_method = getattr(obj, "__json__", None)
+    if callable(json_method):
+        return json_method()
+    raise TypeError(f"Object of type {obj.__class__.__name__} is not JSON serializable")
+
+
+_encoder = json.JSONEncoder(default=_kombu_default)
+
+
+def dumps(obj: Any) -> str:
+    """Serialise exactly as kombu's JSON serializer does."""
+    return _encoder.encode(obj)
+
+
+def encode_event(event: Mapping[str, Any] | Event) -> bytes:
+    """The body of a single-event message."""
+    data = event._fields if isinstance(event, Event) else event
+    return _encoder.encode(data).encode("ascii")
+
+
+def encode_batch(events: Iterable[Mapping[str, Any] | Event]) -> bytes:
+    """The body of a batched (``<group>.multi``) message: a JSON array."""
+    return _encoder.encode(
+        [e._fields if isinstance(e, Event) else e for e in events]
+    ).encode("ascii")
+
+
+def event_message(event: Mapping[str, Any] | Event) -> OutgoingMessage:
+    """A single-event message, routed and labelled as Celery's dispatcher does."""
+    data = event._fields if isinstance(event, Event) else event
+    return OutgoingMessage(
+        routing_key=routing_key_of(data["type"]),
+        body=_encoder.encode(data).encode("ascii"),
+        headers={"hostname": data.get("hostname")},
+    )
+
+
+def batch_message(
+    group: str, events: Sequence[Mapping[str, Any] | Event], hostname: str
+) -> OutgoingMessage:
+    """A batched message on ``<group>.multi``, as Celery's buffered dispatcher sends."""
+    return OutgoingMessage(
+        routing_key=f"{group}.multi",
+        body=encode_batch(events),
+        headers={"hostname": hostname},
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads(body: bytes | str) -> Any:
+    """Parse JSON (only JSON), raising :class:`DecodeError` with reason ``json`` or ``encoding``."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        first_error = str(exc)
+    # orjson refuses integers beyond 64 bits, which JSON allows; retry those with
+    # the standard library so one absurd clock does not sink a whole batch.
+    try:
+        text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
+    except UnicodeDecodeError as exc:
+        raise DecodeError("encoding", f"body is not valid UTF-8: {exc}") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise DecodeError("json", f"body is not valid JSON: {first_error}") from None
+
+
+def validate_event(obj: Any) -> str | None:
+    """Why *obj* is not an event dict, or ``None`` when it is one.
+
+    An event is a JSON object with a string ``type``, a string ``hostname`` and
+    a numeric ``timestamp`` (what Celery's own receiver and ``State`` need).
+    """
+    if type(obj) is not dict:
+        return f"expected a JSON object, got {type(obj).__name__}"
+    type_ = obj.get("type")
+    if type(type_) is not str or not type_:
+        return "event has no string 'type'"
+    if type(obj.get("hostname")) is not str:
+        return f"{type_} event has no string 'hostname'"
+    ts = obj.get("timestamp")
+    if type(ts) is not float and type(ts) is not int:
+        return f"{type_} event has no numeric 'timestamp'"
+    return None
+
+
+def decode_envelope(payload: bytes) -> IncomingMessage:
+    """Unwrap kombu's virtual-transport JSON envelope (what Redis carries).
+
+    :raises DecodeError: reason ``envelope`` when the envelope is malformed.
+    """
+    try:
+        env = loads(payload)
+    except DecodeError as exc:
+        raise DecodeError("envelope", f"Redis envelope is not JSON: {exc.detail}") from None
+    if type(env) is not dict:
+        raise DecodeError("envelope", "Redis envelope is not a JSON object")
+    body = env.get("body")
+    props = env.get("properties")
+    if type(body) is not str:
+        raise DecodeError("envelope", "Redis envelope has no string 'body'")
+    if type(props) is not dict:
+        raise DecodeError("envelope", "Redis envelope has no 'properties' object")
+    if props.get("body_encoding", "base64") not in ("utf-8", None):
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise DecodeError("envelope", f"Redis envelope body is not base64: {exc}") from None
+    else:
+        raw = body.encode("utf-8")
+    info = props.get("delivery_info")
+    routing_key = info.get("routing_key") if type(info) is dict else None
+    headers = env.get("headers")
+    content_type = env.get("content-type")
+    content_encoding = env.get("content-encoding")
+    return IncomingMessage(
+        routing_key=routing_key if type(routing_key) is str else "",
+        body=raw,
+        content_type=content_type if type(content_type) is str else None,
+        content_encoding=content_encoding if type(content_encoding) is str else None,
+        headers=headers if type(headers) is dict else {},
+    )
+
+
+def encode_envelope(
+    message: OutgoingMessage, exchange: str, delivery_tag: str | None = None
+) -> bytes:
+    """Wrap a message in kombu's envelope, byte for byte as kombu's Redis transport does."""
+    envelope = {
+        "body": base64.b64encode(message.body).decode("ascii"),
+        "content-encoding": message.content_encoding,
+        "content-type": message.content_type,
+        "headers": dict(message.headers),
+        "properties": {
+            "delivery_mode": message.delivery_mode,
+            "delivery_info": {"exchange": exchange, "routing_key": message.routing_key},
+            "priority": message.priority,
+            "body_encoding": "base64",
+            "delivery_tag": delivery_tag if delivery_tag is not None else str(uuid.uuid4()),
+        },
+    }
+    return _encoder.encode(envelope).encode("ascii")
+
+
+def decode_message(
+    message: IncomingMessage, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> tuple[list[dict[str, Any]], list[DecodeError]]:
+    """Decode a message into wire dicts.
+
+    Returns the valid event dicts in order, and one :class:`DecodeError` per
+    element of a batch that is not an event (the valid ones are still returned).
+
+    :raises DecodeError: when the message as a whole cannot be decoded.
+    """
+    if message.content_type == KOMBU_ENVELOPE:
+        if len(message.body) > max_size:
+            raise DecodeError("too-large", f"message of {len(message.body)} bytes exceeds {max_size}")
+        message = decode_envelope(message.body)
+    body = message.body
+    if len(body) > max_size:
+        raise DecodeError("too-large", f"message of {len(body)} bytes exceeds {max_size}")
+    if message.content_type not in _ACCEPTED_CONTENT_TYPES:
+        raise DecodeError(
+            "content-type",
+            f"refusing to deserialise content type {message.content_type!r}: only JSON is accepted",
+        )
+    if message.content_encoding not in _ACCEPTED_ENCODINGS:
+        raise DecodeError(
+            "content-type", f"refusing content encoding {message.content_encoding!r}"
+        )
+    obj = loads(body)
+    if type(obj) is dict:
+        why = validate_event(obj)
+        if why is not None:
+            raise DecodeError("not-an-event", why)
+        return [obj], []
+    if type(obj) is list:
+        good: list[dict[str, Any]] = []
+        bad: list[DecodeError] = []
+        for item in obj:
+            why = validate_event(item)
+            if why is None:
+                good.append(item)
+            else:
+                bad.append(DecodeError("not-an-event", why))
+        return good, bad
+    raise DecodeError("not-an-event", f"expected a JSON object or array, got {type(obj).__name__}")
+
+
+def wrap(data: dict[str, Any]) -> Event:
+    """Wrap a validated wire dict in its typed event class (no copy)."""
+    return _wrap(data)

@@ -1,0 +1,83 @@
+"""Exceptions raised by aiocelev.
+
+Every error aiocelev raises derives from :class:`AiocelevError`; errors of the
+broker client libraries (aiormq, pamqp, redis) are translated at the adapter
+edge and never reach the caller.
+
+* AiocelevError
+  * ConfigurationError (also ``ValueError``): a bad URL or option.
+    * UnknownSchemeError: no adapter registered for a URL scheme.
+    * MissingDependencyError (also ``ImportError``): an optional extra is not installed.
+  * BrokerError: the broker failed.
+    * BrokerConnectionError: the broker cannot be reached, or the connection was lost.
+    * PublishError: the broker refused or did not confirm a publish.
+  * DecodeError: a message is not a valid event message; ``reason`` says why.
+  * ClosedError: a dispatcher, receiver or broker was used after it was closed.
+  * BufferFullError: a bounded buffer had no room and the policy says to fail.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AiocelevError",
+    "BrokerConnectionError",
+    "BrokerError",
+    "BufferFullError",
+    "ClosedError",
+    "ConfigurationError",
+    "DecodeError",
+    "MissingDependencyError",
+    "PublishError",
+    "UnknownSchemeError",
+]
+
+
+class AiocelevError(Exception):
+    """Base class of every error raised by aiocelev."""
+
+
+class ConfigurationError(AiocelevError, ValueError):
+    """An argument, URL or option is not valid."""
+
+
+class UnknownSchemeError(ConfigurationError):
+    """No broker adapter is registered for the URL's scheme."""
+
+
+class MissingDependencyError(AiocelevError, ImportError):
+    """A broker adapter needs an optional extra that is not installed."""
+
+
+class BrokerError(AiocelevError):
+    """The broker failed to do what was asked."""
+
+
+class BrokerConnectionError(BrokerError, ConnectionError):
+    """The broker cannot be reached, or the connection to it was lost."""
+
+
+class PublishError(BrokerError):
+    """The broker refused a publish, or did not confirm it."""
+
+
+class DecodeError(AiocelevError):
+    """A message on the event bus is not a valid event message.
+
+    :param reason: a short, stable, machine-readable reason such as
+        ``"content-type"``, ``"json"``, ``"not-an-event"``, ``"too-large"`` or
+        ``"envelope"``; receivers count malformed messages by it.
+    :param detail: a human-readable explanation.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ClosedError(AiocelevError):
+    """The object was used after it was closed (or before it was opened)."""
+
+
+class BufferFullError(AiocelevError):
+    """A bounded buffer had no room and its overflow policy says to fail."""
