@@ -1,2 +1,103 @@
-"""aiocelev: Celery's monitoring event bus, natively in asyncio."""
+"""aiocelev: Celery's monitoring event bus, natively in asyncio.
+
+Send events as a Celery worker does (:class:`EventDispatcher`), receive them as
+typed objects (:class:`EventReceiver`), over RabbitMQ, Redis or the in-memory
+broker (:func:`open_broker`).
+"""
+
+from __future__ import annotations
+
+from ._clock import LamportClock as LamportClock
+from ._codec import (
+    decode_message as decode_message,
+    encode_batch as encode_batch,
+    encode_event as encode_event,
+)
+from ._dispatcher import (
+    DispatcherStatistics as DispatcherStatistics,
+    EventDispatcher as EventDispatcher,
+    Overflow as Overflow,
+)
+from ._events import (
+    Event as Event,
+    TaskEvent as TaskEvent,
+    TaskFailed as TaskFailed,
+    TaskReceived as TaskReceived,
+    TaskRejected as TaskRejected,
+    TaskRetried as TaskRetried,
+    TaskRevoked as TaskRevoked,
+    TaskSent as TaskSent,
+    TaskStarted as TaskStarted,
+    TaskSucceeded as TaskSucceeded,
+    WorkerEvent as WorkerEvent,
+    WorkerHeartbeat as WorkerHeartbeat,
+    WorkerOffline as WorkerOffline,
+    WorkerOnline as WorkerOnline,
+)
+from ._exceptions import (
+    AiocelevError as AiocelevError,
+    BrokerConnectionError as BrokerConnectionError,
+    BrokerError as BrokerError,
+    BufferFullError as BufferFullError,
+    ClosedError as ClosedError,
+    ConfigurationError as ConfigurationError,
+    DecodeError as DecodeError,
+    MissingDependencyError as MissingDependencyError,
+    PublishError as PublishError,
+    UnknownSchemeError as UnknownSchemeError,
+)
+from ._message import IncomingMessage as IncomingMessage, OutgoingMessage as OutgoingMessage
+from ._receiver import EventReceiver as EventReceiver, ReceiverStatistics as ReceiverStatistics
 from ._version import __version__ as __version__
+from .brokers import Broker as Broker, open_broker as open_broker, register_broker as register_broker
+
+__all__ = [
+    "AiocelevError",
+    "Broker",
+    "BrokerConnectionError",
+    "BrokerError",
+    "BufferFullError",
+    "ClosedError",
+    "ConfigurationError",
+    "DecodeError",
+    "DispatcherStatistics",
+    "Event",
+    "EventDispatcher",
+    "EventReceiver",
+    "IncomingMessage",
+    "LamportClock",
+    "MissingDependencyError",
+    "Overflow",
+    "OutgoingMessage",
+    "PublishError",
+    "ReceiverStatistics",
+    "TaskEvent",
+    "TaskFailed",
+    "TaskReceived",
+    "TaskRejected",
+    "TaskRetried",
+    "TaskRevoked",
+    "TaskSent",
+    "TaskStarted",
+    "TaskSucceeded",
+    "UnknownSchemeError",
+    "WorkerEvent",
+    "WorkerHeartbeat",
+    "WorkerOffline",
+    "WorkerOnline",
+    "__version__",
+    "decode_message",
+    "encode_batch",
+    "encode_event",
+    "open_broker",
+    "register_broker",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("aiocelev._"):
+        try:
+            _obj.__module__ = "aiocelev"
+        except (AttributeError, TypeError):  # pragma: no cover - builtins, NamedTuple fields
+            pass
+del _name, _obj

@@ -1,0 +1,438 @@
+"""EventReceiver: ``async for event in receiver`` over the event exchange."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, NamedTuple, Union
+
+import anyio
+import anyio.abc
+
+from ._backoff import Backoff
+from ._clock import LamportClock, valid_clock
+from ._codec import DEFAULT_MAX_MESSAGE_SIZE, decode_message
+from ._dispatcher import Overflow, utcoffset
+from ._events import Event, _wrap
+from ._exceptions import (
+    AiocelevError,
+    BrokerConnectionError,
+    BrokerError,
+    BufferFullError,
+    ConfigurationError,
+    DecodeError,
+)
+from ._lifecycle import Lifecycle
+from ._message import IncomingMessage
+from ._url import mask_url
+from .brokers import Broker, Subscription, open_broker
+
+__all__ = ["ErrorCallback", "EventReceiver", "Handler", "ReceiverStatistics"]
+
+logger = logging.getLogger("aiocelev.receiver")
+
+#: ``on_error(error, message)``: called for every malformed message (or batch element).
+ErrorCallback = Callable[[DecodeError, IncomingMessage], Any]
+#: A ``capture`` handler: called with each event; may be a coroutine function.
+Handler = Callable[[Event], Any]
+
+_LOG_FIRST = 10
+_LOG_EVERY = 1000
+
+
+class ReceiverStatistics(NamedTuple):
+    """Counters of an :class:`EventReceiver` (cumulative except ``buffered``)."""
+
+    messages: int
+    """Messages taken from the broker."""
+    events: int
+    """Valid events decoded."""
+    delivered: int
+    """Events handed to the caller."""
+    buffered: int
+    """Events decoded and waiting for the caller (now)."""
+    dropped: int
+    """Events dropped by the overflow policy."""
+    malformed: Mapping[str, int]
+    """Malformed messages (or batch elements) by reason."""
+    invalid_clocks: int
+    """Events whose ``clock`` was null, not an integer or absurd (replaced by a local one)."""
+
+
+class _Ack:
+    """Marks, in the buffer, the end of a message that wants acknowledging."""
+
+    __slots__ = ("ack",)
+
+    def __init__(self, ack: Callable[[], None]) -> None:
+        self.ack = ack
+
+
+_Item = Union[Event, _Ack]
+
+
+class EventReceiver:
+    """Receive monitoring events as typed :class:`~aiocelev.Event` objects.
+
+    ::
+
+        async with EventReceiver("amqp://localhost", routing_keys=["task.#"]) as receiver:
+            async for event in receiver:
+                print(event.type, event.hostname)
+
+    When ``__aenter__`` returns the subscription is live: nothing published after
+    that is missed.  Batched messages are expanded in order; each event's clock is
+    merged into the receiver's Lamport clock as Celery's receiver does
+    (``task-sent`` clocks are replaced; a missing, null, non-integer or absurd
+    clock is replaced by the local clock, never crashing the stream);
+    ``local_received`` is set.  A malformed message is counted by reason, logged,
+    passed to ``on_error``, and skipped: every valid event still arrives.
+
+    Decoded events wait in a bounded buffer (``buffer_size``).  When it is full,
+    ``overflow`` decides: ``pause`` (default) stops reading from the broker, so
+    backpressure reaches it (RabbitMQ holds messages up to the queue's TTL; Redis
+    eventually disconnects a slow subscriber); ``drop_oldest`` / ``drop_newest``
+    keep reading and drop (counted in ``statistics().dropped``).
+
+    :param broker: a :class:`~aiocelev.brokers.Broker`, or a URL (then owned and closed).
+    :param routing_keys: binding keys (AMQP topic syntax), e.g. ``["task.#"]``.
+    :param clock: the Lamport clock to adjust (share one with a dispatcher, as Celery does).
+    :param localize: shift timestamps by the sender/receiver zone difference, as
+        Celery's receiver does by default.  Off by default: event timestamps are
+        epoch seconds and already correct; Celery's shift skews them across zones.
+    :param buffer_size: most decoded events waiting for the caller.
+    :param overflow: ``pause``, ``drop_oldest``, ``drop_newest`` (or ``error``).
+    :param on_error: called with ``(DecodeError, IncomingMessage)`` per malformed message.
+    :param max_message_size: larger messages are rejected (reason ``too-large``).
+    :param connect_timeout: how long ``__aenter__`` keeps retrying (with backoff)
+        to connect and subscribe before raising :class:`~aiocelev.BrokerConnectionError`.
+    :param broker_options: options for ``open_broker`` when *broker* is a URL.
+    """
+
+    def __init__(
+        self,
+        broker: Broker | str,
+        *,
+        routing_keys: Sequence[str] = ("#",),
+        clock: LamportClock | None = None,
+        localize: bool = False,
+        buffer_size: int = 10_000,
+        overflow: Overflow | str = Overflow.PAUSE,
+        on_error: ErrorCallback | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        connect_timeout: float = 10.0,
+        broker_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if isinstance(routing_keys, str):
+            routing_keys = [routing_keys]
+        if not routing_keys:
+            raise ConfigurationError("routing_keys must name at least one binding key")
+        if buffer_size < 1:
+            raise ConfigurationError("buffer_size must be at least 1")
+        try:
+            self._overflow = Overflow(overflow)
+        except ValueError:
+            raise ConfigurationError(f"unknown overflow policy {overflow!r}") from None
+        if self._overflow is Overflow.BLOCK:
+            self._overflow = Overflow.PAUSE
+        if isinstance(broker, str):
+            self._broker: Broker = open_broker(broker, **(broker_options or {}))
+            self._owns_broker = True
+        else:
+            self._broker = broker
+            self._owns_broker = False
+        self.routing_keys = tuple(routing_keys)
+        self.clock = clock if clock is not None else LamportClock()
+        self.localize = localize
+        self._buffer_size = buffer_size
+        self._on_error = on_error
+        self._max_message_size = max_message_size
+        self._connect_timeout = connect_timeout
+
+        self._buffer: deque[_Item] = deque()
+        self._readable = anyio.Event()
+        self._writable = anyio.Event()
+        self._messages = 0
+        self._events = 0
+        self._delivered = 0
+        self._dropped = 0
+        self._invalid_clocks = 0
+        self._malformed: Counter[str] = Counter()
+        self._pump_error: BaseException | None = None
+        self._pump_done = False
+        self._subscription: Subscription | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._lifecycle = Lifecycle("EventReceiver")
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        """The broker adapter this receiver consumes from."""
+        return self._broker
+
+    def statistics(self) -> ReceiverStatistics:
+        """A snapshot of the counters."""
+        return ReceiverStatistics(
+            messages=self._messages,
+            events=self._events,
+            delivered=self._delivered,
+            buffered=len(self._buffer),
+            dropped=self._dropped,
+            malformed=dict(self._malformed),
+            invalid_clocks=self._invalid_clocks,
+        )
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        buffer = self._buffer
+        while True:
+            if buffer:
+                item = buffer.popleft()
+                if not self._writable.is_set():
+                    self._writable.set()
+                if type(item) is _Ack:
+                    self._acknowledge(item)
+                    continue
+                self._delivered += 1
+                return item  # type: ignore[return-value]
+            if self._pump_done:
+                if self._pump_error is not None:
+                    raise self._pump_error
+                raise StopAsyncIteration
+            if not self._lifecycle.is_open:
+                self._lifecycle.check_open()
+            if self._readable.is_set():
+                self._readable = anyio.Event()
+            await self._readable.wait()
+
+    async def receive(self) -> Event:
+        """The next event (what ``async for`` yields).
+
+        :raises StopAsyncIteration: the receiver was closed.
+        :raises BrokerConnectionError: the adapter gave up reconnecting.
+        """
+        return await self.__anext__()
+
+    async def capture(
+        self,
+        handlers: Mapping[str, Handler],
+        *,
+        limit: int | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Dispatch events to ``handlers[event.type]`` (or ``handlers["*"]``), as Celery's ``capture``.
+
+        Handlers may be plain or coroutine functions; events without a handler
+        are skipped.  Returns after *limit* events or *timeout* seconds (``None``:
+        no limit), with the number of events handled.
+        """
+        fallback = handlers.get("*")
+        handled = 0
+        with anyio.move_on_after(timeout):
+            async for event in self:
+                handler = handlers.get(event.type, fallback)
+                if handler is not None:
+                    result = handler(event)
+                    if inspect.isawaitable(result):
+                        await result
+                    handled += 1
+                if limit is not None and handled >= limit:
+                    break
+        return handled
+
+    # -- context management ---------------------------------------------------
+
+    async def __aenter__(self) -> EventReceiver:
+        self._lifecycle.opening()
+        try:
+            self._subscription = await self._subscribe_with_retry()
+        except BaseException:
+            self._lifecycle.failed()
+            if self._owns_broker:
+                with anyio.CancelScope(shield=True):
+                    await self._broker.aclose()
+            raise
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._pump, self._subscription, name="aiocelev receiver pump")
+        self._lifecycle.opened()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self._lifecycle.closing()
+        try:
+            if self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
+                await self._task_group.__aexit__(None, None, None)
+        finally:
+            self._task_group = None
+            with anyio.CancelScope(shield=True):
+                try:
+                    if self._subscription is not None:
+                        await self._subscription.aclose()
+                finally:
+                    if self._owns_broker:
+                        await self._broker.aclose()
+                    self._buffer.clear()
+                    self._pump_done = True
+                    self._lifecycle.closed()
+                    self._readable.set()
+                    self._writable.set()
+        return None
+
+    def __repr__(self) -> str:
+        return (
+            f"<EventReceiver {list(self.routing_keys)!r} broker={mask_url(self._broker.url)!r} "
+            f"{self._lifecycle.state.value}>"
+        )
+
+    # -- internals ------------------------------------------------------------
+
+    async def _subscribe_with_retry(self) -> Subscription:
+        backoff = Backoff()
+        deadline = anyio.current_time() + self._connect_timeout
+        while True:
+            try:
+                await self._broker.connect()
+                return await self._broker.subscribe(self.routing_keys)
+            except BrokerError as exc:
+                delay = backoff.next_delay()
+                if anyio.current_time() + delay > deadline:
+                    raise BrokerConnectionError(
+                        f"cannot subscribe to {self._broker.url}: {exc}"
+                    ) from exc
+                logger.warning(
+                    "cannot subscribe to %s (%s); retrying in %.2fs", self._broker.url, exc, delay
+                )
+                await anyio.sleep(delay)
+
+    def _acknowledge(self, marker: _Ack) -> None:
+        try:
+            marker.ack()
+        except AiocelevError as exc:
+            logger.warning("acknowledging a message failed: %s", exc)
+
+    def _report(self, error: DecodeError, message: IncomingMessage) -> None:
+        count = self._malformed[error.reason] = self._malformed[error.reason] + 1
+        if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+            logger.warning(
+                "skipped a malformed message (routing key %r, %d so far with reason %r): %s",
+                message.routing_key,
+                count,
+                error.reason,
+                error.detail[:200],
+            )
+        if self._on_error is not None:
+            try:
+                self._on_error(error, message)
+            except Exception:
+                logger.exception("the on_error callback raised")
+
+    async def _pump(self, subscription: Subscription) -> None:
+        try:
+            async for message in subscription:
+                self._messages += 1
+                try:
+                    dicts, bad = decode_message(message, max_size=self._max_message_size)
+                except DecodeError as error:
+                    self._report(error, message)
+                    if message.ack is not None:
+                        self._acknowledge(_Ack(message.ack))
+                    continue
+                for error in bad:
+                    self._report(error, message)
+                if dicts:
+                    await self._enqueue(dicts, message)
+                elif message.ack is not None:
+                    self._acknowledge(_Ack(message.ack))
+        except Exception as exc:
+            if not isinstance(exc, AiocelevError):
+                logger.exception("the receiver's pump failed")
+            self._pump_error = exc
+        finally:
+            self._pump_done = True
+            self._readable.set()
+
+    def _prepare(self, data: dict[str, Any], now: float, here: float) -> Event:
+        clock = self.clock
+        if data["type"] == "task-sent":
+            # Clients never synchronise their clocks: Celery replaces them.
+            value = (clock.value or 1) - 1
+            data["clock"] = value
+            clock.adjust(value)
+        else:
+            value = data.get("clock")
+            if valid_clock(value):
+                clock.adjust(value)  # type: ignore[arg-type]
+            else:
+                if "clock" in data:
+                    self._invalid_clocks += 1
+                data["clock"] = clock.forward()
+        if self.localize:
+            offset = data.get("utcoffset")
+            if type(offset) in (int, float):
+                data["timestamp"] = data["timestamp"] - (offset - here) * 3600
+        data["local_received"] = now
+        return _wrap(data)
+
+    async def _enqueue(self, dicts: list[dict[str, Any]], message: IncomingMessage) -> None:
+        buffer = self._buffer
+        now = time.time()
+        here = utcoffset() if self.localize else 0.0
+        limit = self._buffer_size
+        policy = self._overflow
+        for data in dicts:
+            event = self._prepare(data, now, here)
+            self._events += 1
+            if len(buffer) >= limit:
+                if policy is Overflow.PAUSE:
+                    while len(buffer) >= limit:
+                        if self._writable.is_set():
+                            self._writable = anyio.Event()
+                        await self._writable.wait()
+                elif policy is Overflow.DROP_OLDEST:
+                    self._drop_oldest()
+                elif policy is Overflow.DROP_NEWEST:
+                    self._count_drop()
+                    continue
+                else:
+                    self._pump_error = BufferFullError(
+                        f"receiver buffer full ({limit} events) and overflow='error'"
+                    )
+                    raise self._pump_error
+            buffer.append(event)
+            if not self._readable.is_set():
+                self._readable.set()
+        if message.ack is not None:
+            buffer.append(_Ack(message.ack))
+
+    def _drop_oldest(self) -> None:
+        buffer = self._buffer
+        while buffer:
+            item = buffer.popleft()
+            if type(item) is _Ack:
+                self._acknowledge(item)
+                continue
+            self._count_drop()
+            return
+
+    def _count_drop(self) -> None:
+        self._dropped += 1
+        if self._dropped == 1 or self._dropped % _LOG_EVERY == 0:
+            logger.warning(
+                "receiver buffer full (%d events): %d events dropped so far",
+                self._buffer_size,
+                self._dropped,
+            )
