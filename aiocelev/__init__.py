@@ -49,7 +49,11 @@ from ._exceptions import (
 from ._message import IncomingMessage as IncomingMessage, OutgoingMessage as OutgoingMessage
 from ._receiver import EventReceiver as EventReceiver, ReceiverStatistics as ReceiverStatistics
 from ._version import __version__ as __version__
-from .brokers import Broker as Broker, open_broker as open_broker, register_broker as register_broker
+from .brokers import (
+    Broker as Broker,
+    open_broker as open_broker,
+    register_broker as register_broker,
+)
 
 __all__ = [
     "AiocelevError",

@@ -5,7 +5,7 @@ Pure and synchronous: asyncio code runs it on one thread, so no lock is needed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = ["MAX_CLOCK", "LamportClock", "valid_clock"]
 
@@ -15,7 +15,7 @@ __all__ = ["MAX_CLOCK", "LamportClock", "valid_clock"]
 MAX_CLOCK = 2**53
 
 
-def valid_clock(value: Any) -> bool:
+def valid_clock(value: Any) -> TypeGuard[int]:
     """Whether *value* is a usable clock: an ``int`` (not ``bool``) in ``[0, MAX_CLOCK)``."""
     return type(value) is int and 0 <= value < MAX_CLOCK
 

@@ -89,9 +89,9 @@ def encode_event(event: Mapping[str, Any] | Event) -> bytes:
 
 def encode_batch(events: Iterable[Mapping[str, Any] | Event]) -> bytes:
     """The body of a batched (``<group>.multi``) message: a JSON array."""
-    return _encoder.encode(
-        [e._fields if isinstance(e, Event) else e for e in events]
-    ).encode("ascii")
+    return _encoder.encode([e._fields if isinstance(e, Event) else e for e in events]).encode(
+        "ascii"
+    )
 
 
 def event_message(event: Mapping[str, Any] | Event) -> OutgoingMessage:
@@ -226,7 +226,9 @@ def decode_message(
     """
     if message.content_type == KOMBU_ENVELOPE:
         if len(message.body) > max_size:
-            raise DecodeError("too-large", f"message of {len(message.body)} bytes exceeds {max_size}")
+            raise DecodeError(
+                "too-large", f"message of {len(message.body)} bytes exceeds {max_size}"
+            )
         message = decode_envelope(message.body)
     body = message.body
     if len(body) > max_size:
@@ -237,9 +239,7 @@ def decode_message(
             f"refusing to deserialise content type {message.content_type!r}: only JSON is accepted",
         )
     if message.content_encoding not in _ACCEPTED_ENCODINGS:
-        raise DecodeError(
-            "content-type", f"refusing content encoding {message.content_encoding!r}"
-        )
+        raise DecodeError("content-type", f"refusing content encoding {message.content_encoding!r}")
     obj = loads(body)
     if type(obj) is dict:
         why = validate_event(obj)

@@ -352,9 +352,11 @@ class EventDispatcher:
         return self._offset
 
     async def _accept(self, group: str, type_: str, body: str) -> None:
-        if len(self._buffer) + len(self._inflight) >= self._buffer_size:
-            if not await self._make_room():
-                return
+        if (
+            len(self._buffer) + len(self._inflight) >= self._buffer_size
+            and not await self._make_room()
+        ):
+            return
         batch_group = group if group in self.batch_groups else None
         self._buffer.append((batch_group, routing_key_of(type_), body))
         self._accepted += 1
@@ -383,7 +385,9 @@ class EventDispatcher:
         if policy is Overflow.DROP_NEWEST:
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 1000 == 0:
-                logger.warning("event buffer full: dropped the newest event (%d dropped)", self._dropped)
+                logger.warning(
+                    "event buffer full: dropped the newest event (%d dropped)", self._dropped
+                )
             return False
         if policy is Overflow.BLOCK and self._connected:
             with anyio.move_on_after(self._block_timeout):
@@ -430,7 +434,9 @@ class EventDispatcher:
                 j += 1
             payload = "[" + ", ".join(item[2] for item in items[i:j]) + "]"
             messages.append(
-                OutgoingMessage(routing_key=f"{group}.multi", body=payload.encode(), headers=headers)
+                OutgoingMessage(
+                    routing_key=f"{group}.multi", body=payload.encode(), headers=headers
+                )
             )
             batches += 1
             i = j

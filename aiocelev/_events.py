@@ -53,7 +53,7 @@ class _Field(Generic[_T]):
     def __get__(self, obj: Event | None, owner: type[Any]) -> _Field[_T] | _T | None:
         if obj is None:
             return self
-        return obj._fields.get(self.name)  # type: ignore[no-any-return]
+        return obj._fields.get(self.name)
 
 
 def group_of(type_: str) -> str:

@@ -13,7 +13,6 @@ __all__ = ["KOMBU_ENVELOPE", "IncomingMessage", "OutgoingMessage"]
 KOMBU_ENVELOPE = "application/x-kombu-envelope"
 
 
-
 @dataclass(frozen=True, slots=True)
 class OutgoingMessage:
     """One message to publish on the event exchange.

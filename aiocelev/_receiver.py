@@ -8,7 +8,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.abc
@@ -72,7 +72,7 @@ class _Ack:
         self.ack = ack
 
 
-_Item = Union[Event, _Ack]
+_Item = Event | _Ack
 
 
 class EventReceiver:
@@ -346,8 +346,8 @@ class EventReceiver:
                 self._messages += 1
                 try:
                     dicts, bad = decode_message(message, max_size=self._max_message_size)
-                except DecodeError as error:
-                    self._report(error, message)
+                except DecodeError as exc:
+                    self._report(exc, message)
                     if message.ack is not None:
                         self._acknowledge(_Ack(message.ack))
                     continue
@@ -373,16 +373,16 @@ class EventReceiver:
             data["clock"] = value
             clock.adjust(value)
         else:
-            value = data.get("clock")
-            if valid_clock(value):
-                clock.adjust(value)  # type: ignore[arg-type]
+            raw = data.get("clock")
+            if valid_clock(raw):
+                clock.adjust(raw)
             else:
                 if "clock" in data:
                     self._invalid_clocks += 1
                 data["clock"] = clock.forward()
         if self.localize:
             offset = data.get("utcoffset")
-            if type(offset) in (int, float):
+            if type(offset) is int or type(offset) is float:
                 data["timestamp"] = data["timestamp"] - (offset - here) * 3600
         data["local_received"] = now
         return _wrap(data)

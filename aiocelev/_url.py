@@ -7,7 +7,9 @@ from urllib.parse import urlsplit
 
 __all__ = ["mask_url", "split_urls"]
 
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:@/;]*):(?P<pw>[^@/;]*)@")
+_USERINFO = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:@/;]*):(?P<pw>[^@/;]*)@"
+)
 
 
 def mask_url(url: str) -> str:

@@ -13,14 +13,15 @@ the :class:`~aiocelev.brokers.Broker` contract.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import anyio
 
+from ._codec import decode_envelope
 from ._exceptions import AiocelevError
 from ._message import KOMBU_ENVELOPE, IncomingMessage, OutgoingMessage
 from .brokers import Broker, Subscription
-from ._codec import decode_envelope
 
 __all__ = ["check_broker", "unwrap"]
 
@@ -64,6 +65,7 @@ async def check_broker(
     :param quiet_period: how long to wait to be sure a message is *not* delivered.
     :param checks: run only these checks (names as in ``CHECKS``).
     """
+    opts = _Options(timeout, quiet_period, large_message_size, ordered_count)
     selected = CHECKS if checks is None else {k: CHECKS[k] for k in checks}
     for name, check in selected.items():
         publisher = make_broker()
@@ -72,7 +74,7 @@ async def check_broker(
             await publisher.connect()
             await publisher.connect()  # idempotent
             await consumer.connect()
-            await check(publisher, consumer, timeout, quiet_period, large_message_size, ordered_count)
+            await check(publisher, consumer, opts)
         except AssertionError as exc:
             raise AssertionError(f"broker check {name!r} failed: {exc}") from exc
         finally:
@@ -82,14 +84,22 @@ async def check_broker(
                 await consumer.aclose()  # idempotent
 
 
-_CheckFn = Callable[[Broker, Broker, float, float, int, int], "object"]
+@dataclass(frozen=True)
+class _Options:
+    timeout: float
+    quiet: float
+    size: int
+    count: int
 
 
-async def _roundtrip(pub: Broker, con: Broker, timeout: float, quiet: float, *_: int) -> None:
+_CheckFn = Callable[[Broker, Broker, _Options], Awaitable[None]]
+
+
+async def _roundtrip(pub: Broker, con: Broker, o: _Options) -> None:
     sub = await con.subscribe(["#"])
     body = b'{"hostname": "check@host", "type": "worker-heartbeat", "timestamp": 1.0}'
     await pub.publish([_msg("worker.heartbeat", body)])
-    got = await _next(sub, timeout)
+    got = await _next(sub, o.timeout)
     assert got.body == body, f"body changed in transit: {got.body[:80]!r}"
     assert got.routing_key == "worker.heartbeat", f"routing key {got.routing_key!r}"
     assert got.content_type == "application/json", f"content type {got.content_type!r}"
@@ -98,63 +108,61 @@ async def _roundtrip(pub: Broker, con: Broker, timeout: float, quiet: float, *_:
     await sub.aclose()
 
 
-async def _topic_routing(pub: Broker, con: Broker, timeout: float, quiet: float, *_: int) -> None:
+async def _topic_routing(pub: Broker, con: Broker, o: _Options) -> None:
     tasks = await con.subscribe(["task.*"])
     workers = await con.subscribe(["worker.#"])
     await pub.publish([_msg("worker.heartbeat", b"[1]"), _msg("task.multi", b"[2]")])
-    got = await _next(tasks, timeout)
+    got = await _next(tasks, o.timeout)
     assert got.routing_key == "task.multi" and got.body == b"[2]", (
         f"'task.*' subscription got {got.routing_key!r}"
     )
-    got = await _next(workers, timeout)
+    got = await _next(workers, o.timeout)
     assert got.routing_key == "worker.heartbeat", f"'worker.#' subscription got {got.routing_key!r}"
-    extra = await _nothing_within(tasks, quiet)
+    extra = await _nothing_within(tasks, o.quiet)
     assert extra is None, f"'task.*' subscription also got {extra.routing_key!r}"
-    extra = await _nothing_within(workers, quiet)
+    extra = await _nothing_within(workers, o.quiet)
     assert extra is None, f"'worker.#' subscription also got {extra.routing_key!r}"
     await tasks.aclose()
     await workers.aclose()
 
 
-async def _fanout(pub: Broker, con: Broker, timeout: float, quiet: float, *_: int) -> None:
+async def _fanout(pub: Broker, con: Broker, o: _Options) -> None:
     first = await con.subscribe(["#"])
     second = await pub.subscribe(["#"])
     await pub.publish([_msg("task.succeeded", b"[3]")])
     for sub in (first, second):
-        got = await _next(sub, timeout)
+        got = await _next(sub, o.timeout)
         assert got.body == b"[3]", "every subscription must get every matching message"
         await sub.aclose()
 
 
-async def _ordering(
-    pub: Broker, con: Broker, timeout: float, quiet: float, size: int, count: int
-) -> None:
+async def _ordering(pub: Broker, con: Broker, o: _Options) -> None:
     sub = await con.subscribe(["#"])
-    bodies = [f"[{i}]".encode() for i in range(count)]
-    half = count // 2
+    bodies = [f"[{i}]".encode() for i in range(o.count)]
+    half = o.count // 2
     await pub.publish([_msg("task.multi", b) for b in bodies[:half]])
     for b in bodies[half:]:
         await pub.publish([_msg("task.multi", b)])
     for i, expected in enumerate(bodies):
-        got = await _next(sub, timeout)
+        got = await _next(sub, o.timeout)
         assert got.body == expected, f"message {i}: expected {expected!r}, got {got.body!r}"
     await sub.aclose()
 
 
-async def _large(pub: Broker, con: Broker, timeout: float, quiet: float, size: int, _c: int) -> None:
+async def _large(pub: Broker, con: Broker, o: _Options) -> None:
     sub = await con.subscribe(["#"])
-    body = b'["' + b"x" * size + b'"]'
+    body = b'["' + b"x" * o.size + b'"]'
     await pub.publish([_msg("task.multi", body)])
-    got = await _next(sub, timeout)
+    got = await _next(sub, o.timeout)
     assert got.body == body, f"a {len(body)}-byte body arrived as {len(got.body)} bytes"
     await sub.aclose()
 
 
-async def _close(pub: Broker, con: Broker, timeout: float, quiet: float, *_: int) -> None:
+async def _close(pub: Broker, con: Broker, o: _Options) -> None:
     sub = await con.subscribe(["#"])
     await sub.aclose()
     await sub.aclose()  # idempotent
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(o.timeout):
         async for _ in sub:
             raise AssertionError("a closed subscription yielded a message")
     await pub.aclose()

@@ -16,4 +16,11 @@ from ._registry import (
     register_broker as register_broker,
 )
 
-__all__ = ["Broker", "BrokerFactory", "Subscription", "known_schemes", "open_broker", "register_broker"]
+__all__ = [
+    "Broker",
+    "BrokerFactory",
+    "Subscription",
+    "known_schemes",
+    "open_broker",
+    "register_broker",
+]

@@ -63,9 +63,7 @@ def memory_hub(url: str = "memory://") -> MemoryHub:
 
 @final
 class _MemorySubscription:
-    def __init__(
-        self, hub: MemoryHub, matches: Callable[[str], bool], max_queue: int
-    ) -> None:
+    def __init__(self, hub: MemoryHub, matches: Callable[[str], bool], max_queue: int) -> None:
         self._hub = hub
         self.matches = matches
         self._queue: deque[IncomingMessage] = deque()
