@@ -84,9 +84,7 @@ def new_reply_key() -> str:
     return str(uuid.uuid4())
 
 
-def reply_to_mapping(
-    reply_key: str, namespace: str = DEFAULT_CONTROL_EXCHANGE
-) -> dict[str, str]:
+def reply_to_mapping(reply_key: str, namespace: str = DEFAULT_CONTROL_EXCHANGE) -> dict[str, str]:
     """The ``reply_to`` value of a request: reply exchange name and routing key."""
     return {"exchange": reply_exchange(namespace), "routing_key": reply_key}
 
@@ -157,9 +155,11 @@ def match_reply(
     if type(body) is not dict:
         return None
     expires = headers.get("expires")
-    if isinstance(expires, (int, float)) and expires and (
-        time.time() if now is None else now
-    ) > expires:
+    if (
+        isinstance(expires, (int, float))
+        and expires
+        and (time.time() if now is None else now) > expires
+    ):
         return None
     if headers.get("ticket", ticket) != ticket:
         return None

@@ -11,13 +11,23 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 from .._exceptions import ConfigurationError
 from .._url import mask_url, split_urls
 
-__all__ = ["AmqpOptions", "Endpoint", "parse_endpoints", "parse_options"]
+__all__ = ["AmqpOptions", "Endpoint", "parse_options", "replace"]
 
 _SCHEMES = {"amqp": "amqp", "pyamqp": "amqp", "librabbitmq": "amqp", "amqps": "amqps"}
 
 #: Query parameters handed to aiormq unchanged (connection tuning and TLS files).
 _PASSTHROUGH = frozenset(
-    {"frame_max", "channel_max", "cafile", "capath", "cadata", "keyfile", "certfile", "no_verify_ssl", "name"}
+    {
+        "frame_max",
+        "channel_max",
+        "cafile",
+        "capath",
+        "cadata",
+        "keyfile",
+        "certfile",
+        "no_verify_ssl",
+        "name",
+    }
 )
 
 
@@ -168,7 +178,9 @@ def parse_options(url: str, options: Mapping[str, Any]) -> tuple[list[Endpoint],
         try:
             values[key] = _CONVERTERS[key](raw)
         except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"bad value for amqp:// option {key!r}: {raw!r} ({exc})") from None
+            raise ConfigurationError(
+                f"bad value for amqp:// option {key!r}: {raw!r} ({exc})"
+            ) from None
     durable = values.get("durable", False)
     if durable:
         # A durable queue exists so that nothing is lost while its consumer is
@@ -177,7 +189,9 @@ def parse_options(url: str, options: Mapping[str, Any]) -> tuple[list[Endpoint],
         values.setdefault("expires", None)
         values.setdefault("no_ack", False)
         if not values.get("queue_name"):
-            raise ConfigurationError("durable=True needs queue_name= (a durable queue must have a stable name)")
+            raise ConfigurationError(
+                "durable=True needs queue_name= (a durable queue must have a stable name)"
+            )
     if values.get("no_ack") is False:
         values.setdefault("prefetch_count", 100)
     opts = AmqpOptions(**values)
