@@ -1,0 +1,391 @@
+"""The task and worker records kept by :class:`~aiocelev.ClusterState`.
+
+Both are slotted, mutable records owned by the state: read them, do not change
+them.  ``to_dict()`` gives a plain snapshot suitable for JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "PRECEDENCE",
+    "READY_STATES",
+    "TaskState",
+    "WorkerState",
+    "precedence",
+]
+
+#: Celery's state precedence: a lower rank is "later / stronger".  Any state
+#: not listed (a custom one, e.g. ``PROGRESS``) ranks between ``FAILURE`` and
+#: ``REVOKED``.
+PRECEDENCE: dict[str, int] = {
+    "SUCCESS": 0,
+    "FAILURE": 1,
+    "REVOKED": 3,
+    "STARTED": 4,
+    "RECEIVED": 5,
+    "REJECTED": 6,
+    "RETRY": 7,
+    "PENDING": 8,
+}
+CUSTOM_RANK = 2
+RETRY_RANK = 7
+
+#: States in which the task has finished (its result is ready).
+READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
+def precedence(state: str) -> int:
+    """The rank of *state* (lower is stronger); custom states rank 2."""
+    return PRECEDENCE.get(state, CUSTOM_RANK)
+
+
+class TaskState:
+    """What is known about one task.
+
+    ``state`` follows Celery's rules (see ``docs/state.md``).  Times
+    (``sent``, ``received``, ``started``, ``succeeded``, ``failed``,
+    ``retried``, ``revoked``, ``rejected``, ``timestamp``) are the sender's
+    epoch timestamps of the corresponding events.  ``worker`` is the hostname
+    of the worker that sent the latest worker-side event, ``client`` the
+    hostname that sent ``task-sent``.  ``extra`` holds the fields of custom
+    task events (``task-progress``...), newest value per key.
+    """
+
+    __slots__ = (
+        "_children",
+        "_rank",
+        "_waited",
+        "args",
+        "clock",
+        "client",
+        "eta",
+        "exception",
+        "exchange",
+        "expires",
+        "extra",
+        "failed",
+        "kwargs",
+        "name",
+        "parent_id",
+        "queue",
+        "received",
+        "rejected",
+        "result",
+        "retried",
+        "retries",
+        "revoked",
+        "root_id",
+        "routing_key",
+        "runtime",
+        "sent",
+        "started",
+        "state",
+        "succeeded",
+        "timestamp",
+        "traceback",
+        "uuid",
+        "worker",
+    )
+
+    uuid: str
+    state: str
+    name: str | None
+    worker: str | None
+    client: str | None
+    args: str | None
+    kwargs: str | None
+    result: Any
+    exception: str | None
+    traceback: str | None
+    runtime: float | None
+    retries: int | None
+    eta: str | None
+    expires: str | None
+    parent_id: str | None
+    root_id: str | None
+    queue: str | None
+    exchange: str | None
+    routing_key: str | None
+    sent: float | None
+    received: float | None
+    started: float | None
+    succeeded: float | None
+    failed: float | None
+    retried: float | None
+    revoked: float | None
+    rejected: float | None
+    timestamp: float | None
+    clock: int | None
+    extra: dict[str, Any] | None
+    _rank: int
+    _waited: bool
+    _children: dict[str, None] | None
+
+    def __init__(self, uuid: str) -> None:
+        self.uuid = uuid
+        self.state = "PENDING"
+        self._rank = 8
+        self._waited = False
+        self._children = None
+        self.name = self.worker = self.client = None
+        self.args = self.kwargs = self.result = self.exception = self.traceback = None
+        self.runtime = self.retries = self.eta = self.expires = None
+        self.parent_id = self.root_id = self.queue = self.exchange = self.routing_key = None
+        self.sent = self.received = self.started = self.succeeded = self.failed = None
+        self.retried = self.revoked = self.rejected = self.timestamp = self.clock = None
+        self.extra = None
+
+    @property
+    def id(self) -> str:
+        """The task id (same as ``uuid``)."""
+        return self.uuid
+
+    @property
+    def ready(self) -> bool:
+        """Whether the task has finished: ``SUCCESS``, ``FAILURE`` or ``REVOKED``."""
+        return self.state in READY_STATES
+
+    @property
+    def children(self) -> list[str]:
+        """Ids of the tasks seen with this task as ``parent_id``, in the order seen."""
+        return list(self._children) if self._children else []
+
+    @property
+    def queue_wait(self) -> float | None:
+        """``started - received`` in seconds, when both are known and ordered."""
+        r, s = self.received, self.started
+        if r is None or s is None or s < r:
+            return None
+        return float(s - r)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain snapshot of the record (``children`` as a list of ids)."""
+        return {
+            "uuid": self.uuid,
+            "name": self.name,
+            "state": self.state,
+            "ready": self.ready,
+            "worker": self.worker,
+            "client": self.client,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "result": self.result,
+            "exception": self.exception,
+            "traceback": self.traceback,
+            "runtime": self.runtime,
+            "retries": self.retries,
+            "eta": self.eta,
+            "expires": self.expires,
+            "parent_id": self.parent_id,
+            "root_id": self.root_id,
+            "children": self.children,
+            "queue": self.queue,
+            "exchange": self.exchange,
+            "routing_key": self.routing_key,
+            "sent": self.sent,
+            "received": self.received,
+            "started": self.started,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "retried": self.retried,
+            "revoked": self.revoked,
+            "rejected": self.rejected,
+            "timestamp": self.timestamp,
+            "clock": self.clock,
+            "extra": dict(self.extra) if self.extra else {},
+        }
+
+    def __repr__(self) -> str:
+        return f"<TaskState {self.name}[{self.uuid}] {self.state}>"
+
+
+class WorkerState:
+    """What is known about one worker.
+
+    Fields copied from its ``worker-*`` events: ``pid``, ``freq``, ``clock``,
+    ``active``, ``processed``, ``loadavg``, ``sw_ident``, ``sw_ver``,
+    ``sw_sys``, ``utcoffset``, ``timestamp``.  ``last_seen`` is the receive
+    time (``local_received``) of the newest event from this worker since it
+    last went offline, which drives :attr:`alive`; ``last_heartbeat`` the
+    receive time of its newest ``worker-heartbeat``; ``drift`` is
+    ``local_received - timestamp`` of its newest worker event (seconds, positive
+    when its clock is behind the receiver's or the event took time to arrive).
+    """
+
+    __slots__ = (
+        "_base_done",
+        "_base_seen_done",
+        "_base_seen_started",
+        "_base_started",
+        "_expire",
+        "_missed_done_before",
+        "_missed_started_before",
+        "_now",
+        "active",
+        "clock",
+        "done_seen",
+        "drift",
+        "event_count",
+        "freq",
+        "heartbeat_count",
+        "hostname",
+        "last_heartbeat",
+        "last_seen",
+        "loadavg",
+        "offline",
+        "pid",
+        "processed",
+        "restarts",
+        "started_seen",
+        "sw_ident",
+        "sw_sys",
+        "sw_ver",
+        "timestamp",
+        "utcoffset",
+    )
+
+    hostname: str
+    pid: int | None
+    freq: float
+    clock: int | None
+    active: int | None
+    processed: int | None
+    loadavg: list[float] | None
+    sw_ident: str | None
+    sw_ver: str | None
+    sw_sys: str | None
+    utcoffset: float | None
+    timestamp: float | None
+    last_seen: float | None
+    last_heartbeat: float | None
+    heartbeat_count: int
+    event_count: int
+    offline: bool
+    restarts: int
+    drift: float | None
+    done_seen: int
+    started_seen: int
+    _now: Callable[[], float]
+    _expire: float
+    _base_done: int | None
+    _base_started: int
+    _base_seen_done: int
+    _base_seen_started: int
+    _missed_done_before: int
+    _missed_started_before: int
+
+    def __init__(
+        self, hostname: str, now: Callable[[], float], expire_window: float = 200.0
+    ) -> None:
+        self.hostname = hostname
+        self._now = now
+        self._expire = expire_window / 100.0
+        self.pid = self.clock = self.active = self.processed = None
+        self.loadavg = self.sw_ident = self.sw_ver = self.sw_sys = None
+        self.utcoffset = self.timestamp = self.drift = None
+        self.freq = 60.0
+        self.last_seen = self.last_heartbeat = None
+        self.heartbeat_count = self.event_count = self.restarts = 0
+        self.offline = False
+        self.done_seen = self.started_seen = 0
+        self._base_done = None
+        self._base_started = self._base_seen_done = self._base_seen_started = 0
+        self._missed_done_before = self._missed_started_before = 0
+
+    @property
+    def id(self) -> str:
+        """``hostname.pid``, as Celery names a worker incarnation."""
+        return f"{self.hostname}.{self.pid}"
+
+    @property
+    def heartbeat_expires(self) -> float | None:
+        """When :attr:`alive` turns false without news: ``last_seen + freq * window``."""
+        seen = self.last_seen
+        if seen is None:
+            return None
+        return float(seen + self.freq * self._expire)
+
+    @property
+    def alive(self) -> bool:
+        """Heard from within the expiry window (``2 x freq`` by default) and not offline."""
+        seen = self.last_seen
+        return seen is not None and self._now() < seen + self.freq * self._expire
+
+    @property
+    def status(self) -> str:
+        """``"online"`` (alive), ``"offline"`` (said goodbye) or ``"lost"`` (heartbeats stopped)."""
+        if self.alive:
+            return "online"
+        return "offline" if self.offline else "lost"
+
+    @property
+    def missed_tasks_estimate(self) -> int:
+        """Estimated task completions whose event never arrived (see ``docs/state.md``).
+
+        Heartbeats report ``processed`` (tasks accepted since the worker process
+        started) and ``active`` (running now), so ``processed - active`` counts
+        completed executions; each normally produces exactly one
+        ``task-succeeded``, ``task-failed``, ``task-retried``,
+        ``task-cancelled``, terminating ``task-revoked`` or requeueing
+        ``task-rejected`` event.  The estimate is the growth of
+        ``processed - active`` since the first heartbeat minus the number of
+        such events seen since then, summed over worker restarts, never negative.
+        """
+        return self._missed_done_before + self._missed_done_now()
+
+    @property
+    def missed_started_estimate(self) -> int:
+        """Estimated ``task-started`` events never received: growth of ``processed`` minus those seen."""
+        return self._missed_started_before + self._missed_started_now()
+
+    def _missed_done_now(self) -> int:
+        """The completion estimate for the current worker process."""
+        base = self._base_done
+        processed, active = self.processed, self.active
+        if base is None or type(processed) is not int or type(active) is not int:
+            return 0
+        missed = (processed - active - base) - (self.done_seen - self._base_seen_done)
+        return missed if missed > 0 else 0
+
+    def _missed_started_now(self) -> int:
+        """The ``task-started`` estimate for the current worker process."""
+        processed = self.processed
+        if self._base_done is None or type(processed) is not int:
+            return 0
+        missed = (processed - self._base_started) - (self.started_seen - self._base_seen_started)
+        return missed if missed > 0 else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain snapshot of the record, with ``alive`` and ``status`` evaluated now."""
+        return {
+            "hostname": self.hostname,
+            "alive": self.alive,
+            "status": self.status,
+            "pid": self.pid,
+            "freq": self.freq,
+            "clock": self.clock,
+            "active": self.active,
+            "processed": self.processed,
+            "loadavg": self.loadavg,
+            "sw_ident": self.sw_ident,
+            "sw_ver": self.sw_ver,
+            "sw_sys": self.sw_sys,
+            "utcoffset": self.utcoffset,
+            "timestamp": self.timestamp,
+            "last_seen": self.last_seen,
+            "last_heartbeat": self.last_heartbeat,
+            "heartbeat_count": self.heartbeat_count,
+            "heartbeat_expires": self.heartbeat_expires,
+            "event_count": self.event_count,
+            "offline": self.offline,
+            "restarts": self.restarts,
+            "drift": self.drift,
+            "missed_tasks_estimate": self.missed_tasks_estimate,
+            "missed_started_estimate": self.missed_started_estimate,
+        }
+
+    def __repr__(self) -> str:
+        return f"<WorkerState {self.hostname} {self.status} clock={self.clock}>"

@@ -1,0 +1,156 @@
+"""Bounded statistics used by :class:`~aiocelev.ClusterState`.
+
+* :class:`Reservoir` keeps the most recent *n* samples in a ring buffer and
+  computes percentiles on demand (the work is done at query time, adding a
+  sample is O(1)).
+* :class:`RateCounter` counts events per type in one-second buckets over a
+  sliding window (O(1) per event; a query sums at most *window* buckets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+__all__ = ["RateCounter", "Reservoir", "percentile"]
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    """The *q*-th percentile (0-100) of an already sorted list, by linear interpolation.
+
+    ``None`` for an empty list.
+
+    :raises ValueError: if *q* is outside ``[0, 100]``.
+    """
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within [0, 100], not {q!r}")
+    n = len(ordered)
+    if n == 0:
+        return None
+    if n == 1:
+        return ordered[0]
+    pos = (n - 1) * (q / 100.0)
+    low = int(pos)
+    high = low + 1 if low + 1 < n else low
+    frac = pos - low
+    return ordered[low] + (ordered[high] - ordered[low]) * frac
+
+
+class Reservoir:
+    """The most recent *size* samples of a measurement (a ring buffer).
+
+    :param size: how many samples to keep (at least 1).
+    """
+
+    __slots__ = ("_buf", "_pos", "_size", "count")
+
+    def __init__(self, size: int = 10_000) -> None:
+        if size < 1:
+            raise ValueError("a reservoir needs room for at least one sample")
+        self._size = size
+        self._buf: list[float] = []
+        self._pos = 0
+        #: How many samples were ever added (also those already overwritten).
+        self.count = 0
+
+    def add(self, value: float) -> None:
+        """Record one sample, overwriting the oldest when full."""
+        self.count += 1
+        buf = self._buf
+        if len(buf) < self._size:
+            buf.append(value)
+            return
+        buf[self._pos] = value
+        self._pos = (self._pos + 1) % self._size
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def values(self) -> list[float]:
+        """The kept samples, oldest first (a new list)."""
+        buf = self._buf
+        return buf[self._pos :] + buf[: self._pos]
+
+    def percentile(self, q: float) -> float | None:
+        """The *q*-th percentile (0-100) of the kept samples; ``None`` when empty."""
+        return percentile(sorted(self._buf), q)
+
+    def percentiles(self, qs: Iterable[float] = (50, 90, 95, 99)) -> dict[float, float | None]:
+        """Several percentiles at once (one sort): ``{q: value}``."""
+        ordered = sorted(self._buf)
+        return {q: percentile(ordered, q) for q in qs}
+
+    def clear(self) -> None:
+        """Forget every sample."""
+        self._buf = []
+        self._pos = 0
+        self.count = 0
+
+
+class RateCounter:
+    """Events per second by type over a sliding window of whole seconds.
+
+    Events are counted in the bucket of their (integer) second; the ring holds
+    ``window + 1`` buckets so that the current, partial second never pushes out
+    a complete one.  A query averages the *window* complete seconds before the
+    current one.
+
+    :param window: the window length in seconds (at least 1).
+    """
+
+    __slots__ = ("_buckets", "_n", "_sec", "window")
+
+    def __init__(self, window: int = 10) -> None:
+        if window < 1:
+            raise ValueError("the rate window must be at least one second")
+        self.window = window
+        self._n = window + 1
+        self._buckets: list[dict[str, int]] = [{} for _ in range(self._n)]
+        #: The second the current bucket counts.
+        self._sec = 0
+
+    def add(self, type_: str, now: float) -> None:
+        """Count one event of *type_* that happened at *now* (epoch seconds)."""
+        sec = int(now)
+        if sec != self._sec:
+            if sec < self._sec:
+                # A late event (time went backwards): count it in the current
+                # second rather than rewriting history.
+                sec = self._sec
+            else:
+                self._advance(sec)
+        bucket = self._buckets[sec % self._n]
+        bucket[type_] = bucket.get(type_, 0) + 1
+
+    def _advance(self, sec: int) -> None:
+        """Move the current second forward to *sec*, emptying the skipped buckets."""
+        n = self._n
+        steps = sec - self._sec
+        if steps >= n:
+            for bucket in self._buckets:
+                bucket.clear()
+        else:
+            for s in range(self._sec + 1, sec + 1):
+                self._buckets[s % n].clear()
+        self._sec = sec
+
+    def rates(self, now: float) -> dict[str, float]:
+        """Events per second by type over the *window* complete seconds before *now*."""
+        sec = int(now)
+        if sec > self._sec:
+            self._advance(sec)
+        totals: dict[str, int] = {}
+        n = self._n
+        oldest_kept = self._sec - n
+        for s in range(sec - self.window, sec):
+            if s <= oldest_kept or s > self._sec:
+                continue
+            bucket: Mapping[str, int] = self._buckets[s % n]
+            for key, value in bucket.items():
+                totals[key] = totals.get(key, 0) + value
+        w = float(self.window)
+        return {key: value / w for key, value in totals.items()}
+
+    def clear(self) -> None:
+        """Forget every count."""
+        for bucket in self._buckets:
+            bucket.clear()
