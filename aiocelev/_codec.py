@@ -15,6 +15,7 @@ import binascii
 import datetime
 import decimal
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -119,14 +120,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# 19 or more digits in a row: maybe an integer beyond 64 bits, which orjson
+# either refuses or silently turns into a float (losing precision).
+_LONG_DIGITS = re.compile(rb"\d{19}")
+_LONG_DIGITS_STR = re.compile(r"\d{19}", re.ASCII)
+
+
 def loads(body: bytes | str) -> Any:
     """Parse JSON (only JSON), raising :class:`DecodeError` with reason ``json`` or ``encoding``."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        first_error = str(exc)
-    # orjson refuses integers beyond 64 bits, which JSON allows; retry those with
-    # the standard library so one absurd clock does not sink a whole batch.
+    first_error = "integer beyond 64 bits"
+    long_digits = _LONG_DIGITS_STR if isinstance(body, str) else _LONG_DIGITS
+    if long_digits.search(body) is None:  # type: ignore[arg-type]
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            first_error = str(exc)
+    # Integers beyond 64 bits are valid JSON, and exact in Celery's (standard
+    # library) decoder: parse those with the standard library too, so they keep
+    # their value and one absurd clock does not sink a whole batch.
     try:
         text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
     except UnicodeDecodeError as exc:
