@@ -39,19 +39,42 @@ def make_stream(n: int, workers: int = 8) -> list[dict[str, Any]]:
             for h in hosts:
                 clock += 1
                 events.append(
-                    {"hostname": h, "utcoffset": 0, "pid": 100, "clock": clock, "freq": 2.0,
-                     "active": 1, "processed": processed[h], "loadavg": [0.1, 0.2, 0.3],
-                     "sw_ident": "py-celery", "sw_ver": "5.7.0", "sw_sys": "Linux",
-                     "timestamp": now, "type": "worker-heartbeat", "local_received": now + 0.001}
+                    {
+                        "hostname": h,
+                        "utcoffset": 0,
+                        "pid": 100,
+                        "clock": clock,
+                        "freq": 2.0,
+                        "active": 1,
+                        "processed": processed[h],
+                        "loadavg": [0.1, 0.2, 0.3],
+                        "sw_ident": "py-celery",
+                        "sw_ver": "5.7.0",
+                        "sw_sys": "Linux",
+                        "timestamp": now,
+                        "type": "worker-heartbeat",
+                        "local_received": now + 0.001,
+                    }
                 )
             next_hb += 2.0
         h = hosts[i % workers]
         u = str(uuidlib.UUID(int=i))
         processed[h] += 1
         for typ, extra, dt in (
-            ("task-received", {"name": "proj.tasks.add", "args": "(1, 2)", "kwargs": "{}",
-                               "root_id": u, "parent_id": None, "retries": 0, "eta": None,
-                               "expires": None}, 0.0),
+            (
+                "task-received",
+                {
+                    "name": "proj.tasks.add",
+                    "args": "(1, 2)",
+                    "kwargs": "{}",
+                    "root_id": u,
+                    "parent_id": None,
+                    "retries": 0,
+                    "eta": None,
+                    "expires": None,
+                },
+                0.0,
+            ),
             ("task-started", {}, 0.0002),
             ("task-succeeded", {"result": "3", "runtime": 0.0005}, 0.0007),
         ):
@@ -82,7 +105,9 @@ def bench(label: str, fn: Any, items: list[Any], base: float | None = None) -> f
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
     stream = make_stream(n)
-    print(f"{len(stream)} events ({sum(e['type'] == 'worker-heartbeat' for e in stream)} heartbeats)")
+    print(
+        f"{len(stream)} events ({sum(e['type'] == 'worker-heartbeat' for e in stream)} heartbeats)"
+    )
 
     # State alone.
     celery_rate = bench("celery State.event(dict)", State().event, copy.deepcopy(stream))
@@ -90,12 +115,17 @@ def main() -> None:
     bench("ClusterState.apply(Event)", ClusterState().apply, events, celery_rate)
     bench("ClusterState.apply(dict)", ClusterState().apply, copy.deepcopy(stream), celery_rate)
     cs = ClusterState()
-    bench("ClusterState.apply(Event.from_dict(dict))",
-          lambda d: cs.apply(Event.from_dict(d)), stream, celery_rate)
+    bench(
+        "ClusterState.apply(Event.from_dict(dict))",
+        lambda d: cs.apply(Event.from_dict(d)),
+        stream,
+        celery_rate,
+    )
 
     # Receive path: bytes -> dict(s) -> state.
-    bodies = [json.dumps({k: v for k, v in e.items() if k != "local_received"}).encode()
-              for e in stream]
+    bodies = [
+        json.dumps({k: v for k, v in e.items() if k != "local_received"}).encode() for e in stream
+    ]
     from celery import Celery
     from celery.events.receiver import EventReceiver
     from kombu.utils.json import loads as kloads
@@ -107,8 +137,9 @@ def main() -> None:
     def celery_path(body: bytes) -> None:
         state.event(recv.event_from_message(kloads(body))[1])
 
-    celery_full = bench("celery: kombu loads + event_from_message + State.event",
-                        celery_path, bodies)
+    celery_full = bench(
+        "celery: kombu loads + event_from_message + State.event", celery_path, bodies
+    )
     cs2 = ClusterState()
     messages = [IncomingMessage(routing_key="", body=b) for b in bodies]
     now = time.time
@@ -119,8 +150,12 @@ def main() -> None:
             d["local_received"] = now()
             cs2.apply(wrap(d))
 
-    bench("aiocelev: decode_message + Event + ClusterState.apply",
-          aiocelev_path, messages, celery_full)
+    bench(
+        "aiocelev: decode_message + Event + ClusterState.apply",
+        aiocelev_path,
+        messages,
+        celery_full,
+    )
 
 
 if __name__ == "__main__":
