@@ -115,7 +115,7 @@ CELERY_LIKE_VALUES: list[Any] = [
         pair=(1, 2),
         huge=10**30,
         nested={"a": [1, {"b": None, "c": True}]},
-        text="\u0000\n\t\"\\ \U0001f600",
+        text='\u0000\n\t"\\ \U0001f600',
         float_=1e300,
     ),
 ]
@@ -211,7 +211,10 @@ def test_envelope_single_form_body() -> None:
 
 def test_envelope_default_delivery_tag_is_fresh_uuid() -> None:
     message = event_message(EXAMPLE_EVENT)
-    tags = {json.loads(encode_envelope(message, "celeryev"))["properties"]["delivery_tag"] for _ in range(3)}
+    tags = {
+        json.loads(encode_envelope(message, "celeryev"))["properties"]["delivery_tag"]
+        for _ in range(3)
+    }
     assert len(tags) == 3
     for tag in tags:
         uuid.UUID(tag)

@@ -104,7 +104,9 @@ def test_typed_attributes() -> None:
     ok = Event.from_dict(wire("task-succeeded", uuid="u", result="4", runtime=0.25))
     assert isinstance(ok, TaskSucceeded)
     assert (ok.uuid, ok.result, ok.runtime) == ("u", "4", 0.25)
-    failed = Event.from_dict(wire("task-failed", uuid="u", exception="ValueError()", traceback="tb"))
+    failed = Event.from_dict(
+        wire("task-failed", uuid="u", exception="ValueError()", traceback="tb")
+    )
     assert isinstance(failed, TaskFailed)
     assert (failed.exception, failed.traceback) == ("ValueError()", "tb")
     sent = Event.from_dict(
@@ -189,7 +191,12 @@ def test_replace_returns_a_new_event() -> None:
 def test_constructor() -> None:
     event = TaskSucceeded(uuid="u", result="4", hostname="h")
     assert event.type == "task-succeeded"
-    assert event.to_dict() == {"uuid": "u", "result": "4", "hostname": "h", "type": "task-succeeded"}
+    assert event.to_dict() == {
+        "uuid": "u",
+        "result": "4",
+        "hostname": "h",
+        "type": "task-succeeded",
+    }
     assert TaskSucceeded("task-succeeded", uuid="u") == TaskSucceeded(uuid="u")
     generic = Event("task-progress", uuid="u")
     assert generic.type == "task-progress"
