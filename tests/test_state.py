@@ -754,3 +754,29 @@ async def test_follow_applies_then_yields() -> None:
     assert seen == events
     assert s.task("f1").state == "SUCCESS"  # type: ignore[union-attr]
     assert s.worker("celery@a") is not None
+
+
+def test_task_event_liveness_uses_receive_time() -> None:
+    # Celery counts the sender's timestamp of task events; ClusterState the
+    # receive time, like for worker events (a sender clock far behind does
+    # not make a busy worker look dead).
+    clock = FakeClock(T0 + 1000)
+    s = ClusterState(clock=clock)
+    s.apply(worker_ev(ts=T0 + 1000))
+    s.apply(task_ev("task-started", ts=T0, local_received=T0 + 1003))
+    w = s.worker("celery@a")
+    assert w is not None and w.last_seen == T0 + 1003
+    clock.now = T0 + 1006
+    assert w.alive
+
+
+def test_apply_returns_the_record_and_accepts_any_mapping() -> None:
+    from types import MappingProxyType
+
+    s = ClusterState()
+    t = s.apply(MappingProxyType(received().to_dict()))
+    assert t is s.task("t1")
+    w = s.apply(worker_ev())
+    assert w is s.worker("celery@a")
+    assert s.apply({"type": "client-custom", "hostname": "x"}) is None
+    assert s.event_counts()["client-custom"] == 1
