@@ -51,6 +51,7 @@ class AmqpOptions:
     reconnect_max_delay: float = 10.0
     max_retries: int | None = None
     control_exchange: str = "celery"
+    connection_name: str = "aiocelev"
 
 
 def _bool(value: Any) -> bool:
@@ -95,6 +96,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "reconnect_max_delay": float,
     "max_retries": _opt_int,
     "control_exchange": str,
+    "connection_name": str,
 }
 
 
@@ -139,7 +141,7 @@ def _endpoint(url: str, passthrough: Mapping[str, str], heartbeat: int | None) -
     netloc_host = f"[{host}]" if ":" in host else host
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{netloc_host}:{port}"
     real = urlunsplit((scheme, netloc, "/" + quote(vhost, safe=""), urlencode(query), ""))
-    return Endpoint(url=real, masked=mask_url(real), ssl=scheme == "amqps")
+    return Endpoint(url=real, masked=mask_url(bare), ssl=scheme == "amqps")
 
 
 def parse_options(url: str, options: Mapping[str, Any]) -> tuple[list[Endpoint], AmqpOptions]:

@@ -197,7 +197,10 @@ class _AmqpSubscription:
         if not self._opts.no_ack:
 
             def ack(message: AbstractIncomingMessage = message) -> None:
+                # Sent by the consuming task on its next __anext__ (or aclose):
+                # acks stay in that task and in delivery order.
                 self._pending_acks.append(message)
+                self._wake()
 
         headers = dict(message.headers) if message.headers else {}
         self._buffer.append(
@@ -321,6 +324,7 @@ class AmqpBroker:
         self._closed = False
         self._subscriptions: set[_AmqpSubscription] = set()
         self._control_clock = LamportClock()
+        self._dead: AbstractConnection | None = None
 
     # -- introspection ---------------------------------------------------
 
@@ -347,8 +351,17 @@ class AmqpBroker:
         return self._endpoints[self._conn_index].masked
 
     def _connection_alive(self) -> bool:
-        conn = self._conn
-        return conn is not None and not conn.is_closed
+        return self._usable(self._conn)
+
+    def _usable(self, conn: AbstractConnection | None) -> bool:
+        # aio-pika's ``is_closed`` only turns true after a local close(); a
+        # connection closed by the server or the network is noticed through
+        # the close callback (``_dead``) or the underlying aiormq connection.
+        if conn is None or conn.is_closed or conn is self._dead:
+            return False
+        transport = getattr(conn, "transport", None)
+        underlying = getattr(transport, "connection", None)
+        return underlying is not None and not getattr(underlying, "is_closed", False)
 
     def _backoff(self, attempt: int) -> float:
         """Jittered, capped exponential backoff for the *attempt*-th retry (1-based)."""
@@ -365,7 +378,7 @@ class AmqpBroker:
                 conn = await aio_pika.connect(
                     endpoint.url,
                     timeout=timeout,
-                    client_properties={"connection_name": "aiocelev"},
+                    client_properties={"connection_name": self._opts.connection_name},
                 )
         return conn
 
@@ -402,7 +415,9 @@ class AmqpBroker:
         self._next_attempt = time.monotonic() + self._backoff(self._failures)
         raise BrokerConnectionError("; ".join(errors) or f"cannot connect to {self._masked}")
 
-    def _on_connection_closed(self, _sender: Any, exc: BaseException | None = None, *_: Any) -> None:
+    def _on_connection_closed(self, sender: Any, exc: BaseException | None = None, *_: Any) -> None:
+        if sender is not None:
+            self._dead = sender
         if not self._closed:
             logger.warning(
                 "connection to %s lost%s", self._current_masked(), f": {describe(exc)}" if exc else ""
@@ -435,7 +450,7 @@ class AmqpBroker:
         if self._closed:
             raise ClosedError("the AMQP broker is closed")
         conn = self._conn
-        if conn is not None and not conn.is_closed:
+        if conn is not None and self._usable(conn):
             return conn
         if not wait and self._connected_once:
             if self._lock.locked():
@@ -449,7 +464,7 @@ class AmqpBroker:
             if self._closed:
                 raise ClosedError("the AMQP broker is closed")
             conn = self._conn
-            if conn is not None and not conn.is_closed:
+            if conn is not None and self._usable(conn):
                 return conn
             old, self._conn = self._conn, None
             self._pub_channel = self._pub_exchange = None

@@ -1,0 +1,88 @@
+"""Helpers for tests that poke the local RabbitMQ server with ``rabbitmqctl``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+RABBITMQCTL = shutil.which("rabbitmqctl")
+
+
+def need_rabbitmqctl() -> str:
+    """The rabbitmqctl path, or skip the test."""
+    if RABBITMQCTL is None:
+        pytest.skip("rabbitmqctl is not available")
+    probe = subprocess.run([RABBITMQCTL, "-q", "status"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"rabbitmqctl cannot talk to the node: {probe.stderr.strip()[:200]}")
+    return RABBITMQCTL
+
+
+def ctl(*args: str, timeout: float = 60) -> str:
+    """Run rabbitmqctl synchronously; raise on failure; return stdout.
+
+    Never skips (it must work while the app is stopped, to start it again).
+    """
+    if RABBITMQCTL is None:
+        raise RuntimeError("rabbitmqctl is not available")
+    result = subprocess.run(
+        [RABBITMQCTL, "-q", *args], capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+async def actl(*args: str) -> str:
+    """:func:`ctl` in a worker thread."""
+    return await anyio.to_thread.run_sync(lambda: ctl(*args))
+
+
+def list_json(kind: str, *fields: str) -> list[dict[str, Any]]:
+    """``rabbitmqctl list_<kind> FIELDS --formatter json``."""
+    out = ctl(f"list_{kind}", *fields, "--formatter", "json")
+    return json.loads(out) if out.strip() else []
+
+
+def connection_pids(connection_name: str) -> list[str]:
+    """Erlang pids of the connections whose client ``connection_name`` is *connection_name*."""
+    pids = []
+    for line in ctl("list_connections", "pid", "client_properties").splitlines():
+        if f'{{"connection_name","{connection_name}"}}' in line:
+            pids.append(line.split("\t", 1)[0])
+    return pids
+
+
+async def close_connections(connection_name: str) -> int:
+    """Close (server side) every connection named *connection_name*; how many were closed."""
+    pids = await anyio.to_thread.run_sync(lambda: connection_pids(connection_name))
+    for pid in pids:
+        await actl("close_connection", pid, "aiocelev test: killed on purpose")
+    return len(pids)
+
+
+@asynccontextmanager
+async def rabbitmq_stopped() -> AsyncIterator[None]:
+    """``stop_app`` on entry; ALWAYS ``start_app`` (and wait for it) on exit.
+
+    Other people's tests share this server: keep the block a few seconds long.
+    """
+    try:
+        await actl("stop_app")
+        yield
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_start_app)
+
+
+def _start_app() -> None:
+    ctl("start_app")
+    ctl("await_startup")
