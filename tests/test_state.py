@@ -780,3 +780,31 @@ def test_apply_returns_the_record_and_accepts_any_mapping() -> None:
     assert w is s.worker("celery@a")
     assert s.apply({"type": "client-custom", "hostname": "x"}) is None
     assert s.event_counts()["client-custom"] == 1
+
+
+async def test_follow_a_real_receiver_over_the_memory_broker() -> None:
+    from contextlib import aclosing
+
+    import anyio
+
+    from aiocelev import EventDispatcher, EventReceiver
+
+    url = "memory://state-follow"
+    s = ClusterState()
+    async with EventReceiver(url) as receiver, EventDispatcher(url, hostname="celery@m") as d:
+        await d.send("worker-online", freq=2.0, active=0, processed=0)
+        await d.send("task-received", uuid="e2e", name="proj.add", args="(1,)", kwargs="{}")
+        await d.send("task-started", uuid="e2e")
+        await d.send("task-succeeded", uuid="e2e", result="2", runtime=0.25)
+        await d.flush()
+        with anyio.fail_after(5):
+            async with aclosing(s.follow(receiver)) as events:
+                async for ev in events:
+                    if ev.type == "task-succeeded":
+                        break
+    t = s.task("e2e")
+    assert t is not None and t.state == "SUCCESS" and t.worker == "celery@m"
+    assert t.name == "proj.add" and t.result == "2"
+    w = s.worker("celery@m")
+    assert w is not None and w.alive and w.drift is not None and abs(w.drift) < 5
+    assert s.runtime_percentiles((50,)) == {50: 0.25}
