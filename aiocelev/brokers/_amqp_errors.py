@@ -46,7 +46,9 @@ def map_errors(where: str, *, publish: bool = False) -> Iterator[None]:
         raise
     except aiormq.exceptions.DeliveryError as exc:
         if publish:
-            raise PublishError(f"{where}: the broker did not accept the message ({describe(exc)})") from exc
+            raise PublishError(
+                f"{where}: the broker did not accept the message ({describe(exc)})"
+            ) from exc
         raise BrokerError(f"{where}: {describe(exc)}") from exc
     except aiormq.exceptions.ChannelClosed as exc:
         # A channel-level error (PRECONDITION_FAILED, NOT_FOUND, ACCESS_REFUSED...):

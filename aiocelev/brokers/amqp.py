@@ -181,7 +181,11 @@ class _AmqpSubscription:
             arguments["x-expires"] = _ms(opts.expires)
         if opts.queue_name and opts.durable:
             return await channel.declare_queue(
-                opts.queue_name, durable=True, exclusive=False, auto_delete=False, arguments=arguments
+                opts.queue_name,
+                durable=True,
+                exclusive=False,
+                auto_delete=False,
+                arguments=arguments,
             )
         # A fresh name after every reconnect: the previous exclusive queue may
         # still be held by a half-dead connection on the server side.
@@ -257,7 +261,8 @@ class _AmqpSubscription:
             self._reconnects += 1
             logger.warning(
                 "subscription %s lost its channel on %s; re-subscribing",
-                self.queue_name, broker._current_masked(),
+                self.queue_name,
+                broker._current_masked(),
             )
         await _close_quietly(old)
         attempt = 0
@@ -273,13 +278,18 @@ class _AmqpSubscription:
                 delay = broker._backoff(attempt)
                 logger.warning(
                     "re-subscribe attempt %d on %s failed (%s); next attempt in %.2fs",
-                    attempt, broker.url, exc, delay,
+                    attempt,
+                    broker.url,
+                    exc,
+                    delay,
                 )
                 await anyio.sleep(delay)
             else:
                 if first:
                     logger.warning(
-                        "subscription re-created as %s on %s", self.queue_name, broker._current_masked()
+                        "subscription re-created as %s on %s",
+                        self.queue_name,
+                        broker._current_masked(),
                     )
                 return
 
@@ -344,7 +354,11 @@ class AmqpBroker:
         return self._connection_alive()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("connected" if self._connection_alive() else "disconnected")
+        state = (
+            "closed"
+            if self._closed
+            else ("connected" if self._connection_alive() else "disconnected")
+        )
         return f"<AmqpBroker {self._masked!r} {state}>"
 
     def _current_masked(self) -> str:
@@ -394,7 +408,11 @@ class AmqpBroker:
             try:
                 conn = await self._open_one(endpoint)
             except BrokerConnectionError as exc:
-                logger.warning("connection to %s failed: %s", endpoint.masked, exc.__cause__ and describe(exc.__cause__))
+                logger.warning(
+                    "connection to %s failed: %s",
+                    endpoint.masked,
+                    exc.__cause__ and describe(exc.__cause__),
+                )
                 errors.append(str(exc))
                 continue
             self._conn_index = index
@@ -420,7 +438,9 @@ class AmqpBroker:
             self._dead = sender
         if not self._closed:
             logger.warning(
-                "connection to %s lost%s", self._current_masked(), f": {describe(exc)}" if exc else ""
+                "connection to %s lost%s",
+                self._current_masked(),
+                f": {describe(exc)}" if exc else "",
             )
         for sub in tuple(self._subscriptions):
             sub._wake()
@@ -621,8 +641,10 @@ class AmqpBroker:
             with map_errors(where, publish=True):
                 channel = await conn.channel(publisher_confirms=False)
                 pidbox = await channel.declare_exchange(
-                    pidbox_exchange(namespace), aio_pika.ExchangeType.FANOUT,
-                    durable=False, auto_delete=False,
+                    pidbox_exchange(namespace),
+                    aio_pika.ExchangeType.FANOUT,
+                    durable=False,
+                    auto_delete=False,
                 )
                 ticket: str | None = None
                 reply_to: dict[str, str] | None = None
@@ -631,11 +653,15 @@ class AmqpBroker:
                     ticket = new_ticket()
                     reply_to = reply_to_mapping(key, namespace)
                     reply_ex = await channel.declare_exchange(
-                        reply_exchange(namespace), aio_pika.ExchangeType.DIRECT,
-                        durable=False, auto_delete=False,
+                        reply_exchange(namespace),
+                        aio_pika.ExchangeType.DIRECT,
+                        durable=False,
+                        auto_delete=False,
                     )
                     queue = await channel.declare_queue(
-                        reply_queue_name(key, namespace), durable=False, exclusive=True,
+                        reply_queue_name(key, namespace),
+                        durable=False,
+                        exclusive=True,
                         auto_delete=True,
                         arguments={
                             "x-expires": _ms(REPLY_QUEUE_EXPIRES),
@@ -662,8 +688,13 @@ class AmqpBroker:
 
                     await queue.consume(on_reply, no_ack=True)
                 body, headers = build_control_body(
-                    method, arguments, destination=destination, ticket=ticket,
-                    reply_to=reply_to, clock=self._control_clock.forward(), timeout=timeout,
+                    method,
+                    arguments,
+                    destination=destination,
+                    ticket=ticket,
+                    reply_to=reply_to,
+                    clock=self._control_clock.forward(),
+                    timeout=timeout,
                 )
                 await pidbox.publish(
                     aio_pika.Message(

@@ -134,7 +134,9 @@ async def test_conformance(amqp_url: str) -> None:
 @pytest.mark.amqp
 async def test_conformance_with_confirms_and_failover(amqp_url: str) -> None:
     url = f"amqp://guest:guest@127.0.0.1:1//;{amqp_url}"
-    await check_broker(lambda: from_url(url, confirm_publish=True), checks=["roundtrip", "ordering"])
+    await check_broker(
+        lambda: from_url(url, confirm_publish=True), checks=["roundtrip", "ordering"]
+    )
 
 
 @pytest.mark.amqp
@@ -175,7 +177,9 @@ async def test_wire_properties_and_declarations_match_celery(amqp_url: str) -> N
         assert decode_message(got)[0] == [event]
         assert got.ack is None  # no-ack consumption by default
 
-        exchanges = {e["name"]: e for e in list_json("exchanges", "name", "type", "durable", "auto_delete")}
+        exchanges = {
+            e["name"]: e for e in list_json("exchanges", "name", "type", "durable", "auto_delete")
+        }
         assert exchanges["celeryev"]["type"] == "topic"
         assert exchanges["celeryev"]["durable"] is True
         assert exchanges["celeryev"]["auto_delete"] is False
@@ -222,7 +226,9 @@ async def test_publisher_confirms_and_nack(amqp_url: str) -> None:
 
 
 @pytest.mark.amqp
-async def test_durable_queue_with_acks_loses_nothing_across_consumer_restarts(amqp_url: str) -> None:
+async def test_durable_queue_with_acks_loses_nothing_across_consumer_restarts(
+    amqp_url: str,
+) -> None:
     queue_name = _unique("durable")
     key = _unique("dkey")
     try:
@@ -243,7 +249,7 @@ async def test_durable_queue_with_acks_loses_nothing_across_consumer_restarts(am
 
         consumer = from_url(amqp_url, queue_name=queue_name, durable=True)
         sub = await consumer.subscribe([key])
-        bodies = []
+        bodies: list[bytes] = []
         with anyio.fail_after(10):
             while len(bodies) < 3:
                 message = await sub.__anext__()
@@ -316,7 +322,13 @@ async def _drain_into(sub, bucket: list[bytes], seen: anyio.Event) -> None:
 
 
 async def _publish_until_seen(
-    broker: AmqpBroker, key: str, seen_count, published: list[bytes], *, tag: str, timeout: float = 30
+    broker: AmqpBroker,
+    key: str,
+    seen_count,
+    published: list[bytes],
+    *,
+    tag: str,
+    timeout: float = 30,
 ) -> None:
     """Publish ``tag-N`` every 50 ms until the subscriber saw one of them (retrying errors)."""
     start = seen_count()
@@ -362,7 +374,9 @@ async def test_recovers_from_server_side_connection_kill(amqp_url: str) -> None:
 
                 assert await close_connections(name) == 2
 
-                await _publish_until_seen(pub_broker, key, lambda: len(received), published, tag="gap")
+                await _publish_until_seen(
+                    pub_broker, key, lambda: len(received), published, tag="gap"
+                )
                 tail = [f'"tail-{i}"'.encode() for i in range(20)]
                 await pub_broker.publish([OutgoingMessage(key, b) for b in tail])
                 with anyio.fail_after(10):
@@ -415,7 +429,9 @@ async def test_recovers_from_rabbitmq_restart(amqp_url: str) -> None:
                     assert errors == 3
                     assert not pub_broker.connected
 
-                await _publish_until_seen(pub_broker, key, lambda: len(received), published, tag="gap")
+                await _publish_until_seen(
+                    pub_broker, key, lambda: len(received), published, tag="gap"
+                )
                 tail = [f'"tail-{i}"'.encode() for i in range(20)]
                 await pub_broker.publish([OutgoingMessage(key, b) for b in tail])
                 with anyio.fail_after(10):
@@ -440,6 +456,8 @@ async def test_broadcast_without_workers_and_body_format(amqp_url: str) -> None:
         exchanges = {e["name"]: e for e in list_json("exchanges", "name", "type", "durable")}
         pidbox = exchanges[f"{broker.options.control_exchange}.pidbox"]
         assert pidbox["type"] == "fanout" and pidbox["durable"] is False
-    body, headers = build_control_body("enable_events", ticket="t", reply_to={"exchange": "e", "routing_key": "k"})
+    body, headers = build_control_body(
+        "enable_events", ticket="t", reply_to={"exchange": "e", "routing_key": "k"}
+    )
     assert encode_control_body(body).startswith(b'{"method": "enable_events", "arguments": {}, ')
     assert headers == {"clock": 0, "expires": 0}

@@ -1,3 +1,4 @@
+# mypy: allow-untyped-decorators
 """A tiny Celery app for interoperability tests (used by subprocess workers).
 
 The broker URL comes from the environment variable ``AIOCELEV_CELERY_BROKER``
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from celery import Celery
 
@@ -44,7 +46,7 @@ def boom(x: object) -> None:
 
 
 @app.task(name="interop.flaky", bind=True, max_retries=1, default_retry_delay=0.1)
-def flaky(self, n: int) -> int:  # type: ignore[no-untyped-def]
+def flaky(self: Any, n: int) -> int:
     """Retries once (``task-retried``), then succeeds with *n*."""
     if self.request.retries < 1:
         raise self.retry(exc=RuntimeError("try again"))

@@ -1,0 +1,400 @@
+"""Wire compatibility with real Celery over RabbitMQ, in both directions.
+
+* a real ``celery worker -E`` -> aiocelev (raw subscription and EventReceiver);
+* aiocelev's EventDispatcher -> Celery's own ``EventReceiver`` + ``State``;
+* ``enable_events`` sent with :meth:`AmqpBroker.broadcast` switches task events
+  on in a real worker started without ``-E``.
+
+Every worker gets its own node name and task queue, and events are filtered by
+node name, so concurrent runs on the same RabbitMQ do not interfere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from aiocelev import EventDispatcher, EventReceiver
+from aiocelev._codec import decode_message
+from aiocelev.brokers.amqp import AmqpBroker, from_url
+
+pytestmark = [pytest.mark.amqp, pytest.mark.celery]
+
+ROOT = Path(__file__).resolve().parents[2]
+CELERY = str(Path(sys.executable).with_name("celery"))
+
+TASK_TYPES = {
+    "task-received",
+    "task-started",
+    "task-succeeded",
+    "task-failed",
+    "task-retried",
+    "task-revoked",
+}
+
+
+class Worker:
+    """A real Celery worker subprocess with its own node name and queue."""
+
+    def __init__(self, broker_url: str, *, events: bool) -> None:
+        tag = uuid.uuid4().hex[:10]
+        self.nodename = f"aiocelev-{tag}@interop"
+        self.queue = f"aiocelev-interop-{tag}"
+        self.broker_url = broker_url
+        self.events = events
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by celery_worker()
+
+    def start(self) -> None:
+        cmd = [
+            CELERY,
+            "-A",
+            "tests.interop.celery_app",
+            "worker",
+            "-P",
+            "solo",
+            "--without-mingle",
+            "--without-gossip",
+            "-n",
+            self.nodename,
+            "-Q",
+            self.queue,
+            "--loglevel",
+            "INFO",
+        ]
+        if self.events:
+            cmd.append("-E")
+        env = {**os.environ, "AIOCELEV_CELERY_BROKER": self.broker_url}
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+
+    def stop(self, timeout: float = 15) -> None:
+        """Warm shutdown (SIGTERM, sends worker-offline); SIGKILL if it hangs."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-4000:]
+
+
+@asynccontextmanager
+async def celery_worker(broker_url: str, *, events: bool = True) -> AsyncIterator[Worker]:
+    worker = Worker(broker_url, events=events)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(worker.stop)
+            worker.log.close()
+
+
+def _client(broker_url: str) -> Any:
+    from celery import Celery
+
+    return Celery("aiocelev_interop_client", broker=broker_url)
+
+
+async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+
+async def _collect_until_offline(
+    sub: Any, nodename: str, into: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Append (routing_key, event) for events from *nodename* until its worker-offline."""
+    async for message in sub:
+        events, errors = decode_message(message)
+        assert not errors
+        for event in events:
+            if event.get("hostname") == nodename:
+                into.append((message.routing_key, event))
+                if event["type"] == "worker-offline":
+                    return
+
+
+async def _wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, worker: Worker
+) -> None:
+    try:
+        with anyio.fail_after(timeout):
+            while not predicate():
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(
+            f"timed out waiting for {what}; worker output:\n{worker.output()}"
+        ) from None
+
+
+async def test_real_worker_events_reach_aiocelev(amqp_url: str) -> None:
+    """Every event type a real ``celery worker -E`` sends arrives, with Celery's fields."""
+    raw: list[tuple[str, dict[str, Any]]] = []
+    typed: list[Any] = []
+    async with from_url(amqp_url) as broker:
+        sub = await broker.subscribe(["#"])
+        client = _client(amqp_url)
+        async with EventReceiver(broker) as receiver, celery_worker(amqp_url) as worker:
+            node = worker.nodename
+
+            async def typed_until_offline() -> None:
+                async for event in receiver:
+                    if event.hostname == node:
+                        typed.append(event)
+                        if event.type == "worker-offline":
+                            return
+
+            def types() -> set[str]:
+                return {e["type"] for _, e in raw}
+
+            with anyio.fail_after(90):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_collect_until_offline, sub, node, raw)
+                    tg.start_soon(typed_until_offline)
+                    await _wait_for(lambda: "worker-online" in types(), 30, "worker-online", worker)
+
+                    q = worker.queue
+                    ok = (await _call(client.send_task, "interop.add", args=(2, 3), queue=q)).id
+                    bad = (await _call(client.send_task, "interop.boom", args=(7,), queue=q)).id
+                    retried = (
+                        await _call(client.send_task, "interop.flaky", args=(9,), queue=q)
+                    ).id
+                    revoked = str(uuid.uuid4())
+                    replies = await _call(
+                        client.control.revoke, revoked, destination=[node], reply=True, timeout=10
+                    )
+                    assert replies and node in replies[0]
+                    await _call(
+                        client.send_task, "interop.add", args=(1, 1), queue=q, task_id=revoked
+                    )
+
+                    def done() -> bool:
+                        seen = {(e["type"], e.get("uuid")) for _, e in raw}
+                        return {
+                            ("task-succeeded", ok),
+                            ("task-failed", bad),
+                            ("task-retried", retried),
+                            ("task-succeeded", retried),
+                            ("task-revoked", revoked),
+                        } <= seen and "worker-heartbeat" in types()
+
+                    await _wait_for(done, 40, "the task events", worker)
+                    await anyio.to_thread.run_sync(worker.stop)
+                    # both collectors end on worker-offline
+
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for _, event in raw:
+        by_type.setdefault(event["type"], []).append(event)
+    assert {"worker-online", "worker-heartbeat", "worker-offline"} | TASK_TYPES <= set(by_type)
+
+    # routing: worker events one per message, task events batched on task.multi
+    for key, event in raw:
+        if event["type"].startswith("worker-"):
+            assert key == event["type"].replace("-", ".")
+        else:
+            assert key in ("task.multi", event["type"].replace("-", "."))
+
+    online = by_type["worker-online"][0]
+    assert online["sw_ident"] == "py-celery" and online["freq"] == 2.0
+    beat = by_type["worker-heartbeat"][0]
+    assert isinstance(beat["active"], int) and isinstance(beat["processed"], int)
+    assert len(beat["loadavg"]) == 3
+    for event in (e for _, e in raw):
+        assert isinstance(event["clock"], int) and isinstance(event["timestamp"], float)
+        assert event["pid"] == online["pid"]
+
+    received = {e["uuid"]: e for e in by_type["task-received"]}
+    assert received[ok]["name"] == "interop.add"
+    assert received[ok]["args"] == "(2, 3)" and received[ok]["kwargs"] == "{}"
+    succeeded = {e["uuid"]: e for e in by_type["task-succeeded"]}
+    assert succeeded[ok]["result"] == "5"
+    assert succeeded[retried]["result"] == "9"
+    assert isinstance(succeeded[ok]["runtime"], float)
+    failed = {e["uuid"]: e for e in by_type["task-failed"]}
+    assert "ValueError" in failed[bad]["exception"] and "bad value 7" in failed[bad]["exception"]
+    assert "Traceback" in failed[bad]["traceback"]
+    retry = {e["uuid"]: e for e in by_type["task-retried"]}
+    assert "try again" in retry[retried]["exception"]
+    assert revoked in {e["uuid"] for e in by_type["task-revoked"]}
+
+    # the EventReceiver saw the same events, typed, in the same order
+    assert [e.type for e in typed] == [e["type"] for _, e in raw]
+    typed_succeeded = [e for e in typed if e.type == "task-succeeded" and e.uuid == ok]
+    assert typed_succeeded and typed_succeeded[0].result == "5"
+
+
+@asynccontextmanager
+async def celery_state_probe(
+    broker_url: str, nodename: str, timeout: float = 30
+) -> AsyncIterator[Callable[[], Any]]:
+    """Celery's EventReceiver + State in a subprocess; yields a coroutine function
+    returning its JSON report (once it saw worker-offline from *nodename*)."""
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "tests.interop._celery_probe", broker_url, nodename, str(timeout)],
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        buffer = b""
+        with anyio.fail_after(30):
+            while b"READY\n" not in buffer:
+                buffer += await proc.stdout.receive()
+
+        async def report() -> Any:
+            nonlocal buffer
+            assert proc.stdout is not None
+            with anyio.fail_after(timeout + 10):
+                while not buffer.rstrip().endswith(b"}"):
+                    buffer += await proc.stdout.receive()
+            return json.loads(buffer.split(b"READY\n", 1)[1])
+
+        yield report
+    finally:
+        with anyio.CancelScope(shield=True):
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            await proc.aclose()
+
+
+async def test_aiocelev_events_understood_by_celery_state(amqp_url: str) -> None:
+    """Celery's own receiver and State turn aiocelev's events into task states and a live worker."""
+    node = f"aiocelev-{uuid.uuid4().hex[:10]}@pub"
+    ids = {state: str(uuid.uuid4()) for state in ("SUCCESS", "FAILURE", "RETRY", "REVOKED")}
+    worker_fields = {
+        "freq": 2.0,
+        "active": 0,
+        "processed": 0,
+        "loadavg": [0.1, 0.1, 0.1],
+        "sw_ident": "aiocelev",
+        "sw_ver": "0.1.0",
+        "sw_sys": "Linux",
+    }
+    async with celery_state_probe(amqp_url, node) as report:
+        async with EventDispatcher(amqp_url, hostname=node) as dispatcher:
+            await dispatcher.send("worker-online", **worker_fields)
+            await dispatcher.send("worker-heartbeat", **worker_fields)
+            for state, task_id in ids.items():
+                await dispatcher.send(
+                    "task-received",
+                    uuid=task_id,
+                    name="demo.add",
+                    args="(2, 3)",
+                    kwargs="{}",
+                    root_id=task_id,
+                    parent_id=None,
+                    retries=0,
+                    eta=None,
+                    expires=None,
+                )
+                if state == "REVOKED":
+                    await dispatcher.send(
+                        "task-revoked", uuid=task_id, terminated=False, signum=None, expired=False
+                    )
+                    continue
+                await dispatcher.send("task-started", uuid=task_id)
+                if state == "SUCCESS":
+                    await dispatcher.send("task-succeeded", uuid=task_id, result="5", runtime=0.01)
+                elif state == "FAILURE":
+                    await dispatcher.send(
+                        "task-failed",
+                        uuid=task_id,
+                        exception="ValueError('x')",
+                        traceback="Traceback (most recent call last):\n",
+                        runtime=0.01,
+                    )
+                else:
+                    await dispatcher.send(
+                        "task-retried",
+                        uuid=task_id,
+                        exception="RuntimeError('again')",
+                        traceback="Traceback (most recent call last):\n",
+                    )
+            await dispatcher.send("worker-heartbeat", **{**worker_fields, "processed": 3})
+            await dispatcher.flush()
+            await dispatcher.send("worker-offline", **worker_fields)
+        seen = await report()
+
+    assert seen["tasks"] == {task_id: state for state, task_id in ids.items()}
+    assert seen["results"][ids["SUCCESS"]] == "5"
+    assert seen["alive_at_heartbeat"] == [True, True]
+    assert seen["alive_at_end"] is False  # worker-offline
+    assert {
+        "task-received",
+        "task-started",
+        "task-succeeded",
+        "task-failed",
+        "task-retried",
+        "task-revoked",
+        "worker-online",
+        "worker-heartbeat",
+        "worker-offline",
+    } <= set(seen["types"])
+
+
+async def test_broadcast_enable_events_turns_on_task_events(amqp_url: str) -> None:
+    """A worker started without -E sends task events after our enable_events."""
+    collected: list[tuple[str, dict[str, Any]]] = []
+    async with from_url(amqp_url) as broker:
+        assert isinstance(broker, AmqpBroker)
+        sub = await broker.subscribe(["#"])
+        client = _client(amqp_url)
+        async with celery_worker(amqp_url, events=False) as worker:
+            node = worker.nodename
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_collect_until_offline, sub, node, collected)
+                await _wait_for(
+                    lambda: any(e["type"] == "worker-online" for _, e in collected),
+                    30,
+                    "worker-online",
+                    worker,
+                )
+                replies = await broker.broadcast(
+                    "enable_events", destination=[node], reply=True, timeout=10
+                )
+                assert replies == [{node: {"ok": "task events enabled"}}]
+                again = await broker.broadcast(
+                    "enable_events", destination=[node], reply=True, timeout=10
+                )
+                assert again == [{node: {"ok": "task events already enabled"}}]
+                pong = await broker.broadcast("ping", destination=[node], reply=True, timeout=10)
+                assert pong == [{node: {"ok": "pong"}}]
+
+                task_id = (
+                    await _call(client.send_task, "interop.add", args=(4, 4), queue=worker.queue)
+                ).id
+                await _wait_for(
+                    lambda: (
+                        ("task-succeeded", task_id)
+                        in {(e["type"], e.get("uuid")) for _, e in collected}
+                    ),
+                    30,
+                    "task-succeeded after enable_events",
+                    worker,
+                )
+                await broker.broadcast("disable_events", destination=[node])
+                await anyio.to_thread.run_sync(worker.stop)
+    types = [e["type"] for _, e in collected]
+    assert "task-received" in types and "task-started" in types
+    assert types[-1] == "worker-offline"
