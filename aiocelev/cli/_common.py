@@ -1,0 +1,369 @@
+"""What every ``aiocelev`` subcommand shares: options, broker URL, errors, signals, output."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import IO, Any, NoReturn
+
+import anyio
+import anyio.abc
+
+from .._exceptions import AiocelevError, BrokerError, ConfigurationError, MissingDependencyError
+from .._url import mask_url
+
+__all__ = [
+    "DEFAULT_BROKER_URL",
+    "ENV_BROKER_URL",
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CommandError",
+    "Context",
+    "Style",
+    "add_broker_options",
+    "diag",
+    "format_timestamp",
+    "resolve_broker_url",
+    "run_command",
+]
+
+#: Celery's own default broker URL (``broker_url`` unset).
+DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
+#: The environment variable naming the broker when ``--broker`` is not given.
+ENV_BROKER_URL = "AIOCELEV_BROKER_URL"
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+PROG = "aiocelev"
+
+
+class CommandError(Exception):
+    """A failure the command explains in one line; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived before the event loop's own handler was installed."""
+
+
+def diag(message: str) -> None:
+    """Print one diagnostic line on stderr (passwords in URLs masked)."""
+    try:
+        sys.stderr.write(f"{PROG}: {mask_url(message)}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # stderr closed: nothing sensible left to do
+        pass
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """Stop the command with a one-line error and exit status *code*."""
+    raise CommandError(message, code)
+
+
+def resolve_broker_url(given: str | None, default: str = DEFAULT_BROKER_URL) -> str:
+    """``--broker``, else ``$AIOCELEV_BROKER_URL``, else *default*."""
+    if given:
+        return given
+    return os.environ.get(ENV_BROKER_URL) or default
+
+
+def add_broker_options(
+    parser: argparse.ArgumentParser, *, default_hint: str = DEFAULT_BROKER_URL
+) -> None:
+    """The options every subcommand accepts: ``--broker``, ``--connect-timeout``, ``-v``."""
+    group = parser.add_argument_group("broker")
+    group.add_argument(
+        "-b",
+        "--broker",
+        metavar="URL",
+        help=f"broker URL (default: ${ENV_BROKER_URL}, else {default_hint})",
+    )
+    group.add_argument(
+        "--connect-timeout",
+        type=positive_float,
+        default=3.0,
+        metavar="SECONDS",
+        help="give up if the broker cannot be reached within this time (default: 3)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log the library's warnings (-v) or debug messages (-vv) on stderr",
+    )
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number > 0."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a number >= 0."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def format_timestamp(value: Any) -> str:
+    """An epoch timestamp as a UTC date and time (``?`` when it is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "?"
+    try:
+        return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+    except (OverflowError, OSError, ValueError):
+        return "?"
+
+
+class Style:
+    """ANSI colours, only when the stream is a terminal and ``NO_COLOR`` is unset."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.enabled = _wants_colour(stream)
+
+    def __call__(self, text: str, code: str) -> str:
+        """*text* wrapped in the SGR *code* (e.g. ``"1;36"``) when colour is on."""
+        if not self.enabled:
+            return text
+        return f"\x1b[{code}m{text}\x1b[0m"
+
+
+def _wants_colour(stream: IO[str]) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def configure_logging(verbosity: int) -> None:
+    """Send log records to stderr only on request (``-v``: warnings, ``-vv``: debug).
+
+    The commands report what matters themselves, one line per problem, so by
+    default nothing is logged: neither the library's retry notices nor the
+    messages of the broker client libraries.
+    """
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_aiocelev_cli", False):
+            root.removeHandler(old)
+    handler: logging.Handler
+    if verbosity <= 0:
+        handler = logging.NullHandler()
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_MaskingFormatter(f"{PROG}: %(name)s: %(levelname)s: %(message)s"))
+    setattr(handler, "_aiocelev_cli", True)  # noqa: B010 - a marker on a foreign class
+    root.addHandler(handler)
+    if verbosity >= 2:
+        root.setLevel(logging.INFO)
+        logging.getLogger("aiocelev").setLevel(logging.DEBUG)
+    else:
+        root.setLevel(logging.WARNING)
+
+
+class _MaskingFormatter(logging.Formatter):
+    """Mask passwords in URLs of every log line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_url(super().format(record))
+
+
+class Context:
+    """Handed to a running command: where to stop when a signal arrives.
+
+    A command wraps its main loop in :meth:`interruptible`; SIGINT or SIGTERM
+    then cancels that loop (the command still cleans up and may print a
+    summary).  Without such a scope, the whole command is cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._scopes: list[anyio.CancelScope] = []
+        self._root: anyio.CancelScope | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether a signal asked the command to stop."""
+        return self.signum is not None
+
+    @contextmanager
+    def interruptible(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that a signal cancels (entered right away)."""
+        with anyio.CancelScope() as scope:
+            if self.signum is not None:
+                scope.cancel()
+            self._scopes.append(scope)
+            try:
+                yield scope
+            finally:
+                self._scopes.remove(scope)
+
+    def _on_signal(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = signum
+            if self._scopes:
+                for scope in self._scopes:
+                    scope.cancel()
+                return
+        # No interruptible loop, or a second signal: stop everything.
+        if self._root is not None:
+            self._root.cancel()
+
+
+CommandFn = Callable[[argparse.Namespace, Context], Awaitable[int]]
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+async def _supervise(fn: CommandFn, args: argparse.Namespace, ctx: Context) -> int:
+    result = EXIT_OK
+    error: BaseException | None = None
+
+    async def watch(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
+                async for signum in signals:
+                    ctx._on_signal(int(signum))
+        except (NotImplementedError, RuntimeError, ValueError):
+            # e.g. Windows: Ctrl-C then arrives as KeyboardInterrupt.
+            task_status.started()
+
+    async def command() -> None:
+        nonlocal result, error
+        try:
+            result = await fn(args, ctx)
+        except Exception as exc:
+            error = exc
+        finally:
+            tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        ctx._root = tg.cancel_scope
+        if _in_main_thread():
+            await tg.start(watch, name="aiocelev signal watcher")
+        tg.start_soon(command, name=f"aiocelev {args.command}")
+    if error is not None:
+        raise _unwrap(error)
+    if ctx.signum is not None:
+        return 128 + ctx.signum
+    return result
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The single error inside (nested) exception groups, else *exc* itself."""
+    while True:
+        inner = getattr(exc, "exceptions", None)
+        if not isinstance(inner, tuple) or len(inner) != 1:
+            return exc
+        exc = inner[0]
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+def run_command(fn: CommandFn, args: argparse.Namespace) -> int:
+    """Run an async command; turn errors and signals into one line and an exit status.
+
+    * ``0``: done; ``1``: runtime or broker error; ``2``: usage or configuration error;
+    * ``130`` / ``143``: stopped by SIGINT (Ctrl-C) / SIGTERM, after a clean shutdown.
+    """
+    configure_logging(getattr(args, "verbose", 0))
+    ctx = Context()
+    previous: Any = None
+    main_thread = _in_main_thread()
+    if main_thread:
+        # Until the event loop installs its handler, SIGTERM unwinds like Ctrl-C.
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return anyio.run(_supervise, fn, args, ctx)
+    except KeyboardInterrupt:
+        return EXIT_SIGINT
+    except _Terminated:
+        return EXIT_SIGTERM
+    except CommandError as exc:
+        diag(f"error: {exc}")
+        return exc.code
+    except MissingDependencyError as exc:
+        diag(f"error: {exc}")
+        return EXIT_ERROR
+    except ConfigurationError as exc:
+        diag(f"error: {exc}")
+        return EXIT_USAGE
+    except (AiocelevError, BrokerError) as exc:
+        diag(f"error: {exc}")
+        return EXIT_ERROR
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_OK
+    except OSError as exc:
+        diag(f"error: {exc}")
+        return EXIT_ERROR
+    except Exception as exc:
+        # A bug, not a user error: one line, the traceback only on request (-vv).
+        if getattr(args, "verbose", 0) >= 2:
+            traceback.print_exc()
+        diag(f"error: unexpected {type(exc).__name__}: {exc} (run with -vv for details)")
+        return EXIT_ERROR
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe (``aiocelev events | head``), stop Python's flush at exit failing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,203 @@
+"""``aiocelev record`` / ``aiocelev replay``: the event stream to JSON Lines and back."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from typing import IO, Any
+
+import anyio
+
+from .._codec import dumps
+from .._dispatcher import EventDispatcher
+from .._exceptions import BrokerError
+from .._url import mask_url
+from ..brokers import Broker, open_broker
+from ._common import (
+    EXIT_OK,
+    Context,
+    add_broker_options,
+    diag,
+    fail,
+    non_negative_float,
+    resolve_broker_url,
+)
+from ._events import add_event_source_options, open_receiver
+
+__all__ = ["connect_broker", "iter_recording", "register", "run_record", "run_replay"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``record`` and ``replay`` subcommands."""
+    record: argparse.ArgumentParser = subparsers.add_parser(
+        "record",
+        help="capture the event stream to a JSON Lines file",
+        description=(
+            "Write every event to FILE, one JSON object per line (the full wire dict, "
+            "local_received included), until --limit, --timeout or Ctrl-C. "
+            "FILE '-' is stdout. Every line is flushed as it is written."
+        ),
+    )
+    record.add_argument("file", metavar="FILE", help="output file ('-' for stdout)")
+    record.add_argument(
+        "-a", "--append", action="store_true", help="append to FILE instead of replacing it"
+    )
+    add_event_source_options(record)
+    add_broker_options(record)
+    record.set_defaults(func=run_record)
+
+    replay: argparse.ArgumentParser = subparsers.add_parser(
+        "replay",
+        help="publish a recorded JSON Lines file again, with its original timing",
+        description=(
+            "Publish every event of FILE (written by 'aiocelev record' or 'aiocelev "
+            "events --json') unchanged, except local_received, which a receiver sets. "
+            "The gaps between events (their local_received, else timestamp) are kept, "
+            "divided by --speed. FILE '-' is stdin."
+        ),
+    )
+    replay.add_argument("file", metavar="FILE", help="input file ('-' for stdin)")
+    replay.add_argument(
+        "-s",
+        "--speed",
+        type=non_negative_float,
+        default=1.0,
+        metavar="X",
+        help="replay X times faster (default: 1; 0: as fast as possible)",
+    )
+    add_broker_options(replay)
+    replay.set_defaults(func=run_replay)
+
+
+async def run_record(args: argparse.Namespace, ctx: Context) -> int:
+    """Run ``aiocelev record``."""
+    receiver = open_receiver(args)
+    count = 0
+    async with receiver:
+        out = _open_output(args.file, args.append)
+        try:
+            diag(
+                f"recording {mask_url(receiver.broker.url)} "
+                f"(binding keys: {' '.join(receiver.routing_keys)}) to {args.file}"
+            )
+            with ctx.interruptible(), anyio.move_on_after(args.timeout):
+                async for event in receiver:
+                    out.write(dumps(event.to_dict()) + "\n")
+                    out.flush()
+                    count += 1
+                    if args.limit is not None and count >= args.limit:
+                        break
+        finally:
+            if out is not sys.stdout:
+                out.close()
+    diag(f"recorded {count} event{'' if count == 1 else 's'} to {args.file}")
+    return EXIT_OK
+
+
+def _open_output(path: str, append: bool) -> IO[str]:
+    if path == "-":
+        return sys.stdout
+    try:
+        return open(path, "a" if append else "w", encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _open_input(path: str) -> IO[str]:
+    # Local files are read and written synchronously, line by line: a line is
+    # small and a thread hop per line would cost more than it saves.
+    if path == "-":
+        return sys.stdin
+    try:
+        return open(path, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}")
+
+
+def iter_recording(lines: IO[str], source: str) -> Iterator[dict[str, Any]]:
+    """The events of a JSON Lines recording; bad lines are reported on stderr and skipped."""
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            diag(f"{source}:{number}: skipped: not JSON ({exc})")
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            diag(f"{source}:{number}: skipped: not an event (no string 'type')")
+            continue
+        yield data
+
+
+def _when(data: dict[str, Any]) -> float | None:
+    for key in ("local_received", "timestamp"):
+        value = data.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+async def connect_broker(url: str, timeout: float) -> Broker:
+    """Open and connect the broker at *url*, or fail with one line after *timeout* seconds."""
+    broker = open_broker(url)
+    last: BaseException | None = None
+    try:
+        with anyio.move_on_after(timeout):
+            while True:
+                try:
+                    await broker.connect()
+                    return broker
+                except BrokerError as exc:
+                    last = exc
+                    await anyio.sleep(0.25)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await broker.aclose()
+        raise
+    with anyio.CancelScope(shield=True):
+        await broker.aclose()
+    reason = f": {last}" if last is not None else " (timed out)"
+    fail(f"cannot connect to {mask_url(url)}{reason}")
+
+
+async def run_replay(args: argparse.Namespace, ctx: Context) -> int:
+    """Run ``aiocelev replay``."""
+    source = "<stdin>" if args.file == "-" else args.file
+    stream = _open_input(args.file)
+    url = resolve_broker_url(args.broker)
+    sent = 0
+    try:
+        broker = await connect_broker(url, args.connect_timeout)
+        try:
+            async with EventDispatcher(broker, hostname=None) as dispatcher:
+                diag(f"replaying {source} to {mask_url(url)} (speed {args.speed:g})")
+                first: float | None = None
+                start = anyio.current_time()
+                with ctx.interruptible():
+                    for data in iter_recording(stream, source):
+                        when = _when(data)
+                        if args.speed > 0 and when is not None:
+                            if first is None:
+                                first = when
+                            delay = start + (when - first) / args.speed - anyio.current_time()
+                            if delay > 0:
+                                await anyio.sleep(delay)
+                        data.pop("local_received", None)
+                        await dispatcher.send_event(data)
+                        sent += 1
+                    await dispatcher.flush()
+            dropped = dispatcher.statistics().dropped
+        finally:
+            with anyio.CancelScope(shield=True):
+                await broker.aclose()
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    diag(f"replayed {sent} event{'' if sent == 1 else 's'} from {source}")
+    if dropped:
+        fail(f"{dropped} events could not be delivered to {mask_url(url)}")
+    return EXIT_OK

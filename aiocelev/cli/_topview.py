@@ -1,0 +1,305 @@
+"""The screen of ``aiocelev top``, drawn with rich from a :class:`~aiocelev._state.ClusterState`.
+
+Importing this module imports rich (the ``cli`` extra); the commands import it
+only when they draw.  :func:`render` is pure (state and time in, renderable
+out), so the screen can be checked as text with :func:`to_text`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .._state import ClusterState
+from .._state_models import TaskState, WorkerState
+
+__all__ = ["STATE_ORDER", "TopView", "render", "to_text"]
+
+#: Task states in the order the counts are shown (others follow, sorted).
+STATE_ORDER = (
+    "PENDING",
+    "RECEIVED",
+    "STARTED",
+    "RETRY",
+    "SUCCESS",
+    "FAILURE",
+    "REVOKED",
+    "REJECTED",
+)
+
+_STATE_STYLES = {
+    "SUCCESS": "green",
+    "FAILURE": "bold red",
+    "REJECTED": "red",
+    "REVOKED": "yellow",
+    "RETRY": "yellow",
+    "STARTED": "cyan",
+    "RECEIVED": "blue",
+}
+
+_WORKER_STYLES = {"online": "green", "offline": "red", "lost": "yellow"}
+
+
+def _age(now: float, then: float | None) -> str:
+    if then is None:
+        return "-"
+    seconds = max(0.0, now - then)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _short(text: Any, width: int) -> str:
+    value = "" if text is None else str(text)
+    value = value.replace("\n", " ")
+    return value if len(value) <= width else value[: width - 1] + "…"
+
+
+def _workers_table(state: ClusterState, now: float) -> Table:
+    table = Table(title="Workers", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
+    for name, justify in (
+        ("worker", "left"),
+        ("status", "left"),
+        ("heartbeat", "right"),
+        ("processed", "right"),
+        ("active", "right"),
+        ("load", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    workers: Sequence[WorkerState] = sorted(state.workers.values(), key=lambda w: w.hostname)
+    for w in workers:
+        status = w.status
+        load = " ".join(f"{x:.2f}" for x in w.loadavg) if w.loadavg else "-"
+        table.add_row(
+            w.hostname,
+            Text(status, style=_WORKER_STYLES.get(status, "")),
+            _age(now, w.last_heartbeat),
+            "-" if w.processed is None else str(w.processed),
+            "-" if w.active is None else str(w.active),
+            load,
+        )
+    if not workers:
+        table.add_row(Text("no worker seen yet", style="dim"), "", "", "", "", "")
+    return table
+
+
+def _counts_table(state: ClusterState) -> Table:
+    counts = state.state_counts()
+    order = [s for s in STATE_ORDER if s in counts] + sorted(set(counts) - set(STATE_ORDER))
+    table = Table(title="Tasks by state", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("state")
+    table.add_column("tasks", justify="right")
+    for name in order:
+        table.add_row(Text(name, style=_STATE_STYLES.get(name, "")), str(counts[name]))
+    table.add_row(Text("total", style="bold"), str(sum(counts.values())))
+    return table
+
+
+def _rates_table(state: ClusterState) -> Table:
+    rates = state.rates()
+    table = Table(title="Events/s", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("type")
+    table.add_column("rate", justify="right")
+    for type_, rate in sorted(rates.items(), key=lambda kv: (-kv[1], kv[0]))[:8]:
+        if rate > 0:
+            table.add_row(type_, f"{rate:.1f}")
+    table.add_row(Text("all", style="bold"), f"{sum(rates.values()):.1f}")
+    table.add_row(Text("events seen", style="dim"), str(state.event_count))
+    return table
+
+
+def _tasks_table(tasks: Sequence[TaskState], now: float, selected: str | None) -> Table:
+    table = Table(title="Latest tasks", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
+    table.add_column("", width=1)
+    table.add_column("uuid", no_wrap=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("worker", no_wrap=True)
+    table.add_column("runtime", justify="right")
+    table.add_column("updated", justify="right")
+    for t in tasks:
+        mark = ">" if t.uuid == selected else ""
+        table.add_row(
+            mark,
+            t.uuid,
+            _short(t.name, 40) or "?",
+            Text(t.state, style=_STATE_STYLES.get(t.state, "")),
+            _short(t.worker, 40) or "-",
+            "-" if t.runtime is None else f"{t.runtime:.3f}s",
+            _age(now, t.timestamp),
+            style="reverse" if t.uuid == selected else None,
+        )
+    if not tasks:
+        table.add_row("", Text("no task seen yet", style="dim"), "", "", "", "", "")
+    return table
+
+
+_DETAIL_FIELDS = (
+    "name",
+    "state",
+    "worker",
+    "client",
+    "args",
+    "kwargs",
+    "result",
+    "exception",
+    "retries",
+    "runtime",
+    "eta",
+    "expires",
+    "parent_id",
+    "root_id",
+    "queue",
+)
+_DETAIL_TIMES = (
+    "sent",
+    "received",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "revoked",
+    "rejected",
+)
+
+
+def _detail(task: TaskState | None, now: float, traceback_lines: int) -> Panel:
+    if task is None:
+        return Panel(Text("no task selected", style="dim"), title="Task", title_align="left")
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    grid.add_row("uuid", task.uuid)
+    for field in _DETAIL_FIELDS:
+        value = getattr(task, field, None)
+        if value is None:
+            continue
+        if field == "state":
+            grid.add_row(field, Text(str(value), style=_STATE_STYLES.get(str(value), "")))
+        elif field == "runtime":
+            grid.add_row(field, f"{value:.3f}s")
+        else:
+            grid.add_row(field, _short(value, 200))
+    for field in _DETAIL_TIMES:
+        value = getattr(task, field, None)
+        if isinstance(value, (int, float)):
+            grid.add_row(field, f"{_age(now, value)} ago")
+    if task.extra:
+        for key, value in sorted(task.extra.items()):
+            grid.add_row(key, _short(value, 200))
+    parts: list[RenderableType] = [grid]
+    if task.traceback:
+        lines = task.traceback.rstrip().splitlines()[-traceback_lines:]
+        parts.append(Text("\n".join(lines), style="red"))
+    return Panel(Group(*parts), title=f"Task {task.uuid}", title_align="left")
+
+
+class TopView:
+    """The state of the screen: which task is selected, how many tasks are listed.
+
+    The selection follows the newest task until a key moves it; it then stays
+    on the same task (by id) while new tasks arrive.
+    """
+
+    def __init__(self, state: ClusterState, *, rows: int = 10) -> None:
+        self.state = state
+        self.rows = rows
+        self.selected: str | None = None
+        self.quit = False
+
+    def tasks(self) -> list[TaskState]:
+        """The tasks listed on screen, newest first."""
+        return self.state.recent_tasks(self.rows)
+
+    def move(self, delta: int) -> None:
+        """Move the selection *delta* rows down (negative: up)."""
+        tasks = self.tasks()
+        if not tasks:
+            return
+        ids = [t.uuid for t in tasks]
+        index = ids.index(self.selected) if self.selected in ids else 0
+        index = min(max(index + delta, 0), len(ids) - 1)
+        self.selected = ids[index]
+
+    def key(self, key: str) -> None:
+        """Handle one key: ``j``/down, ``k``/up, ``g`` (follow newest), ``q`` (quit)."""
+        if key in ("j", "down"):
+            self.move(1)
+        elif key in ("k", "up"):
+            self.move(-1)
+        elif key in ("g", "home"):
+            self.selected = None
+        elif key in ("q", "Q", "escape"):
+            self.quit = True
+
+    def render(self, now: float, *, title: str = "aiocelev top") -> RenderableType:
+        """The screen now."""
+        return render(self.state, now, self.selected, title=title, rows=self.rows)
+
+
+def render(
+    state: ClusterState,
+    now: float,
+    selected: str | None = None,
+    *,
+    title: str = "aiocelev top",
+    rows: int = 10,
+    traceback_lines: int = 6,
+) -> RenderableType:
+    """One frame of ``aiocelev top``.
+
+    :param state: the cluster state to show.
+    :param now: the current epoch time (heartbeat and update ages are relative to it).
+    :param selected: the id of the task whose detail is shown (``None``: the newest).
+    :param rows: how many of the latest tasks to list.
+    """
+    tasks = state.recent_tasks(rows)
+    if selected is None or state.task(selected) is None:
+        selected = tasks[0].uuid if tasks else None
+    chosen = state.task(selected) if selected is not None else None
+    summary = Table.grid(expand=True, padding=(0, 2))
+    summary.add_column(ratio=1)
+    summary.add_column(ratio=1)
+    summary.add_column(ratio=1)
+    summary.add_row(_counts_table(state), _rates_table(state), "")
+    alive = len(state.alive_workers())
+    header = Text.assemble(
+        (title, "bold"),
+        f"  workers {alive}/{len(state.workers)} alive, ",
+        f"{len(state)} tasks, {state.event_count} events",
+    )
+    footer = Text("j/k or ↓/↑ select a task · g follow newest · q quit", style="dim")
+    return Group(
+        header,
+        _workers_table(state, now),
+        summary,
+        _tasks_table(tasks, now, selected),
+        _detail(chosen, now, traceback_lines),
+        footer,
+    )
+
+
+def to_text(renderable: RenderableType, width: int = 120) -> str:
+    """*renderable* as plain text (no colour, no control codes)."""
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=width,
+        force_terminal=False,
+        color_system=None,
+        no_color=True,
+        legacy_windows=False,
+        emoji=False,
+        highlight=False,
+    )
+    console.print(renderable)
+    return buffer.getvalue()
