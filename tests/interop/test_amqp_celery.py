@@ -398,3 +398,36 @@ async def test_broadcast_enable_events_turns_on_task_events(amqp_url: str) -> No
     types = [e["type"] for _, e in collected]
     assert "task-received" in types and "task-started" in types
     assert types[-1] == "worker-offline"
+
+
+async def test_celery_control_reaches_an_aiocelev_node(amqp_url: str) -> None:
+    """Celery's own ``app.control`` client talks to a pidbox consumed with AmqpControl."""
+    from aiocelev.brokers._amqp_control import AmqpControl
+
+    node = f"aiocelev-{uuid.uuid4().hex[:10]}@node"
+    handled: list[str] = []
+    async with from_url(amqp_url) as broker:
+        control = AmqpControl(broker)
+        pidbox = await control.consume_control(node)
+
+        async def serve() -> None:
+            async for request in pidbox:
+                if not request.addressed_to(node):
+                    continue
+                handled.append(request.method)
+                if request.wants_reply:
+                    await control.reply(request, node, {"ok": "pong"})
+
+        client = _client(amqp_url)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            replies = await _call(client.control.ping, destination=[node], timeout=10)
+            assert replies == [{node: {"ok": "pong"}}]
+            # a broadcast to another node is not ours
+            await _call(client.control.broadcast, "enable_events", destination=["someone@else"])
+            # and our own broadcast() reaches the node too
+            ours = await broker.broadcast("ping", destination=[node], reply=True, timeout=10)
+            assert ours == [{node: {"ok": "pong"}}]
+            tg.cancel_scope.cancel()
+        await pidbox.aclose()
+    assert handled == ["ping", "ping"]
