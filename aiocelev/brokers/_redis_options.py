@@ -79,6 +79,7 @@ class RedisOptions:
     socket_connect_timeout: float | None = 5.0
     socket_keepalive: bool = True
     health_check_interval: float = 25.0
+    sentinel_check_interval: float = 1.0
     reconnect_delay: float = 0.1
     reconnect_max_delay: float = 5.0
     client_name: str | None = None
@@ -162,6 +163,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "socket_connect_timeout": _opt_float,
     "socket_keepalive": _bool,
     "health_check_interval": float,
+    "sentinel_check_interval": float,
     "reconnect_delay": float,
     "reconnect_max_delay": float,
     "client_name": _opt_str,
@@ -213,7 +215,10 @@ def parse_redis_url(url: str, options: Mapping[str, Any]) -> ParsedUrl:
         raise ConfigurationError(
             f"';'-separated lists are only supported for sentinel:// URLs: {mask_url(url)!r}"
         )
-    query: dict[str, str] = dict(parse_qsl(first.query, keep_blank_values=True))
+    # a query string may follow any of the ';'-separated URLs (usually the last)
+    query: dict[str, str] = {}
+    for part in parts:
+        query.update(parse_qsl(urlsplit(part).query, keep_blank_values=True))
     endpoints: list[Endpoint] = []
     for part in parts:
         split = urlsplit(part)

@@ -49,6 +49,7 @@ try:
     from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import (
         Sentinel,
+        SentinelConnectionPool,
         SentinelManagedConnection,
         SentinelManagedSSLConnection,
     )
@@ -189,6 +190,7 @@ class RedisSubscription:
         self._last_rx = 0.0
         self._ping_sent_at: float | None = None
         self._lost_at: float | None = None
+        self._master_checked = time.monotonic()
         # de-duplication of one PUBLISH matching several of our patterns
         self._last_channel: bytes | None = None
         self._last_data: bytes | None = None
@@ -337,6 +339,8 @@ class RedisSubscription:
             return
         now = time.monotonic()
         if response is None:
+            if self._broker._parsed.sentinel and await self._master_moved(conn, now):
+                return
             interval = self._broker.options.health_check_interval
             if self._ping_sent_at is None:
                 if now - self._last_rx >= interval:
@@ -353,6 +357,18 @@ class RedisSubscription:
         self._ping_sent_at = None
         if isinstance(response, list) and response:
             self._handle(response)
+
+    async def _master_moved(self, conn: AbstractConnection, now: float) -> bool:
+        """Sentinel: resubscribe on the new master after a failover (checked while idle)."""
+        if now - self._master_checked < self._broker.options.sentinel_check_interval:
+            return False
+        self._master_checked = now
+        address = await self._broker._master_address()
+        current = (getattr(conn, "host", None), getattr(conn, "port", None))
+        if address is None or tuple(address) == current:
+            return False
+        await self._drop(f"Sentinel reports a new master at {address[0]}:{address[1]}")
+        return True
 
     def __aiter__(self) -> AsyncIterator[IncomingMessage]:
         return self
@@ -425,6 +441,7 @@ class RedisBroker:
         self._topic_slash_b = (self._topic_base + "/").encode("utf-8")
         #: Times a publish found the connection lost and later succeeded again.
         self.publish_reconnects = 0
+        self._master_checked = 0.0
 
     # -- introspection ----------------------------------------------------
 
@@ -546,6 +563,18 @@ class RedisBroker:
         conn.socket_timeout = None
         return conn
 
+    async def _master_address(self) -> tuple[str, int] | None:
+        """The master's address according to Sentinel (``None`` if not asked or unknown)."""
+        pool = self._pool
+        if not isinstance(pool, SentinelConnectionPool):
+            return None
+        try:
+            address = await pool.sentinel_manager.discover_master(pool.service_name)
+        except _REDIS_ERRORS as exc:
+            logger.debug("Redis %s: Sentinel query failed: %s", self._url, _describe(exc))
+            return None
+        return (str(address[0]), int(address[1]))
+
     def _client_or_raise(self) -> aioredis.Redis:
         self._ensure_pool()
         assert self._client is not None
@@ -610,6 +639,14 @@ class RedisBroker:
             )
         exchange = self.options.exchange
         try:
+            if self._parsed.sentinel and now - self._master_checked >= self.options.sentinel_check_interval:
+                # A demoted master still accepts PUBLISH (locally): follow a
+                # failover by asking Sentinel; idle pooled connections to an old
+                # master are closed when the address changed.
+                self._master_checked = now
+                pool = self._pool
+                if isinstance(pool, SentinelConnectionPool):
+                    await pool.get_master_address()  # type: ignore[no-untyped-call]
             if len(messages) == 1:
                 m = messages[0]
                 await client.publish(self.channel_for(m.routing_key), encode_envelope(m, exchange))

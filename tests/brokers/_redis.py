@@ -1,0 +1,95 @@
+"""Helpers for Redis tests: private redis-server / sentinel processes, raw captures."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def need_redis_server() -> str:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server binary not installed")
+    return REDIS_SERVER
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class RedisProcess:
+    """A redis-server (or sentinel) on a loopback port, in a temp dir; restartable."""
+
+    def __init__(self, port: int, workdir: Path, *args: str, config: str | None = None) -> None:
+        self.port = port
+        self.workdir = workdir
+        self.args = list(args)
+        self.config = config
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisProcess:
+        binary = need_redis_server()
+        cmd = [binary]
+        if self.config is not None:
+            conf = self.workdir / f"sentinel-{self.port}.conf"
+            if not conf.exists():
+                conf.write_text(self.config)
+            cmd += [str(conf), "--sentinel"]
+        cmd += [
+            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+            "--save", "", "--appendonly", "no", "--logfile", str(self.workdir / f"{self.port}.log"),
+            *self.args,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@contextlib.contextmanager
+def redis_processes() -> Iterator[Callable[..., RedisProcess]]:
+    """``spawn(*args, config=None)`` starts servers in a temp dir; all are killed at the end."""
+    with tempfile.TemporaryDirectory(prefix="aiocelev-redis-") as tmp:
+        started: list[RedisProcess] = []
+
+        def spawn(*args: str, config: str | None = None) -> RedisProcess:
+            server = RedisProcess(free_port(), Path(tmp), *args, config=config)
+            started.append(server)
+            return server.start()
+
+        try:
+            yield spawn
+        finally:
+            for server in started:
+                server.stop()

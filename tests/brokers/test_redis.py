@@ -1,0 +1,605 @@
+"""The Redis adapter: options, wire bytes vs kombu, conformance, topic filtering,
+isolation, reconnects (CLIENT KILL, restart, output-buffer cut-off), Sentinel failover,
+remote-control broadcast plumbing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from aiocelev import (
+    BrokerConnectionError,
+    ClosedError,
+    ConfigurationError,
+    OutgoingMessage,
+)
+from aiocelev._codec import decode_envelope, decode_message, encode_envelope, event_message
+from aiocelev._message import KOMBU_ENVELOPE
+from aiocelev.brokers import open_broker
+from aiocelev.brokers.redis import RedisBroker, from_url
+from aiocelev.testing import check_broker, unwrap
+
+from ._redis import redis_processes, wait_port
+
+FIXTURES = Path("/work/shared/fixtures/celery-5.7.0")
+if not FIXTURES.exists():  # pragma: no cover - repository copy
+    FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "celery-5.7.0"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _prefix() -> str:
+    """A unique global_keyprefix: isolates a test from everyone else on the shared server."""
+    return f"aiocelev-test-{uuid.uuid4().hex[:12]}:"
+
+
+def _hb(hostname: str = "test@host", n: int = 1) -> OutgoingMessage:
+    return event_message(
+        {
+            "hostname": hostname,
+            "utcoffset": 0,
+            "pid": 1,
+            "clock": n,
+            "freq": 2.0,
+            "timestamp": 1700000000.0 + n,
+            "type": "worker-heartbeat",
+        }
+    )
+
+
+async def _next(sub: Any, timeout: float = 10.0) -> Any:
+    with anyio.fail_after(timeout):
+        return await sub.__anext__()
+
+
+async def _nothing(sub: Any, seconds: float = 0.3) -> Any:
+    with anyio.move_on_after(seconds):
+        return await sub.__anext__()
+    return None
+
+
+class RawCapture:
+    """A plain redis-py PSUBSCRIBE: what really goes over the wire."""
+
+    def __init__(self, url: str, pattern: str) -> None:
+        self.client = aioredis.Redis.from_url(url, protocol=2)
+        self.pubsub = self.client.pubsub()
+        self.pattern = pattern
+
+    async def __aenter__(self) -> RawCapture:
+        await self.pubsub.psubscribe(self.pattern)
+        with anyio.fail_after(5):
+            while True:
+                msg = await self.pubsub.get_message(timeout=1.0)
+                if msg and msg["type"] == "psubscribe":
+                    break
+        return self
+
+    async def next(self, timeout: float = 10.0) -> tuple[str, bytes]:
+        with anyio.fail_after(timeout):
+            while True:
+                msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg:
+                    return msg["channel"].decode(), msg["data"]
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pubsub.aclose()
+        await self.client.aclose()
+
+
+async def _kill_clients(url: str, name: str) -> int:
+    """CLIENT KILL every connection named *name* (only our own test connections)."""
+    admin = aioredis.Redis.from_url(url, protocol=2)
+    try:
+        killed = 0
+        for client in await admin.client_list():
+            if client.get("name") == name:
+                killed += int(await admin.execute_command("CLIENT", "KILL", "ID", client["id"]))
+        return killed
+    finally:
+        await admin.aclose()
+
+
+# -- options and URLs (no server needed) -----------------------------------------
+
+
+def test_defaults_are_kombu_4_plus() -> None:
+    broker = from_url("redis://localhost")
+    assert broker.options.fanout_prefix is True
+    assert broker.options.fanout_patterns is True
+    assert broker.options.global_keyprefix == ""
+    assert broker.options.exchange == "celeryev"
+    assert broker.db == 0
+    assert broker.channel_for("worker.heartbeat") == "/0.celeryev/worker.heartbeat"
+    assert broker.pattern_for("#") == "/0.celeryev/*"
+    assert broker.pattern_for("worker.#") == "/0.celeryev/worker.*"
+
+
+def test_channel_names_follow_kombu() -> None:
+    assert from_url("redis://h:6379/5", global_keyprefix="app:").channel_for("worker.online") == (
+        "app:/5.celeryev/worker.online"
+    )
+    assert from_url("redis://h/3", fanout_patterns=False).channel_for("task.multi") == "/3.celeryev"
+    legacy = from_url("redis://h/0", fanout_prefix=False, fanout_patterns=False)
+    assert legacy.channel_for("task.multi") == "celeryev"
+    assert from_url("redis://h/2", fanout_prefix="/x{db}.").channel_for("a.b") == "/x2.celeryev/a.b"
+    assert from_url("redis://h/0", exchange="myev").channel_for("a.b") == "/0.myev/a.b"
+    # glob metacharacters in a prefix are escaped in the subscription pattern
+    assert from_url("redis://h/0", global_keyprefix="a[1]*:").pattern_for("#") == (
+        "a\\[1\\]\\*:/0.celeryev/*"
+    )
+
+
+def test_option_sources_and_precedence() -> None:
+    broker = from_url(
+        "redis://h/1?global_keyprefix=q:&fanout_patterns=false",
+        transport_options={"global_keyprefix": "t:", "visibility_timeout": 3600},
+        exchange="ev2",
+    )
+    assert broker.options.global_keyprefix == "t:"  # transport_options beat the query
+    assert broker.options.fanout_patterns is False
+    assert broker.options.exchange == "ev2"
+    flat = from_url("redis://h/1", transport_options={"global_keyprefix": "t:"}, global_keyprefix="k:")
+    assert flat.options.global_keyprefix == "k:"  # flat keywords beat transport_options
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "match"),
+    [
+        ("redis://h/0?bogus=1", {}, "unknown Redis URL option"),
+        ("redis://h/0", {"bogus": 1}, "unknown Redis option"),
+        ("redis://h/zero", {}, "integer"),
+        ("redis://h/0", {"fanout_patterns": "maybe"}, "fanout_patterns"),
+        ("sentinel://h:26379", {}, "master_name"),
+        ("redis://h/0", {"master_name": "m"}, "sentinel"),
+        ("redis://h/0;redis://h2/0", {}, "sentinel"),
+        ("redis+socket://", {}, "socket path"),
+    ],
+)
+def test_bad_configuration(url: str, options: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        from_url(url, **options)
+
+
+def test_url_forms() -> None:
+    sock = from_url("redis+socket:///run/redis.sock?virtual_host=4")
+    assert sock.db == 4 and sock._parsed.endpoints[0].path == "/run/redis.sock"
+    tls = from_url("rediss://:pw@h:6380/2?ssl_cert_reqs=CERT_NONE")
+    assert tls._parsed.tls and tls.db == 2 and tls._parsed.endpoints[0].port == 6380
+    sentinel = from_url("sentinel://:pw@s1:26379/3;sentinel://s2?master_name=mymaster")
+    assert sentinel.options.master_name == "mymaster"
+    assert [(e.host, e.port) for e in sentinel._parsed.endpoints] == [("s1", 26379), ("s2", 26379)]
+    assert sentinel.db == 3 and sentinel._parsed.password == "pw"
+    assert isinstance(open_broker("redis://localhost/0"), RedisBroker)
+    assert isinstance(open_broker("sentinel://localhost", master_name="m"), RedisBroker)
+
+
+def test_secrets_are_masked() -> None:
+    broker = from_url("redis://user:s3cret@localhost:1/0")
+    assert "s3cret" not in broker.url and "***" in broker.url
+    assert "s3cret" not in repr(broker)
+
+
+async def test_errors_are_masked_and_translated() -> None:
+    broker = from_url("redis://user:s3cret@127.0.0.1:1/0", socket_connect_timeout=1)
+    try:
+        with pytest.raises(BrokerConnectionError) as info:
+            await broker.connect()
+        assert "s3cret" not in str(info.value)
+        with pytest.raises(BrokerConnectionError):
+            await broker.publish([_hb()])
+        # while the backoff runs, publish fails at once without touching the network
+        with pytest.raises(BrokerConnectionError, match="unavailable"):
+            await broker.publish([_hb()])
+        with pytest.raises(BrokerConnectionError):
+            await broker.subscribe(["#"])
+    finally:
+        await broker.aclose()
+
+
+# -- wire bytes --------------------------------------------------------------------
+
+
+def test_envelopes_are_byte_identical_to_the_capture() -> None:
+    capture = json.loads((FIXTURES / "redis-capture.json").read_text())
+    broker = from_url("redis://127.0.0.1:6379/0")
+    checked = 0
+    for item in capture:
+        raw = item["data"].encode()
+        env = json.loads(raw)
+        decoded = decode_envelope(raw)
+        props = env["properties"]
+        message = OutgoingMessage(
+            routing_key=decoded.routing_key,
+            body=decoded.body,
+            headers=decoded.headers,
+            delivery_mode=props["delivery_mode"],
+            priority=props["priority"],
+        )
+        exchange = props["delivery_info"]["exchange"]
+        assert encode_envelope(message, exchange, props["delivery_tag"]) == raw
+        assert broker.channel_for(decoded.routing_key, exchange) == item["channel"]
+        checked += 1
+    assert checked == len(capture) >= 30
+
+
+@pytest.mark.redis
+async def test_published_bytes_match_kombu(redis_url: str) -> None:
+    """Celery's own EventDispatcher (kombu Producer) vs ours, captured with a raw PSUBSCRIBE."""
+    from celery import Celery
+
+    prefix = _prefix()
+    broker = from_url(redis_url, global_keyprefix=prefix)
+    app = Celery("bytes", broker=redis_url, set_as_current=False)
+    app.conf.broker_transport_options = {"global_keyprefix": prefix}
+    async with RawCapture(redis_url, f"{prefix}*") as raw:
+
+        def kombu_send() -> None:
+            with app.connection_for_write() as conn:
+                dispatcher = app.events.Dispatcher(conn, hostname="kombu@host", enabled=True)
+                dispatcher.send("worker-heartbeat", freq=2.0, active=0)
+                dispatcher.close()
+
+        await anyio.to_thread.run_sync(kombu_send)
+        channel, kombu_payload = await raw.next()
+        kombu_env = json.loads(kombu_payload)
+        tag = kombu_env["properties"]["delivery_tag"]
+        assert channel == broker.channel_for("worker.heartbeat")
+        decoded = decode_envelope(kombu_payload)
+        ours = OutgoingMessage(
+            routing_key=decoded.routing_key, body=decoded.body, headers=decoded.headers
+        )
+        assert encode_envelope(ours, "celeryev", tag) == kombu_payload
+        try:
+            await broker.publish([ours])
+            channel2, our_payload = await raw.next()
+        finally:
+            await broker.aclose()
+        assert channel2 == channel
+        our_tag = json.loads(our_payload)["properties"]["delivery_tag"]
+        assert str(uuid.UUID(our_tag)) == our_tag and our_tag != tag
+        assert our_payload == kombu_payload.replace(tag.encode(), our_tag.encode())
+
+
+@pytest.mark.redis
+async def test_broadcast_request_matches_celery_control(redis_url: str) -> None:
+    capture = [c for c in json.loads((FIXTURES / "control-capture.json").read_text())
+               if c["transport"] == "redis"]
+    want = json.loads(capture[0]["data"])
+    want_body = json.loads(decode_envelope(capture[0]["data"].encode()).body)
+    prefix = _prefix()
+    broker = from_url(redis_url, global_keyprefix=prefix)
+    async with RawCapture(redis_url, f"{prefix}*") as raw:
+        try:
+            assert await broker.broadcast("enable_events", reply=True, timeout=0.3) == []
+            channel, payload = await raw.next()
+        finally:
+            await broker.aclose()
+    assert channel == f"{prefix}{capture[0]['channel']}"
+    got = json.loads(payload)
+    assert list(got) == list(want)
+    assert got["properties"]["delivery_info"] == want["properties"]["delivery_info"]
+    assert got["properties"]["delivery_mode"] == 2
+    assert list(got["headers"]) == ["clock", "expires"]
+    body = json.loads(decode_envelope(payload).body)
+    assert list(body) == list(want_body)
+    assert body["method"] == "enable_events" and body["arguments"] == {}
+    assert body["reply_to"]["exchange"] == "reply.celery.pidbox"
+    # the reply binding kombu's workers route replies through is gone again
+    admin = aioredis.Redis.from_url(redis_url, protocol=2)
+    try:
+        assert await admin.smembers(f"{prefix}_kombu.binding.reply.celery.pidbox") == set()
+    finally:
+        await admin.aclose()
+
+
+# -- against the shared Redis --------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_conformance(redis_url: str) -> None:
+    prefix = _prefix()
+    await check_broker(lambda: from_url(redis_url, global_keyprefix=prefix))
+
+
+@pytest.mark.redis
+async def test_conformance_without_fanout_patterns(redis_url: str) -> None:
+    """kombu 3.x layout: one channel for everything; routing keys come from the envelope."""
+    prefix = _prefix()
+    await check_broker(
+        lambda: from_url(redis_url, global_keyprefix=prefix, fanout_patterns=False),
+        checks=["roundtrip", "topic-routing", "fanout"],
+    )
+
+
+@pytest.fixture
+async def pair(redis_url: str) -> AsyncIterator[tuple[RedisBroker, RedisBroker]]:
+    prefix = _prefix()
+    pub, con = from_url(redis_url, global_keyprefix=prefix), from_url(redis_url, global_keyprefix=prefix)
+    try:
+        yield pub, con
+    finally:
+        await pub.aclose()
+        await con.aclose()
+
+
+@pytest.mark.redis
+async def test_amqp_topic_semantics_despite_redis_globs(pair: tuple[RedisBroker, RedisBroker]) -> None:
+    pub, con = pair
+    one_word = await con.subscribe(["task.*"])
+    overlapping = await con.subscribe(["#", "worker.#", "*.heartbeat"])
+    two = await con.subscribe(["task.*", "*.multi"])
+    await pub.publish([
+        OutgoingMessage("task.a.b", b"[1]"),
+        OutgoingMessage("worker.heartbeat", b"[2]"),
+        OutgoingMessage("task.multi", b"[3]"),
+    ])  # fmt: skip
+    got = unwrap(await _next(one_word))
+    # 'task.*' must not see 'task.a.b' (Redis' '*' would match it)
+    assert got.routing_key == "task.multi"
+    assert await _nothing(one_word) is None
+    assert one_word.filtered == 1
+    seen = [unwrap(await _next(overlapping)).routing_key for _ in range(3)]
+    assert seen == ["task.a.b", "worker.heartbeat", "task.multi"]  # each exactly once
+    assert await _nothing(overlapping) is None
+    assert unwrap(await _next(two)).routing_key == "task.multi"
+    assert await _nothing(two) is None
+
+
+@pytest.mark.redis
+async def test_incoming_is_the_raw_envelope(pair: tuple[RedisBroker, RedisBroker]) -> None:
+    pub, con = pair
+    sub = await con.subscribe(["#"])
+    await pub.publish([_hb()])
+    msg = await _next(sub)
+    assert msg.content_type == KOMBU_ENVELOPE and msg.routing_key == "worker.heartbeat"
+    events, bad = decode_message(msg)
+    assert bad == [] and events[0]["type"] == "worker-heartbeat"
+
+
+@pytest.mark.redis
+async def test_isolation_by_db_and_prefix(redis_url: str) -> None:
+    base = redis_url.rsplit("/", 1)[0] if redis_url.count("/") > 2 else redis_url
+    prefix = _prefix()
+    brokers = [
+        from_url(f"{base}/7", global_keyprefix=prefix),
+        from_url(f"{base}/8", global_keyprefix=prefix),
+        from_url(f"{base}/7", global_keyprefix=prefix + "other:"),
+    ]
+    try:
+        subs = [await b.subscribe(["#"]) for b in brokers]
+        for i, b in enumerate(brokers):
+            await b.publish([_hb(f"app{i}@host")])
+        for i, sub in enumerate(subs):
+            events, _ = decode_message(await _next(sub))
+            assert events[0]["hostname"] == f"app{i}@host"
+            assert await _nothing(sub) is None
+    finally:
+        for b in brokers:
+            await b.aclose()
+
+
+@pytest.mark.redis
+async def test_cancelling_a_read_loses_nothing(pair: tuple[RedisBroker, RedisBroker]) -> None:
+    pub, con = pair
+    sub = await con.subscribe(["#"])
+    for _ in range(20):  # cancelled waits must leave the connection intact
+        assert await _nothing(sub, 0.01) is None
+    await pub.publish([_hb(n=i) for i in range(200)])
+    got = []
+    while len(got) < 200:
+        with anyio.move_on_after(0.001):
+            got.append(await sub.__anext__())
+    clocks = [decode_message(m)[0][0]["clock"] for m in got]
+    assert clocks == list(range(200))
+    assert sub.reconnects == 0
+
+
+@pytest.mark.redis
+async def test_client_kill_on_both_sides(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    prefix = _prefix()
+    name = f"aiocelev-kill-{uuid.uuid4().hex[:8]}"
+    pub = from_url(redis_url, global_keyprefix=prefix, client_name=name)
+    con = from_url(redis_url, global_keyprefix=prefix, client_name=name)
+    caplog.set_level(logging.WARNING, logger="aiocelev.brokers.redis")
+    try:
+        sub = await con.subscribe(["#"])
+        await pub.publish([_hb(n=0)])
+        await _next(sub)
+        assert await _kill_clients(redis_url, name) >= 2
+        # the publisher reconnects by itself (a dead pooled connection is replaced)
+        await pub.publish([_hb(n=1)])
+        # the subscriber notices, reconnects, resubscribes and counts the gap
+        with anyio.fail_after(10):
+            n = 2
+            while True:
+                await pub.publish([_hb(n=n)])
+                msg = await _nothing(sub, 0.2)
+                if msg is not None and sub.reconnects:
+                    break
+                n += 1
+        assert sub.reconnects == 1 and con.reconnects == 1
+        assert any("resubscribed" in r.getMessage() for r in caplog.records)
+    finally:
+        await pub.aclose()
+        await con.aclose()
+
+
+@pytest.mark.redis
+async def test_close_semantics(redis_url: str) -> None:
+    broker = from_url(redis_url, global_keyprefix=_prefix())
+    sub = await broker.subscribe(["#"])
+    async with anyio.create_task_group() as tg:
+
+        async def consume() -> None:
+            async for _ in sub:
+                raise AssertionError("no message expected")
+
+        tg.start_soon(consume)
+        await anyio.sleep(0.1)
+        await sub.aclose()  # ends the iteration in the other task
+    await broker.aclose()
+    await broker.aclose()
+    with pytest.raises(ClosedError):
+        await broker.publish([_hb()])
+    with pytest.raises(ClosedError):
+        await broker.subscribe(["#"])
+
+
+# -- private servers: restart, output-buffer cut-off, Sentinel -----------------------
+
+
+@pytest.mark.redis
+async def test_server_restart_under_publisher_and_subscriber() -> None:
+    with redis_processes() as spawn:
+        server = spawn()
+        pub = from_url(server.url, reconnect_max_delay=0.5)
+        con = from_url(server.url, reconnect_max_delay=0.5)
+        try:
+            sub = await con.subscribe(["worker.#"])
+            await pub.publish([_hb(n=0)])
+            await _next(sub)
+            server.stop()
+            with pytest.raises(BrokerConnectionError):
+                await pub.publish([_hb(n=1)])
+            # the subscriber's reader notices too (reading it just makes it try)
+            assert await _nothing(sub, 0.5) is None
+            server.start()
+            with anyio.fail_after(20):
+                n = 2
+                while True:
+                    try:
+                        await pub.publish([_hb(n=n)])
+                    except BrokerConnectionError:
+                        await anyio.sleep(0.1)
+                        continue
+                    msg = await _nothing(sub, 0.2)
+                    if msg is not None:
+                        break
+                    n += 1
+            assert sub.reconnects >= 1 and pub.publish_reconnects >= 1
+        finally:
+            await pub.aclose()
+            await con.aclose()
+
+
+@pytest.mark.redis
+async def test_slow_subscriber_cut_off_by_output_buffer_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aiocelev.brokers.redis")
+    with redis_processes() as spawn:
+        server = spawn("--client-output-buffer-limit", "pubsub 256kb 128kb 1")
+        pub = from_url(server.url)
+        con = from_url(server.url, reconnect_max_delay=0.2)
+        try:
+            sub = await con.subscribe(["#"])
+            big = OutgoingMessage("task.multi", b'["' + b"x" * 8000 + b'"]')
+            # nobody reads: Redis buffers for the subscriber until the hard limit cuts it off
+            for _ in range(40):
+                await pub.publish([big] * 50)
+            with anyio.fail_after(20):
+                while sub.reconnects == 0:
+                    await _nothing(sub, 0.2)
+            # the subscription is back and delivers again
+            with anyio.fail_after(10):
+                while True:
+                    await pub.publish([_hb()])
+                    msg = await _nothing(sub, 0.2)
+                    if msg is not None and msg.routing_key == "worker.heartbeat":
+                        break
+            assert sub.reconnects == 1
+            assert any("client-output-buffer-limit" in r.getMessage() for r in caplog.records)
+        finally:
+            await pub.aclose()
+            await con.aclose()
+
+
+SENTINEL_CONF = """\
+sentinel monitor aiocelevtest 127.0.0.1 {master} 1
+sentinel down-after-milliseconds aiocelevtest 1000
+sentinel failover-timeout aiocelevtest 4000
+sentinel parallel-syncs aiocelevtest 1
+"""
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(90)
+async def test_sentinel_failover() -> None:
+    with redis_processes() as spawn:
+        master = spawn()
+        replica = spawn("--replicaof", "127.0.0.1", str(master.port))
+        sentinel_proc = spawn(config=SENTINEL_CONF.format(master=master.port))
+        wait_port(sentinel_proc.port)
+        admin = aioredis.Redis(host="127.0.0.1", port=sentinel_proc.port, protocol=2)
+        rep = aioredis.Redis(host="127.0.0.1", port=replica.port, protocol=2)
+        url = f"sentinel://127.0.0.1:{sentinel_proc.port}/0;sentinel://127.0.0.1:{sentinel_proc.port}"
+        pub = from_url(
+            url, master_name="aiocelevtest", reconnect_max_delay=0.5, sentinel_check_interval=0.2
+        )
+        con = from_url(
+            f"{url}?master_name=aiocelevtest&sentinel_check_interval=0.2", reconnect_max_delay=0.5
+        )
+        try:
+            with anyio.fail_after(30):  # replica in sync and known to the sentinel
+                while (await rep.info("replication")).get("master_link_status") != "up":
+                    await anyio.sleep(0.1)
+                while not await admin.execute_command("SENTINEL", "REPLICAS", "aiocelevtest"):
+                    await anyio.sleep(0.2)
+            sub = await con.subscribe(["#"])
+            await pub.publish([_hb(n=0)])
+            await _next(sub)
+            with anyio.fail_after(30):
+                while True:
+                    try:
+                        await admin.execute_command("SENTINEL", "FAILOVER", "aiocelevtest")
+                        break
+                    except aioredis.ResponseError:
+                        await anyio.sleep(0.5)
+                while True:
+                    addr = await admin.execute_command(
+                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "aiocelevtest"
+                    )
+                    if int(addr[1]) == replica.port:
+                        break
+                    await anyio.sleep(0.1)
+                while (await rep.info("replication")).get("role") != "master":
+                    await anyio.sleep(0.1)
+            # events keep flowing, through the new master: a raw subscriber on the
+            # promoted replica sees them, and so does the aiocelev subscription
+            marker = uuid.uuid4().hex
+            async with RawCapture(replica.url, "*") as raw:
+                with anyio.fail_after(30):
+                    on_new_master = False
+                    while True:
+                        try:
+                            await pub.publish([_hb(marker)])
+                        except BrokerConnectionError:
+                            await anyio.sleep(0.2)
+                            continue
+                        with anyio.move_on_after(0.3):
+                            while not on_new_master:
+                                _, data = await raw.next()
+                                on_new_master = marker.encode() in data or on_new_master
+                        msg = await _nothing(sub, 0.3)
+                        if (
+                            on_new_master
+                            and msg is not None
+                            and decode_message(msg)[0][0]["hostname"] == marker
+                        ):
+                            break
+            # the subscription moved to the new master by itself
+            assert sub.reconnects >= 1
+        finally:
+            await pub.aclose()
+            await con.aclose()
+            await admin.aclose()
+            await rep.aclose()
