@@ -1,0 +1,25 @@
+"""Child-process entry point: ``python -m benchmarks._child '<json spec>'``.
+
+Runs one measurement (``spec["case"]`` names the module, which must define
+``child(spec) -> dict``) in a fresh interpreter and prints its result.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+from ._common import emit
+
+
+def main() -> None:
+    """Run the measurement described by ``sys.argv[1]``."""
+    spec = json.loads(sys.argv[1])
+    module = importlib.import_module(f"benchmarks.{spec['module']}")
+    result = module.child(spec)
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()

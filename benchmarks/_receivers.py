@@ -1,0 +1,186 @@
+"""Receiver harnesses: subscribe, start the publisher process, consume, count.
+
+Both harnesses follow the same script so that only the implementation differs:
+
+1. subscribe (the subscription is live);
+2. start :mod:`benchmarks._stream` as a separate process;
+3. when the first probe event arrives, create the "go" file (the publisher
+   then starts the real stream) and start the clock;
+4. hand every task event to ``handle``; stop after ``n`` events, or when the
+   publisher has exited and nothing arrived for ``idle`` seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._common import PROBE_TYPE, URLS, broker_options as base_options, spawn, wait_side
+
+Handler = Callable[[Any], Any]
+
+
+class _Run:
+    """Counters shared by a harness and its handler."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.count = 0
+        self.t_go: float | None = None
+        self.t_last: float | None = None
+        self.cpu_go = 0.0
+        self.cpu_last = 0.0
+        self.counted = 0
+
+    def mark(self) -> None:
+        """Note the time (wall and CPU) of the latest event."""
+        self.t_last = time.perf_counter()
+        self.cpu_last = time.process_time()
+        self.counted = self.count
+
+    def result(self, publisher: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        elapsed = (self.t_last or 0.0) - (self.t_go or 0.0)
+        out: dict[str, Any] = {
+            "received": self.count,
+            "published": publisher.get("sent"),
+            "publish_rate": publisher.get("rate"),
+            "elapsed": elapsed,
+            "rate": self.counted / elapsed if self.counted and elapsed > 0 else 0.0,
+            "cpu": self.cpu_last - self.cpu_go,
+            "cpu_rate": self.counted / (self.cpu_last - self.cpu_go)
+            if self.counted and self.cpu_last > self.cpu_go
+            else 0.0,
+        }
+        if "error" in publisher:
+            out["publisher_error"] = publisher["error"] + " " + publisher.get("stderr", "")
+        out.update(extra)
+        return out
+
+
+def run_aiocelev(
+    spec: dict[str, Any],
+    stream: dict[str, Any],
+    handle: Handler,
+    *,
+    receiver_options: dict[str, Any] | None = None,
+    broker_options: dict[str, Any] | None = None,
+    idle: float = 3.0,
+    stats: Callable[[Any], dict[str, Any]] | None = None,
+    hard_stop: bool = False,
+) -> dict[str, Any]:
+    """Receive with :class:`aiocelev.EventReceiver`; ``handle(event)`` may be sync or async.
+
+    With *hard_stop*, stop *idle* seconds after the publisher exits even if
+    events are still arriving (the overload case).
+    """
+    import inspect
+
+    import anyio
+
+    from aiocelev import EventReceiver
+
+    run = _Run(spec["n"])
+    is_async = inspect.iscoroutinefunction(handle)
+
+    async def main() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as tmp:
+            go = os.path.join(tmp, "go")
+            async with EventReceiver(
+                URLS[spec["broker"]],
+                broker_options=base_options(spec["broker"], **(broker_options or {})),
+                **(receiver_options or {}),
+            ) as receiver:
+                proc = spawn("_stream", dict(stream, go=go, broker=spec["broker"]))
+                try:
+                    async with anyio.create_task_group() as tg:
+
+                        async def watchdog() -> None:
+                            exited: float | None = None
+                            while True:
+                                await anyio.sleep(0.1)
+                                now = time.perf_counter()
+                                if exited is None and proc.poll() is not None:
+                                    exited = now
+                                last = run.t_last or run.t_go or now
+                                if hard_stop and exited is not None:
+                                    last = exited
+                                if exited is not None and now - last > idle:
+                                    tg.cancel_scope.cancel()
+                                    return
+
+                        tg.start_soon(watchdog)
+                        async for event in receiver:
+                            if event.type == PROBE_TYPE:
+                                if run.t_go is None:
+                                    open(go, "w").close()
+                                    run.t_go = time.perf_counter()
+                                    run.cpu_go = time.process_time()
+                                continue
+                            if is_async:
+                                await handle(event)
+                            else:
+                                handle(event)
+                            run.count += 1
+                            if run.count >= run.n:
+                                run.mark()
+                                break
+                            if not run.count & 63:
+                                run.mark()
+                        tg.cancel_scope.cancel()
+                    extra = stats(receiver) if stats else {}
+                finally:
+                    publisher = await anyio.to_thread.run_sync(wait_side, proc, 60.0)
+        return run.result(publisher, extra)
+
+    return anyio.run(main)
+
+
+def run_celery(
+    spec: dict[str, Any],
+    stream: dict[str, Any],
+    handle: Handler,
+    *,
+    queue_ttl: float | None = None,
+    idle: float = 3.0,
+) -> dict[str, Any]:
+    """Receive with Celery's ``EventReceiver`` (``capture`` with a ``"*"`` handler)."""
+    from ._common import celery_app
+
+    run = _Run(spec["n"])
+    app = celery_app(URLS[spec["broker"]])
+    with tempfile.TemporaryDirectory() as tmp:
+        go = os.path.join(tmp, "go")
+        procs: list[Any] = []
+        receiver: Any = None
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event["type"] == PROBE_TYPE:
+                if run.t_go is None:
+                    open(go, "w").close()
+                    run.t_go = time.perf_counter()
+                    run.cpu_go = time.process_time()
+                return
+            handle(event)
+            run.count += 1
+            if run.count >= run.n:
+                run.mark()
+                receiver.should_stop = True
+            elif not run.count & 63:
+                run.mark()
+
+        def on_ready(*_args: Any, **_kwargs: Any) -> None:
+            if not procs:
+                procs.append(spawn("_stream", dict(stream, go=go, broker=spec["broker"])))
+
+        with app.connection_for_read() as conn:
+            receiver = app.events.Receiver(conn, handlers={"*": on_event}, queue_ttl=queue_ttl)
+            receiver.on_consume_ready = on_ready
+            try:
+                receiver.capture(limit=None, timeout=idle, wakeup=False)
+            except TimeoutError:
+                pass
+        publisher = wait_side(procs[0], 60.0) if procs else {"error": "never subscribed"}
+    return run.result(publisher, {})

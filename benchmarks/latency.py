@@ -1,0 +1,49 @@
+"""Latency dispatch -> receive at a fixed event rate.
+
+A sender process (started by the receiver once its subscription is live)
+sends task-succeeded events at ``rate`` events/s, stamping ``sent_at`` with
+``time.time()`` just before each ``send``; the receiver records
+``time.time() - sent_at`` on arrival.  Both processes run on the same machine,
+so their clocks agree.
+
+* aiocelev: ``EventDispatcher`` defaults (batched) -> ``EventReceiver``.
+* Celery batched: ``EventDispatcher(buffer_group=["task"])`` as a worker uses
+  it: flush at 24 buffered events and whenever the sender goes idle (the
+  worker flushes on its event loop's next iteration) -> Celery ``EventReceiver``.
+* Celery unbatched: the default ``EventDispatcher`` -> Celery ``EventReceiver``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._common import summarize
+from ._receivers import run_aiocelev, run_celery
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement (in a fresh process)."""
+    import time
+
+    latencies: list[float] = []
+    rate = spec["rate"]
+    n = max(1, int(rate * spec["duration"]))
+    spec = dict(spec, n=n)
+    if spec["impl"] == "aiocelev":
+        stream = {"mode": "aiocelev", "n": n, "rate": rate}
+
+        def handle(event: Any) -> None:
+            latencies.append(time.time() - event["sent_at"])
+
+        result = run_aiocelev(spec, stream, handle, idle=2.0)
+    else:
+        mode = "celery-batched" if spec.get("batched") else "celery-single"
+        stream = {"mode": mode, "n": n, "rate": rate}
+
+        def handle(event: Any) -> None:  # type: ignore[misc]
+            latencies.append(time.time() - event["sent_at"])
+
+        result = run_celery(spec, stream, handle, idle=2.0)
+    ms = summarize([x * 1000.0 for x in latencies])
+    result.update({"p50_ms": ms["p50"], "p99_ms": ms["p99"], "max_ms": ms["max"]})
+    return result

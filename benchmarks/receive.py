@@ -1,0 +1,61 @@
+"""Receive throughput of a stream published faster than either receiver consumes.
+
+The receiver subscribes first, then starts a separate publisher process that
+sends ``n`` lifecycle events (task-received / started / succeeded, pre-encoded)
+either batched 24 per ``task.multi`` message, as a Celery worker sends them
+under load, or one per message.  The rate is events received / time from the
+"go" signal to the last event.  On RabbitMQ both receivers declare their queue
+with the same 120 s message TTL (instead of the default 5 s) so that the
+backlog of the slower receiver does not expire; Redis has no TTL (a subscriber
+that falls more than 32 MiB behind is disconnected by the server, so ``n`` is
+sized below that).
+
+With ``state=True`` (the *monitor* case) every event is also applied to a
+state: ``celery.events.state.State`` (``max_tasks_in_memory=10000``) for
+Celery, ``aiocelev.ClusterState`` (``max_tasks=10000``) for aiocelev.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._common import RECEIVE_QUEUE_TTL
+from ._receivers import run_aiocelev, run_celery
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement (in a fresh process)."""
+    stream = {"mode": f"raw-{spec['stream']}", "n": spec["n"]}
+    amqp = spec["broker"] == "amqp"
+    with_state = spec.get("state", False)
+    if spec["impl"] == "aiocelev":
+        broker_options = {"message_ttl": RECEIVE_QUEUE_TTL} if amqp else {}
+        if with_state:
+            from aiocelev._state import ClusterState
+
+            state = ClusterState(max_tasks=10_000)
+            handle: Any = state.apply
+        else:
+
+            def handle(event: Any) -> None:
+                pass
+
+        result = run_aiocelev(spec, stream, handle, broker_options=broker_options)
+        if with_state:
+            result["tasks_kept"] = len(state.tasks)
+        return result
+
+    if with_state:
+        from celery.events.state import State
+
+        cstate = State(max_tasks_in_memory=10_000)
+        handle = cstate.event
+    else:
+
+        def handle(event: Any) -> None:
+            pass
+
+    result = run_celery(spec, stream, handle, queue_ttl=RECEIVE_QUEUE_TTL if amqp else None)
+    if with_state:
+        result["tasks_kept"] = len(cstate.tasks)
+    return result
