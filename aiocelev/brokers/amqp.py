@@ -269,6 +269,8 @@ class _AmqpSubscription:
         while not self._closed:
             try:
                 await self._setup()
+            except ClosedError:
+                return  # the broker was closed under us: iteration ends
             except BrokerConnectionError as exc:
                 attempt += 1
                 if broker._opts.max_retries is not None and attempt > broker._opts.max_retries:
@@ -283,7 +285,10 @@ class _AmqpSubscription:
                     exc,
                     delay,
                 )
-                await anyio.sleep(delay)
+                # Sleep, but wake up at once if the subscription is closed.
+                self._wakeup = anyio.Event()
+                with anyio.move_on_after(delay):
+                    await self._wakeup.wait()
             else:
                 if first:
                     logger.warning(

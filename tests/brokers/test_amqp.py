@@ -461,3 +461,34 @@ async def test_broadcast_without_workers_and_body_format(amqp_url: str) -> None:
     )
     assert encode_control_body(body).startswith(b'{"method": "enable_events", "arguments": {}, ')
     assert headers == {"clock": 0, "expires": 0}
+
+
+@pytest.mark.amqp
+async def test_acked_consumption_bounds_memory_with_prefetch(amqp_url: str) -> None:
+    """no_ack=False: at most prefetch_count messages are in the adapter; the rest wait
+    in RabbitMQ; nothing is lost or reordered (the backpressure path for slow consumers)."""
+    need_rabbitmqctl()
+    key = _unique("slow")
+    async with from_url(amqp_url, no_ack=False, prefetch_count=10, message_ttl=60) as broker:
+        sub = await broker.subscribe([key])
+        bodies = [f"[{i}]".encode() for i in range(200)]
+        await broker.publish([OutgoingMessage(key, b) for b in bodies])
+
+        def ready_in_rabbitmq() -> int:
+            for queue in list_json("queues", "name", "messages_ready"):
+                if queue["name"] == sub.queue_name:
+                    return int(queue["messages_ready"])
+            return 0
+
+        with anyio.fail_after(10):
+            while ready_in_rabbitmq() < 190:
+                await anyio.sleep(0.05)
+        assert len(sub._buffer) <= 10
+        got = []
+        with anyio.fail_after(20):
+            for _ in bodies:
+                message = await sub.__anext__()
+                assert message.ack is not None
+                message.ack()
+                got.append(message.body)
+        assert got == bodies

@@ -109,6 +109,18 @@ async def celery_worker(broker_url: str, *, events: bool = True) -> AsyncIterato
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(worker.stop)
             worker.log.close()
+            await _delete_queue(broker_url, worker.queue)
+
+
+async def _delete_queue(broker_url: str, name: str) -> None:
+    """Remove the worker's (durable) task queue so runs leave nothing behind."""
+    import aio_pika
+
+    with anyio.move_on_after(10):
+        conn = await aio_pika.connect(from_url(broker_url)._endpoints[0].url)
+        async with conn:
+            channel = await conn.channel()
+            await channel.queue_delete(name)
 
 
 def _client(broker_url: str) -> Any:
