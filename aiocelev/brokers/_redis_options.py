@@ -50,7 +50,14 @@ _IGNORED_KOMBU_OPTIONS = frozenset(
 )
 
 _SSL_OPTIONS = frozenset(
-    {"ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"}
+    {
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_check_hostname",
+    }
 )
 
 
@@ -234,9 +241,7 @@ def parse_redis_url(url: str, options: Mapping[str, Any]) -> ParsedUrl:
                 f"redis+socket:// needs a socket path, e.g. 'redis+socket:///run/redis.sock': {mask_url(url)!r}"
             )
         endpoints.append(_endpoint(scheme, split.hostname, port, path))
-    db = (
-        _db_of("", query, url) if scheme == "redis+socket" else _db_of(first.path, query, url)
-    )
+    db = _db_of("", query, url) if scheme == "redis+socket" else _db_of(first.path, query, url)
     username = unquote(first.username) if first.username else None
     password = unquote(first.password) if first.password is not None else None
     if password == "":
@@ -277,7 +282,9 @@ def parse_redis_url(url: str, options: Mapping[str, Any]) -> ParsedUrl:
         try:
             values[key] = _CONVERTERS[key](value)
         except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"bad value for Redis option {key!r}: {value!r} ({exc})") from None
+            raise ConfigurationError(
+                f"bad value for Redis option {key!r}: {value!r} ({exc})"
+            ) from None
     opts = RedisOptions(**values, ssl=ssl)
     if not opts.exchange:
         raise ConfigurationError("exchange must not be empty")

@@ -140,9 +140,11 @@ def _ssl_kwargs(ssl: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in ssl.items():
         if key == "ssl_cert_reqs" and isinstance(value, str):
             text = value.strip().lower()
-            value = {"cert_required": "required", "cert_optional": "optional", "cert_none": "none"}.get(
-                text, text
-            )
+            value = {
+                "cert_required": "required",
+                "cert_optional": "optional",
+                "cert_none": "none",
+            }.get(text, text)
         if key == "ssl_check_hostname" and isinstance(value, str):
             value = value.strip().lower() in ("1", "true", "yes", "on")
         out[key] = value
@@ -617,7 +619,9 @@ class RedisBroker:
                 self._last_error,
             )
         else:
-            logger.debug("Redis %s: still down (%s); next try in %.2fs", self._url, self._last_error, delay)
+            logger.debug(
+                "Redis %s: still down (%s); next try in %.2fs", self._url, self._last_error, delay
+            )
 
     # -- publishing -------------------------------------------------------
 
@@ -639,7 +643,10 @@ class RedisBroker:
             )
         exchange = self.options.exchange
         try:
-            if self._parsed.sentinel and now - self._master_checked >= self.options.sentinel_check_interval:
+            if (
+                self._parsed.sentinel
+                and now - self._master_checked >= self.options.sentinel_check_interval
+            ):
                 # A demoted master still accepts PUBLISH (locally): follow a
                 # failover by asking Sentinel; idle pooled connections to an old
                 # master are closed when the address changed.
@@ -806,7 +813,9 @@ class RedisBroker:
             if item is None:
                 continue
             try:
-                msg = decode_envelope(bytes(item[1]) if isinstance(item[1], bytes) else item[1].encode())
+                msg = decode_envelope(
+                    bytes(item[1]) if isinstance(item[1], bytes) else item[1].encode()
+                )
                 reply_body = loads(msg.body)
             except DecodeError as exc:
                 logger.warning("Redis %s: ignoring a malformed control reply: %s", self._url, exc)
@@ -819,6 +828,13 @@ class RedisBroker:
                 replies.append(matched)
 
     # -- closing ----------------------------------------------------------
+
+    async def __aenter__(self) -> RedisBroker:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Close every subscription and connection (idempotent)."""

@@ -147,7 +147,9 @@ def test_option_sources_and_precedence() -> None:
     assert broker.options.global_keyprefix == "t:"  # transport_options beat the query
     assert broker.options.fanout_patterns is False
     assert broker.options.exchange == "ev2"
-    flat = from_url("redis://h/1", transport_options={"global_keyprefix": "t:"}, global_keyprefix="k:")
+    flat = from_url(
+        "redis://h/1", transport_options={"global_keyprefix": "t:"}, global_keyprefix="k:"
+    )
     assert flat.options.global_keyprefix == "k:"  # flat keywords beat transport_options
 
 
@@ -271,8 +273,11 @@ async def test_published_bytes_match_kombu(redis_url: str) -> None:
 
 @pytest.mark.redis
 async def test_broadcast_request_matches_celery_control(redis_url: str) -> None:
-    capture = [c for c in json.loads((FIXTURES / "control-capture.json").read_text())
-               if c["transport"] == "redis"]
+    capture = [
+        c
+        for c in json.loads((FIXTURES / "control-capture.json").read_text())
+        if c["transport"] == "redis"
+    ]
     want = json.loads(capture[0]["data"])
     want_body = json.loads(decode_envelope(capture[0]["data"].encode()).body)
     prefix = _prefix()
@@ -323,7 +328,10 @@ async def test_conformance_without_fanout_patterns(redis_url: str) -> None:
 @pytest.fixture
 async def pair(redis_url: str) -> AsyncIterator[tuple[RedisBroker, RedisBroker]]:
     prefix = _prefix()
-    pub, con = from_url(redis_url, global_keyprefix=prefix), from_url(redis_url, global_keyprefix=prefix)
+    pub, con = (
+        from_url(redis_url, global_keyprefix=prefix),
+        from_url(redis_url, global_keyprefix=prefix),
+    )
     try:
         yield pub, con
     finally:
@@ -332,7 +340,9 @@ async def pair(redis_url: str) -> AsyncIterator[tuple[RedisBroker, RedisBroker]]
 
 
 @pytest.mark.redis
-async def test_amqp_topic_semantics_despite_redis_globs(pair: tuple[RedisBroker, RedisBroker]) -> None:
+async def test_amqp_topic_semantics_despite_redis_globs(
+    pair: tuple[RedisBroker, RedisBroker],
+) -> None:
     pub, con = pair
     one_word = await con.subscribe(["task.*"])
     overlapping = await con.subscribe(["#", "worker.#", "*.heartbeat"])
@@ -541,7 +551,9 @@ async def test_sentinel_failover() -> None:
         wait_port(sentinel_proc.port)
         admin = aioredis.Redis(host="127.0.0.1", port=sentinel_proc.port, protocol=2)
         rep = aioredis.Redis(host="127.0.0.1", port=replica.port, protocol=2)
-        url = f"sentinel://127.0.0.1:{sentinel_proc.port}/0;sentinel://127.0.0.1:{sentinel_proc.port}"
+        url = (
+            f"sentinel://127.0.0.1:{sentinel_proc.port}/0;sentinel://127.0.0.1:{sentinel_proc.port}"
+        )
         pub = from_url(
             url, master_name="aiocelevtest", reconnect_max_delay=0.5, sentinel_check_interval=0.2
         )
