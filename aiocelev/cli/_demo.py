@@ -370,14 +370,14 @@ def _summary(stats: DemoStats, state: ClusterState, url: str) -> str:
     order = ("SUCCESS", "FAILURE", "RETRY", "REVOKED", "STARTED", "RECEIVED", "REJECTED")
     states = sorted(by_state, key=lambda s: (order.index(s) if s in order else len(order), s))
     listed = ", ".join(f"{s} {by_state[s]}" for s in states) or "none"
-    alive = sum(1 for h in ours if (w := state.worker(h)) is not None and w.heartbeat_count)
+    seen = sum(1 for h in ours if state.worker(h) is not None)
     lines = [
         f"demo finished after {elapsed:.1f}s on {mask_url(url)}: "
         f"{len(ours)} workers, {sum(by_state.values())} tasks",
         f"  tasks by state: {listed}",
         f"  retries: {stats.executions['RETRY']}",
         f"  events: {stats.sent} sent, {stats.received} received",
-        f"  workers with heartbeats: {alive}/{len(ours)}",
+        f"  workers seen by the receiver: {seen}/{len(ours)}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -401,30 +401,30 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     receiver = EventReceiver(url, connect_timeout=args.connect_timeout)
     async with receiver, anyio.create_task_group() as tg:
         tg.start_soon(_count, receiver, state, stats, caught_up)
-        if not ui:
-            until = f"for {duration:g}s" if duration is not None else "until Ctrl-C"
-            diag(f"running {args.workers} simulated workers on {mask_url(url)} {until}")
         async with anyio.create_task_group() as sim:
-            await sim.start(
-                partial(
-                    simulate,
-                    url,
-                    workers=args.workers,
-                    rate=args.rate,
-                    stop=stop,
-                    stats=stats,
-                    seed=args.seed,
+            with ctx.interruptible():
+                await sim.start(
+                    partial(
+                        simulate,
+                        url,
+                        workers=args.workers,
+                        rate=args.rate,
+                        stop=stop,
+                        stats=stats,
+                        seed=args.seed,
+                    )
                 )
-            )
-            with ctx.interruptible(), anyio.move_on_after(duration):
-                if ui:
-                    from ._top import live_view
-                    from ._topview import TopView
+                with anyio.move_on_after(duration):
+                    if ui:
+                        from ._top import live_view
+                        from ._topview import TopView
 
-                    title = f"aiocelev demo · {args.workers} workers · {mask_url(url)}"
-                    await live_view(TopView(state), ctx, title=title)
-                else:
-                    await anyio.sleep_forever()
+                        title = f"aiocelev demo · {args.workers} workers · {mask_url(url)}"
+                        await live_view(TopView(state), ctx, title=title)
+                    else:
+                        until = f"for {duration:g}s" if duration is not None else "until Ctrl-C"
+                        diag(f"running {args.workers} simulated workers on {mask_url(url)} {until}")
+                        await anyio.sleep_forever()
             stop.set()
         stats.ended = time.monotonic()
         # Wait (briefly) until the receiver has seen everything the workers sent.

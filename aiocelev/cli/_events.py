@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import anyio
@@ -15,6 +16,7 @@ from .._exceptions import DecodeError
 from .._message import IncomingMessage
 from .._receiver import EventReceiver
 from .._url import mask_url
+from ..brokers._topic import compile_bindings
 from ._common import (
     EXIT_OK,
     Context,
@@ -27,7 +29,14 @@ from ._common import (
     resolve_broker_url,
 )
 
-__all__ = ["EventFormatter", "MalformedReporter", "open_receiver", "register", "run"]
+__all__ = [
+    "EventFormatter",
+    "MalformedReporter",
+    "binding_keys",
+    "open_receiver",
+    "register",
+    "run",
+]
 
 _HUMAN_TYPES = {
     "worker-online": "started",
@@ -184,30 +193,63 @@ class MalformedReporter:
         )
 
 
-def open_receiver(args: argparse.Namespace) -> EventReceiver:
-    """An :class:`EventReceiver` for the command's broker, filters and connect timeout."""
+def binding_keys(
+    filters: Sequence[str] | None,
+) -> tuple[tuple[str, ...], Callable[[str], bool] | None]:
+    """The keys to bind for *filters*, and the per-event check they need (``None``: none).
+
+    Workers batch task events into ``<group>.multi`` messages, whose routing key
+    says nothing about the events inside: a filter like ``task.succeeded``
+    therefore also binds ``task.multi``, and each event is then checked against
+    the filters by the routing key it would have on its own.
+    """
+    keys = tuple(filters or ("#",))
+    if "#" in keys:
+        return ("#",), None
+    extra = []
+    for key in keys:
+        first = key.split(".", 1)[0]
+        multi = "#" if first == "#" else f"{first}.multi"
+        if multi not in keys and multi not in extra:
+            extra.append(multi)
+    return (*keys, *extra), compile_bindings(keys)
+
+
+def open_receiver(args: argparse.Namespace) -> tuple[EventReceiver, Callable[[str], bool] | None]:
+    """An :class:`EventReceiver` for the command's broker, filters and connect timeout.
+
+    Also returns the check events must pass (see :func:`binding_keys`).
+    """
     url = resolve_broker_url(args.broker)
-    return EventReceiver(
+    keys, check = binding_keys(args.filter)
+    receiver = EventReceiver(
         url,
-        routing_keys=tuple(args.filter or ("#",)),
+        routing_keys=keys,
         connect_timeout=args.connect_timeout,
         on_error=MalformedReporter(),
     )
+    return receiver, check
+
+
+def _listening(
+    receiver: EventReceiver, args: argparse.Namespace, doing: str = "listening on"
+) -> str:
+    keys = " ".join(args.filter or ("#",))
+    return f"{doing} {mask_url(receiver.broker.url)} (events matching: {keys})"
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Run ``aiocelev events``."""
     out: IO[str] = sys.stdout
     formatter = EventFormatter(Style(out))
-    receiver = open_receiver(args)
+    receiver, check = open_receiver(args)
     count = 0
     async with receiver:
-        diag(
-            f"listening on {mask_url(receiver.broker.url)} "
-            f"(binding keys: {' '.join(receiver.routing_keys)})"
-        )
+        diag(_listening(receiver, args))
         with ctx.interruptible(), anyio.move_on_after(args.timeout):
             async for event in receiver:
+                if check is not None and not check(event.routing_key):
+                    continue
                 line = dumps(event.to_dict()) if args.json else formatter.format(event)
                 out.write(line + "\n")
                 out.flush()

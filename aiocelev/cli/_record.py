@@ -24,7 +24,7 @@ from ._common import (
     non_negative_float,
     resolve_broker_url,
 )
-from ._events import add_event_source_options, open_receiver
+from ._events import _listening, add_event_source_options, open_receiver
 
 __all__ = ["connect_broker", "iter_recording", "register", "run_record", "run_replay"]
 
@@ -73,17 +73,16 @@ def register(subparsers: Any) -> None:
 
 async def run_record(args: argparse.Namespace, ctx: Context) -> int:
     """Run ``aiocelev record``."""
-    receiver = open_receiver(args)
+    receiver, check = open_receiver(args)
     count = 0
     async with receiver:
         out = _open_output(args.file, args.append)
         try:
-            diag(
-                f"recording {mask_url(receiver.broker.url)} "
-                f"(binding keys: {' '.join(receiver.routing_keys)}) to {args.file}"
-            )
+            diag(f"{_listening(receiver, args, 'recording')} to {args.file}")
             with ctx.interruptible(), anyio.move_on_after(args.timeout):
                 async for event in receiver:
+                    if check is not None and not check(event.routing_key):
+                        continue
                     out.write(dumps(event.to_dict()) + "\n")
                     out.flush()
                     count += 1

@@ -90,10 +90,13 @@ def require_rich(command: str) -> None:
         )
 
 
-async def feed(receiver: EventReceiver, state: ClusterState) -> None:
-    """Apply every event of *receiver* to *state* until the stream ends."""
+async def feed(
+    receiver: EventReceiver, state: ClusterState, check: Callable[[str], bool] | None = None
+) -> None:
+    """Apply every event of *receiver* (that passes *check*) to *state* until the stream ends."""
     async for event in receiver:
-        state.apply(event)
+        if check is None or check(event.routing_key):
+            state.apply(event)
 
 
 def _terminal_width() -> int:
@@ -106,9 +109,9 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     from ._topview import TopView, render, to_text
 
     state = ClusterState()
-    receiver = open_receiver(args)
+    receiver, check = open_receiver(args)
     async with receiver, anyio.create_task_group() as tg:
-        tg.start_soon(feed, receiver, state)
+        tg.start_soon(feed, receiver, state, check)
         title = f"aiocelev top · {mask_url(receiver.broker.url)}"
         if args.once:
             with ctx.interruptible():

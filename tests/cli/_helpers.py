@@ -1,0 +1,110 @@
+"""Run the ``aiocelev`` command as a user does: a subprocess with bounded waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMAND = [sys.executable, "-m", "aiocelev"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess: no broker preset, no colour, wide lines."""
+    env = {k: v for k, v in os.environ.items() if k != "AIOCELEV_BROKER_URL"}
+    env.update({"COLUMNS": "120", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``aiocelev ARGS`` to completion and capture its output."""
+    return subprocess.run(
+        [*COMMAND, *args],
+        cwd=ROOT,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+class Background:
+    """``aiocelev ARGS`` running in the background, output kept in files."""
+
+    def __init__(self, *args: str, **env: str) -> None:
+        self.out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in close()
+        self.err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [*COMMAND, *args],
+            cwd=ROOT,
+            env=cli_env(**env),
+            stdout=self.out,
+            stderr=self.err,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def stdout(self) -> str:
+        self.out.seek(0)
+        return self.out.read()
+
+    def stderr(self) -> str:
+        self.err.seek(0)
+        return self.err.read()
+
+    def wait_for_stderr(self, text: str, timeout: float = 15) -> None:
+        """Wait until *text* appears on stderr (e.g. the "listening on" line)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.stderr():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(
+            f"{text!r} not on stderr (exit {self.proc.poll()}):\n{self.stderr()}\n{self.stdout()}"
+        )
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.out.close()
+        self.err.close()
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line of *text* parsed as JSON (each must be a JSON object)."""
+    events = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert all(isinstance(e, dict) for e in events)
+    return events
+
+
+def assert_no_traceback(stderr: str) -> None:
+    assert "Traceback" not in stderr, stderr

@@ -1,0 +1,331 @@
+"""events, record, replay, top and demo over memory:// (in this process, on the test's loop).
+
+memory:// shares one hub per process, so these tests run the commands'
+coroutines next to a dispatcher or receiver on the same event loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from aiocelev import EventDispatcher, EventReceiver, OutgoingMessage
+from aiocelev.brokers.memory import MemoryHub, from_url, memory_hub
+from aiocelev.cli import build_parser
+from aiocelev.cli import _demo, _events, _record, _top
+from aiocelev.cli._common import Context
+
+Command = Callable[[Any, Context], Awaitable[int]]
+
+
+@asynccontextmanager
+async def bounded_group(seconds: float = 10) -> AsyncIterator[anyio.abc.TaskGroup]:
+    """A task group that fails the test instead of hanging."""
+    with anyio.fail_after(seconds):
+        async with anyio.create_task_group() as tg:
+            yield tg
+
+
+def parse(*argv: str) -> Any:
+    return build_parser().parse_args(list(argv))
+
+
+async def start_listening(
+    tg: anyio.abc.TaskGroup, command: Command, args: Any, url: str, results: list[int]
+) -> MemoryHub:
+    """Start *command* and return once it subscribed to *url*'s hub."""
+    hub = memory_hub(url)
+    before = len(hub._subscriptions)
+
+    async def runner() -> None:
+        results.append(await command(args, Context()))
+
+    tg.start_soon(runner)
+    with anyio.fail_after(5):
+        while len(hub._subscriptions) <= before:
+            await anyio.sleep(0.01)
+    return hub
+
+
+async def send_sample(url: str, hostname: str = "w1@example") -> None:
+    async with EventDispatcher(url, hostname=hostname) as d:
+        await d.send("worker-online", freq=2.0, sw_ident="py-celery", sw_ver="5.7.0")
+        await d.send(
+            "task-received", uuid="t-1", name="proj.add", args="(2, 2)", kwargs="{}", retries=0
+        )
+        await d.send("task-started", uuid="t-1")
+        await d.send("task-succeeded", uuid="t-1", result="4", runtime=0.25)
+        await d.send(
+            "task-failed",
+            uuid="t-2",
+            exception="ValueError('bad')",
+            traceback='Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad\n',
+        )
+        await d.send("task-progress", uuid="t-1", done=3, total=10)
+        await d.flush()
+
+
+async def test_events_prints_one_readable_line_per_event(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = "memory://cli-events-text"
+    results: list[int] = []
+    async with bounded_group() as tg:
+        await start_listening(
+            tg, _events.run, parse("events", "-b", url, "--limit", "6"), url, results
+        )
+        await send_sample(url)
+    assert results == [0]
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 6, out
+    assert all(line.startswith("w1@example [") for line in lines)
+    assert " UTC] started: " in lines[0] and "sw_ident=py-celery" in lines[0]
+    assert "task received: proj.add(t-1) args=(2, 2) kwargs={}" in lines[1]
+    assert "task started: proj.add(t-1)" in lines[2]
+    assert "task succeeded: proj.add(t-1)" in lines[3] and "result=4" in lines[3]
+    assert "runtime=0.25" in lines[3]
+    # A multi-line traceback stays on its line.
+    assert "task failed: t-2" in lines[4] and "\\nValueError: bad" in lines[4]
+    assert "task progress: proj.add(t-1)" in lines[5] and "done=3" in lines[5]
+    assert "\x1b[" not in out  # no colour when stdout is not a terminal
+
+
+async def test_events_json_prints_the_full_wire_dict(capsys: pytest.CaptureFixture[str]) -> None:
+    url = "memory://cli-events-json"
+    results: list[int] = []
+    async with bounded_group() as tg:
+        await start_listening(
+            tg, _events.run, parse("events", "-b", url, "--json", "--limit", "6"), url, results
+        )
+        await send_sample(url)
+    assert results == [0]
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    assert [e["type"] for e in events] == [
+        "worker-online",
+        "task-received",
+        "task-started",
+        "task-succeeded",
+        "task-failed",
+        "task-progress",
+    ]
+    for event in events:
+        assert event["hostname"] == "w1@example"
+        assert isinstance(event["local_received"], float)
+        assert isinstance(event["timestamp"], float)
+        assert isinstance(event["clock"], int)
+    assert events[1]["args"] == "(2, 2)"
+    assert events[4]["traceback"].endswith("ValueError: bad\n")
+    assert events[5]["done"] == 3 and events[5]["total"] == 10
+    assert "listening on memory://cli-events-json" in captured.err
+    assert "{" not in captured.err  # diagnostics only, no events on stderr
+
+
+async def test_events_filter_by_routing_key(capsys: pytest.CaptureFixture[str]) -> None:
+    url = "memory://cli-events-filter"
+    results: list[int] = []
+    args = parse(
+        "events", "-b", url, "--json", "--filter", "task.succeeded", "task.failed", "-n", "2"
+    )
+    async with bounded_group() as tg:
+        await start_listening(tg, _events.run, args, url, results)
+        await send_sample(url)
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["type"] for e in events] == ["task-succeeded", "task-failed"]
+
+
+def test_filters_also_bind_batches() -> None:
+    keys, check = _events.binding_keys(["task.succeeded", "worker.#"])
+    assert keys == ("task.succeeded", "worker.#", "task.multi", "worker.multi")
+    assert check is not None
+    assert check("task.succeeded") and check("worker.heartbeat")
+    assert not check("task.failed") and not check("task.multi")
+    assert _events.binding_keys(None) == (("#",), None)
+    assert _events.binding_keys(["#", "task.#"]) == (("#",), None)
+    assert _events.binding_keys(["*.failed"])[0] == ("*.failed", "*.multi")
+
+
+async def test_events_timeout_without_events(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse("events", "-b", "memory://cli-events-quiet", "--timeout", "0.2")
+    assert await _events.run(args, Context()) == 0
+    assert capsys.readouterr().out == ""
+
+
+async def test_events_reports_malformed_messages_and_goes_on(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = "memory://cli-events-malformed"
+    results: list[int] = []
+    async with bounded_group() as tg:
+        await start_listening(
+            tg, _events.run, parse("events", "-b", url, "--json", "-n", "1"), url, results
+        )
+        broker = from_url(url)
+        await broker.connect()
+        await broker.publish(
+            [
+                OutgoingMessage("task.succeeded", b"{not json"),
+                OutgoingMessage("task.succeeded", b'"a string"'),
+                OutgoingMessage(
+                    "worker.heartbeat",
+                    b'{"type": "worker-heartbeat", "hostname": "ok@x", "timestamp": 1.5}',
+                ),
+            ]
+        )
+        await broker.aclose()
+    assert results == [0]
+    captured = capsys.readouterr()
+    assert [json.loads(line)["hostname"] for line in captured.out.splitlines()] == ["ok@x"]
+    diagnostics = [
+        line for line in captured.err.splitlines() if "skipped a malformed message" in line
+    ]
+    assert len(diagnostics) == 2, captured.err
+    assert all("routing key 'task.succeeded'" in line for line in diagnostics)
+    assert "Traceback" not in captured.err
+
+
+async def test_record_then_replay_reproduces_the_stream(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "memory://cli-record"
+    recording = tmp_path / "stream.jsonl"
+    results: list[int] = []
+    async with bounded_group() as tg:
+        await start_listening(
+            tg,
+            _record.run_record,
+            parse("record", str(recording), "-b", url, "-n", "6"),
+            url,
+            results,
+        )
+        await send_sample(url)
+    assert results == [0]
+    recorded = [json.loads(line) for line in recording.read_text().splitlines()]
+    assert len(recorded) == 6
+    assert all("local_received" in e for e in recorded)
+    assert "recorded 6 events to" in capsys.readouterr().err
+
+    # Replay as fast as possible to a fresh hub, watched by a receiver.
+    target = "memory://cli-replay"
+    async with EventReceiver(target) as receiver:
+        assert (
+            await _record.run_replay(
+                parse("replay", str(recording), "-b", target, "--speed", "0"), Context()
+            )
+            == 0
+        )
+        got = []
+        with anyio.fail_after(5):
+            async for event in receiver:
+                got.append(event.to_dict())
+                if len(got) == 6:
+                    break
+    for before, after in zip(recorded, got):
+        before = dict(before)
+        before.pop("local_received")
+        after.pop("local_received")
+        assert after == before  # every field, clock and timestamp included
+    assert "replayed 6 events" in capsys.readouterr().err
+
+
+async def test_replay_keeps_original_order_with_timing(tmp_path: Path) -> None:
+    recording = tmp_path / "timed.jsonl"
+    lines = [
+        {
+            "type": "worker-heartbeat",
+            "hostname": "a@x",
+            "timestamp": 100.0 + i * 0.05,
+            "clock": i + 1,
+            "local_received": 200.0 + i * 0.05,
+        }
+        for i in range(4)
+    ]
+    recording.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    target = "memory://cli-replay-timed"
+    async with EventReceiver(target) as receiver:
+        assert (
+            await _record.run_replay(
+                parse("replay", str(recording), "-b", target, "--speed", "2"), Context()
+            )
+            == 0
+        )
+        with anyio.fail_after(5):
+            got = [await receiver.receive() for _ in range(4)]
+    assert [e.clock for e in got] == [1, 2, 3, 4]
+    assert [e.timestamp for e in got] == [e["timestamp"] for e in lines]
+
+
+async def test_replay_skips_bad_lines_with_their_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recording = tmp_path / "mixed.jsonl"
+    recording.write_text(
+        '{"type": "worker-online", "hostname": "a@x", "timestamp": 1.0}\n'
+        "not json\n"
+        "\n"
+        '{"hostname": "no-type@x"}\n'
+        '{"type": "worker-offline", "hostname": "a@x", "timestamp": 2.0}\n'
+    )
+    target = "memory://cli-replay-bad"
+    async with EventReceiver(target) as receiver:
+        assert (
+            await _record.run_replay(
+                parse("replay", str(recording), "-b", target, "-s", "0"), Context()
+            )
+            == 0
+        )
+        with anyio.fail_after(5):
+            got = [await receiver.receive() for _ in range(2)]
+    assert [e.type for e in got] == ["worker-online", "worker-offline"]
+    err = capsys.readouterr().err
+    assert "mixed.jsonl:2: skipped: not JSON" in err
+    assert "mixed.jsonl:4: skipped: not an event" in err
+    assert "replayed 2 events" in err
+
+
+async def test_top_once_shows_workers_and_tasks(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("rich")
+    url = "memory://cli-top-once"
+    results: list[int] = []
+    async with bounded_group() as tg:
+        await start_listening(
+            tg, _top.run, parse("top", "-b", url, "--once", "--wait", "0.5"), url, results
+        )
+        await send_sample(url)
+    assert results == [0]
+    out = capsys.readouterr().out
+    assert "w1@example" in out
+    assert "online" in out
+    assert "SUCCESS" in out and "FAILURE" in out
+    assert "proj.add" in out
+    assert "\x1b[" not in out
+
+
+async def test_demo_no_ui_summary_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse(
+        "demo",
+        "-b",
+        "memory://cli-demo",
+        "--no-ui",
+        "--duration",
+        "1.5",
+        "--seed",
+        "7",
+        "--rate",
+        "60",
+    )
+    assert await _demo.run(args, Context()) == 0
+    out = capsys.readouterr().out
+    assert "tasks by state:" in out
+    sent = int(out.split("events: ")[1].split(" sent")[0])
+    received = int(out.split("sent, ")[1].split(" received")[0])
+    assert sent > 0 and sent == received
+    assert "workers seen by the receiver: 3/3" in out

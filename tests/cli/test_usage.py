@@ -1,0 +1,147 @@
+"""Help, usage errors, bad and unreachable brokers: one clear line, documented exit status."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiocelev.brokers import known_schemes
+from aiocelev.cli import main
+
+from ._helpers import assert_no_traceback, run_cli
+
+COMMANDS = ["events", "top", "demo", "control", "record", "replay"]
+
+
+def test_help_lists_every_command() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+    assert "exit status" in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_broker_option(command: str) -> None:
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--broker URL" in result.stdout
+    assert f"usage: aiocelev {command}" in result.stdout
+
+
+def test_version() -> None:
+    from aiocelev import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert __version__ in result.stdout
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: aiocelev" in capsys.readouterr().err
+
+
+def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["events", "--no-such-option"]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_bad_numbers_are_usage_errors(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["events", "--limit", value]) == 2
+    assert "--limit" in capsys.readouterr().err
+
+
+def test_unknown_scheme_names_the_known_schemes() -> None:
+    result = run_cli("events", "--broker", "amqq://guest:hunter2@localhost//")
+    assert result.returncode == 2
+    assert_no_traceback(result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("aiocelev: error: ")
+    for scheme in known_schemes():
+        assert scheme in lines[0]
+    assert "Did you mean 'amqp'?" in lines[0]
+    assert "hunter2" not in result.stderr
+
+
+def test_not_a_url_is_a_usage_error() -> None:
+    result = run_cli("events", "--broker", "localhost")
+    assert result.returncode == 2
+    assert "known schemes" in result.stderr
+    assert_no_traceback(result.stderr)
+
+
+def test_broker_from_environment() -> None:
+    result = run_cli("events", AIOCELEV_BROKER_URL="nosuch://x")
+    assert result.returncode == 2
+    assert "'nosuch://x'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://guest:secret@127.0.0.1:1//", "amqp://guest:***@127.0.0.1:1//"),
+        ("redis://:secret@127.0.0.1:1/0", "redis://:***@127.0.0.1:1/0"),
+    ],
+)
+@pytest.mark.parametrize("command", ["events", "record", "top"])
+def test_unreachable_broker_one_line_masked(command: str, url: str, shown: str, tmp_path) -> None:
+    args = [command, "--broker", url, "--connect-timeout", "1"]
+    if command == "record":
+        args.insert(1, str(tmp_path / "out.jsonl"))
+    if command == "top":
+        args.append("--once")
+    result = run_cli(*args)
+    assert result.returncode == 1, result.stderr
+    assert_no_traceback(result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("aiocelev: error: ")
+    assert shown in lines[0]
+    assert "secret" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["replay", "control"])
+def test_unreachable_broker_for_publishers(command: str, tmp_path) -> None:
+    recording = tmp_path / "in.jsonl"
+    recording.write_text('{"type": "worker-heartbeat", "hostname": "a@b", "timestamp": 1.0}\n')
+    first = str(recording) if command == "replay" else "heartbeat"
+    result = run_cli(
+        command, first, "--broker", "amqp://guest:secret@127.0.0.1:1//", "--connect-timeout", "1"
+    )
+    assert result.returncode == 1, result.stderr
+    assert_no_traceback(result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("aiocelev: error: cannot connect to amqp://guest:***@127.0.0.1:1//")
+    assert "secret" not in result.stderr
+
+
+def test_control_on_memory_is_refused() -> None:
+    result = run_cli("control", "enable-events", "--broker", "memory://")
+    assert result.returncode == 2
+    assert "memory://" in result.stderr
+    assert "amqp://" in result.stderr
+    assert_no_traceback(result.stderr)
+
+
+def test_control_rejects_unknown_action(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["control", "shutdown", "--broker", "amqp://localhost"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_replay_missing_file() -> None:
+    result = run_cli("replay", "/nonexistent/recording.jsonl", "--broker", "memory://")
+    assert result.returncode == 1
+    assert "cannot read /nonexistent/recording.jsonl" in result.stderr
+    assert_no_traceback(result.stderr)
+
+
+def test_record_unwritable_file() -> None:
+    result = run_cli(
+        "record", "/nonexistent/dir/out.jsonl", "--broker", "memory://", "--timeout", "5"
+    )
+    assert result.returncode == 1
+    assert "cannot write /nonexistent/dir/out.jsonl" in result.stderr
+    assert_no_traceback(result.stderr)
