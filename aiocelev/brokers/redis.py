@@ -416,6 +416,51 @@ class RedisSubscription:
 
 
 @final
+class RedisPidbox:
+    """The remote-control requests arriving in one node's pidbox (see :meth:`RedisBroker.consume_control`).
+
+    On Redis a worker's pidbox is a PSUBSCRIBE to ``/<db>.<namespace>.pidbox``
+    (the fanout exchange ``celery.pidbox``); every node gets every request and
+    keeps those addressed to it.  Reconnects are handled by the subscription
+    underneath (requests sent during a gap are lost, as with Celery).
+    """
+
+    def __init__(self, subscription: RedisSubscription, nodename: str) -> None:
+        self._sub = subscription
+        self.nodename = nodename
+
+    @property
+    def reconnects(self) -> int:
+        """Gaps of the underlying subscription."""
+        return self._sub.reconnects
+
+    def __repr__(self) -> str:
+        return f"<RedisPidbox {self.nodename!r} {self._sub!r}>"
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        from .._worker import ControlRequest
+
+        async for message in self._sub:
+            try:
+                envelope = decode_envelope(message.body)
+                request = ControlRequest.from_message(loads(envelope.body), envelope.headers)
+            except (DecodeError, ValueError) as exc:
+                logger.warning(
+                    "%s: ignoring a malformed remote-control request: %s", self.nodename, exc
+                )
+                continue
+            return request
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop consuming (closes the pub/sub connection)."""
+        await self._sub.aclose()
+
+
+@final
 class RedisBroker:
     """Celery's event bus on Redis pub/sub (kombu ``redis``/``sentinel`` transport compatible).
 
@@ -791,6 +836,68 @@ class RedisBroker:
                     except _REDIS_ERRORS as exc:
                         logger.debug("Redis %s: reply queue cleanup failed: %s", self._url, exc)
         return replies
+
+    async def consume_control(self, nodename: str) -> RedisPidbox:
+        """Consume *nodename*'s pidbox, as a Celery worker does on Redis (live when this returns).
+
+        Makes the adapter a :class:`~aiocelev.ControlTransport`, so
+        :func:`~aiocelev.worker_events` nodes answer ``celery inspect ping``,
+        Flower's ``enable_events`` and friends.
+
+        :raises BrokerConnectionError: Redis is unreachable.
+        """
+        self._ensure_pool()
+        channel = self._prefix + pidbox_exchange(self.options.control_exchange)
+        sub = RedisSubscription(self, [glob_escape(channel).encode("utf-8")], lambda _k: True, True)
+        try:
+            await sub._open()
+        except _REDIS_ERRORS as exc:
+            raise _translate(exc, self._url, f"consuming the pidbox of {nodename}") from exc
+        self._subscriptions.add(sub)
+        return RedisPidbox(sub, nodename)
+
+    async def reply(self, request: Any, nodename: str, payload: Any) -> None:
+        """Send ``{nodename: payload}`` where a remote-control *request* wants replies.
+
+        Routed as kombu's virtual direct exchange does: the reply envelope is
+        LPUSHed onto every list bound to the reply exchange with the request's
+        reply routing key (``_kombu.binding.reply.celery.pidbox``); with no
+        binding (the client is gone) it is dropped, as with Celery.
+
+        :raises BrokerConnectionError: Redis is unreachable.
+        """
+        reply_to = request.reply_to
+        if not reply_to:
+            return
+        client = self._client_or_raise()
+        if isinstance(request.clock, int):
+            self._clock.adjust(request.clock)
+        exchange = reply_to.get("exchange") or reply_exchange(self.options.control_exchange)
+        routing_key = reply_to.get("routing_key") or ""
+        message = OutgoingMessage(
+            routing_key=routing_key,
+            body=encode_control_body({nodename: payload}),
+            headers={"ticket": request.ticket, "clock": self._clock.forward()},
+        )
+        envelope = encode_envelope(message, exchange)
+        gk = self.options.global_keyprefix
+        try:
+            members = await client.smembers(gk + _BINDING_KEY.format(exchange=exchange))
+            queues = []
+            for member in members:
+                text = member.decode("utf-8", "replace") if isinstance(member, bytes) else member
+                parts = str(text).split(_BINDING_SEP)
+                if len(parts) == 3 and parts[0] == routing_key and parts[2]:
+                    queues.append(parts[2])
+            if not queues:
+                logger.debug("Redis %s: nobody waits for replies on %r", self._url, routing_key)
+                return
+            pipe = client.pipeline(transaction=False)
+            for queue in queues:
+                pipe.lpush(gk + queue, envelope)
+            await pipe.execute()
+        except _REDIS_ERRORS as exc:
+            raise _translate(exc, self._url, f"replying to {request.method!r}") from exc
 
     async def _collect(
         self,

@@ -395,3 +395,53 @@ async def test_broadcast_enable_events_turns_on_task_events(redis_url: str) -> N
     types = [e["type"] for _, e in collected]
     assert "task-received" in types and "task-started" in types
     assert types[-1] == "worker-offline"
+
+
+async def test_celery_control_reaches_an_aiocelev_node(redis_url: str) -> None:
+    """Celery's own ``app.control`` client talks to a pidbox consumed on Redis by aiocelev."""
+    node = f"aiocelev-{uuid.uuid4().hex[:10]}@redis-node"
+    handled: list[str] = []
+    async with from_url(redis_url) as broker:
+        pidbox = await broker.consume_control(node)
+
+        async def serve() -> None:
+            async for request in pidbox:
+                if not request.addressed_to(node):
+                    continue
+                handled.append(request.method)
+                if request.wants_reply:
+                    await broker.reply(request, node, {"ok": "pong"})
+
+        client = _client(redis_url)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            replies = await _call(client.control.ping, destination=[node], timeout=10)
+            assert replies == [{node: {"ok": "pong"}}]
+            await _call(client.control.broadcast, "enable_events", destination=["someone@else"])
+            ours = await broker.broadcast("ping", destination=[node], reply=True, timeout=10)
+            assert ours == [{node: {"ok": "pong"}}]
+            tg.cancel_scope.cancel()
+        await pidbox.aclose()
+    assert handled == ["ping", "ping"]
+
+
+async def test_worker_events_node_answers_celery_control(redis_url: str) -> None:
+    """A ``worker_events`` node on Redis answers ``celery inspect ping`` and ``enable_events``."""
+    from aiocelev._worker import worker_events
+
+    node = f"aiocelev-{uuid.uuid4().hex[:10]}@redis-worker"
+    client = _client(redis_url)
+    async with (
+        from_url(redis_url) as broker,
+        EventDispatcher(broker, hostname=node, groups={"worker"}) as dispatcher,
+        worker_events(dispatcher) as worker,
+    ):
+        with anyio.fail_after(10):
+            await worker.wait_control_ready()
+        pong = await _call(client.control.ping, destination=[node], timeout=10)
+        assert pong == [{node: {"ok": "pong"}}]
+        replies = await _call(
+            client.control.broadcast, "enable_events", destination=[node], reply=True, timeout=10
+        )
+        assert replies == [{node: {"ok": "task events enabled"}}]
+        assert dispatcher.groups is not None and "task" in dispatcher.groups
