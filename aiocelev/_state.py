@@ -10,6 +10,7 @@ or :meth:`ClusterState.follow`.  The design and every rule are described in
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from itertools import islice
 from types import MappingProxyType
@@ -73,6 +74,7 @@ class ClusterState:
         "_ready",
         "_tasks",
         "_unready",
+        "_w",
         "_workers",
         "event_count",
         "evicted_tasks",
@@ -103,16 +105,18 @@ class ClusterState:
         #: Every task by id, ordered by the arrival of its latest event.
         self._tasks: dict[str, TaskState] = {}
         #: Finished tasks, in the order they finished (eviction candidates first).
-        self._ready: dict[str, TaskState] = {}
+        self._ready: OrderedDict[str, TaskState] = OrderedDict()
         #: Unfinished tasks, in the order they were created or became unfinished.
-        self._unready: dict[str, TaskState] = {}
+        self._unready: OrderedDict[str, TaskState] = OrderedDict()
         self._by_state: dict[str, dict[str, TaskState]] = {}
         self._by_name: dict[str, dict[str, TaskState]] = {}
         self._by_worker: dict[str, dict[str, TaskState]] = {}
         #: parent id -> child ids seen before the parent itself.
-        self._pending_children: dict[str, dict[str, None]] = {}
-        self._workers: dict[str, WorkerState] = {}
+        self._pending_children: OrderedDict[str, dict[str, None]] = OrderedDict()
+        self._workers: OrderedDict[str, WorkerState] = OrderedDict()
         self._counts: dict[str, int] = {}
+        #: The worker of the task event being applied (for the loss counters).
+        self._w: WorkerState | None = None
         self._rates = RateCounter(rate_window)
         #: Recent ``runtime`` values of ``task-succeeded`` events.
         self.runtimes = Reservoir(reservoir_size)
@@ -161,9 +165,14 @@ class ClusterState:
         counts = self._counts
         counts[type_] = counts.get(type_, 0) + 1
         lr = f.get("local_received")
-        if lr is None:
+        if type(lr) is not float and type(lr) is not int:
             lr = self._now()
-        self._rates.add(type_, lr)
+        rates = self._rates
+        if int(lr) == rates.current_sec:
+            bucket = rates.current
+            bucket[type_] = bucket.get(type_, 0) + 1
+        else:
+            rates.add(type_, lr)
         handler = self._handlers.get(type_)
         if handler is None:
             group, _, subject = type_.partition("-")
@@ -222,6 +231,7 @@ class ClusterState:
                 self._evict_task()
         else:
             tasks[uuid] = t
+        self._w = None
         if worker_side:
             hostname = f.get("hostname")
             if hostname is not None:
@@ -233,6 +243,7 @@ class ClusterState:
                 seen = w.last_seen
                 if seen is None or lr > seen:
                     w.last_seen = lr
+                self._w = w
         return t
 
     def _transition(self, t: TaskState, state: str, rank: int, f: Mapping[str, Any]) -> bool:
@@ -322,7 +333,7 @@ class ClusterState:
         if children is None:
             children = pending[parent_id] = {}
             if len(pending) > self.max_tasks:
-                del pending[next(iter(pending))]
+                pending.popitem(last=False)
         children[t.uuid] = None
 
     def _copy_fields(self, t: TaskState, f: Mapping[str, Any], names: tuple[str, ...]) -> None:
@@ -379,7 +390,7 @@ class ClusterState:
         self._transition(t, "STARTED", 4, f)
         if t.received is not None:
             self._record_wait(t)
-        self._count_worker(f, started=True)
+        self._count_worker(started=True)
         return t
 
     def _on_task_succeeded(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
@@ -396,7 +407,7 @@ class ClusterState:
             if type(runtime) is float or type(runtime) is int:
                 self.runtimes.add(runtime)
         self._transition(t, "SUCCESS", 0, f)
-        self._count_worker(f)
+        self._count_worker()
         return t
 
     def _on_task_failed(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
@@ -410,7 +421,7 @@ class ClusterState:
         if "traceback" in f:
             t.traceback = f["traceback"]
         self._transition(t, "FAILURE", 1, f)
-        self._count_worker(f)
+        self._count_worker()
         return t
 
     def _on_task_retried(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
@@ -424,7 +435,7 @@ class ClusterState:
         if "traceback" in f:
             t.traceback = f["traceback"]
         self._transition(t, "RETRY", RETRY_RANK, f)
-        self._count_worker(f)
+        self._count_worker()
         return t
 
     def _on_task_revoked(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
@@ -435,7 +446,7 @@ class ClusterState:
         t.revoked = f.get("timestamp")
         self._transition(t, "REVOKED", 3, f)
         if f.get("terminated"):
-            self._count_worker(f)
+            self._count_worker()
         return t
 
     def _on_task_rejected(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
@@ -448,7 +459,7 @@ class ClusterState:
         self._transition(t, "REJECTED", 6, f)
         if was_started:
             # A task that ran and rejected its message (``Reject`` raised).
-            self._count_worker(f)
+            self._count_worker()
         return t
 
     def _on_task_custom(self, f: Mapping[str, Any], lr: float, state: str) -> TaskState | None:
@@ -464,14 +475,14 @@ class ClusterState:
                 extra[key] = value
         self._transition(t, state, PRECEDENCE.get(state, CUSTOM_RANK), f)
         if state == "CANCELLED":
-            self._count_worker(f)
+            self._count_worker()
         return t
 
     def _evict_task(self) -> None:
         """Drop one task: the oldest finished one, else the oldest unfinished one."""
-        src = self._ready or self._unready
-        uuid = next(iter(src))
-        t = src.pop(uuid)
+        # OrderedDict: taking the oldest entry is O(1) (a plain dict would
+        # rescan the holes its deletions left at the front).
+        uuid, t = (self._ready or self._unready).popitem(last=False)
         del self._tasks[uuid]
         self.evicted_tasks += 1
         by_state = self._by_state
@@ -498,16 +509,13 @@ class ClusterState:
         workers = self._workers
         workers[hostname] = w
         if len(workers) > self.max_workers:
-            del workers[next(iter(workers))]
+            workers.popitem(last=False)
             self.evicted_workers += 1
         return w
 
-    def _count_worker(self, f: Mapping[str, Any], started: bool = False) -> None:
+    def _count_worker(self, started: bool = False) -> None:
         """Count a started/finished task event for the loss estimate of its worker."""
-        hostname = f.get("hostname")
-        if hostname is None:
-            return
-        w = self._workers.get(hostname)
+        w = self._w
         if w is None:
             return
         if started:
@@ -534,7 +542,7 @@ class ClusterState:
             self.ignored_events += 1
             return None
         workers = self._workers
-        w = workers.pop(hostname, None)
+        w = workers.get(hostname)
         if w is None:
             if kind == _OFFLINE:
                 # Like Celery: a goodbye from an unknown worker creates nothing.
@@ -542,7 +550,7 @@ class ClusterState:
             w = self._new_worker(hostname)
             first = True
         else:
-            workers[hostname] = w
+            workers.move_to_end(hostname)
             first = w.event_count == 0
         w.event_count += 1
         get = f.get

@@ -97,7 +97,7 @@ class RateCounter:
     :param window: the window length in seconds (at least 1).
     """
 
-    __slots__ = ("_buckets", "_n", "_sec", "window")
+    __slots__ = ("_buckets", "_n", "_sec", "current", "current_sec", "window")
 
     def __init__(self, window: int = 10) -> None:
         if window < 1:
@@ -107,6 +107,10 @@ class RateCounter:
         self._buckets: list[dict[str, int]] = [{} for _ in range(self._n)]
         #: The second the current bucket counts.
         self._sec = 0
+        #: The bucket of the current second and that second (callers on a hot
+        #: path may count into ``current`` directly while ``int(now) == current_sec``).
+        self.current = self._buckets[0]
+        self.current_sec = 0
 
     def add(self, type_: str, now: float) -> None:
         """Count one event of *type_* that happened at *now* (epoch seconds)."""
@@ -131,7 +135,8 @@ class RateCounter:
         else:
             for s in range(self._sec + 1, sec + 1):
                 self._buckets[s % n].clear()
-        self._sec = sec
+        self._sec = self.current_sec = sec
+        self.current = self._buckets[sec % n]
 
     def rates(self, now: float) -> dict[str, float]:
         """Events per second by type over the *window* complete seconds before *now*."""
