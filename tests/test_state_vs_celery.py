@@ -28,7 +28,7 @@ celery_state = pytest.importorskip("celery.events.state")
 
 pytestmark = pytest.mark.celery
 
-FIXTURES = Path("/work/shared/fixtures/celery-5.7.0")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "celery-5.7.0"
 T0 = 1_795_500_000.0
 
 TASK_FIELDS = (
