@@ -24,7 +24,13 @@ from aiocelev.brokers import open_broker
 from aiocelev.brokers.amqp import AmqpBroker, from_url
 from aiocelev.testing import check_broker
 
-from ._rabbitmq import close_connections, list_json, need_rabbitmqctl, rabbitmq_stopped
+from ._rabbitmq import (
+    close_connections,
+    connection_pids,
+    list_json,
+    need_rabbitmqctl,
+    rabbitmq_stopped,
+)
 
 # -- options and URLs (no broker needed) -------------------------------------------
 
@@ -492,3 +498,64 @@ async def test_acked_consumption_bounds_memory_with_prefetch(amqp_url: str) -> N
                 message.ack()
                 got.append(message.body)
         assert got == bodies
+
+
+@pytest.mark.amqp
+async def test_event_receiver_acks_durable_queue_deliveries(amqp_url: str) -> None:
+    """EventReceiver on a durable queue: processed events are acked; the rest come back."""
+    from aiocelev import EventReceiver
+
+    queue_name = _unique("recv-durable")
+    key = _unique("recv")
+    events = [
+        {"hostname": "w@h", "type": "worker-heartbeat", "timestamp": float(i), "clock": i}
+        for i in range(1, 6)
+    ]
+    try:
+        consumer = from_url(amqp_url, queue_name=queue_name, durable=True, prefetch_count=1)
+        async with EventReceiver(consumer, routing_keys=[key]) as receiver:
+            async with from_url(amqp_url, confirm_publish=True) as publisher:
+                for event in events:
+                    message = event_message(event)
+                    await publisher.publish([OutgoingMessage(key, message.body, message.headers)])
+            with anyio.fail_after(10):
+                first = await receiver.receive()
+                second = await receiver.receive()
+            assert (first.clock, second.clock) == (1, 2)
+        await consumer.aclose()
+
+        consumer = from_url(amqp_url, queue_name=queue_name, durable=True)
+        async with EventReceiver(consumer, routing_keys=[key]) as receiver:
+            with anyio.fail_after(10):
+                rest = [(await receiver.receive()).timestamp for _ in range(4)]
+        await consumer.aclose()
+        # The receiver acks a message once the caller comes back for the next
+        # event: event 1 was processed (acked); event 2 was handed out but the
+        # caller never came back, so it is delivered again (at least once).
+        assert rest == [2.0, 3.0, 4.0, 5.0]
+    finally:
+        conn = await aio_pika.connect(from_url(amqp_url)._endpoints[0].url)
+        async with conn:
+            channel = await conn.channel()
+            await channel.queue_delete(queue_name)
+
+
+@pytest.mark.amqp
+async def test_no_connection_left_behind(amqp_url: str) -> None:
+    """aclose() (also after a cancelled iteration and a reconnect) closes every connection."""
+    need_rabbitmqctl()
+    name = f"aiocelev-test-{uuid.uuid4().hex[:8]}"
+    broker = from_url(amqp_url, connection_name=name, heartbeat=7)
+    sub = await broker.subscribe([_unique("leak")])
+    with anyio.move_on_after(0.2):
+        await sub.__anext__()  # cancelled while waiting
+    timeouts = [
+        c["timeout"]
+        for c in list_json("connections", "client_properties", "timeout")
+        if ["connection_name", "longstr", name] in c["client_properties"]
+    ]
+    assert timeouts == [7]  # the heartbeat option reached the connection
+    await close_connections(name)
+    await broker.publish([OutgoingMessage("x.y", b"[]")])  # reconnects on this call
+    await broker.aclose()
+    assert await anyio.to_thread.run_sync(lambda: connection_pids(name)) == []
