@@ -36,9 +36,8 @@ class _Run:
         self.counted = 0
 
     def mark(self) -> None:
-        """Note the time (wall and CPU) of the latest event."""
+        """Note the time of the latest event (CPU time is read once, at the end)."""
         self.t_last = time.perf_counter()
-        self.cpu_last = time.process_time()
         self.counted = self.count
 
     def result(self, publisher: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +129,7 @@ def run_aiocelev(
                             if not run.count & 63:
                                 run.mark()
                         tg.cancel_scope.cancel()
+                    run.cpu_last = time.process_time()
                     extra = stats(receiver) if stats else {}
                 finally:
                     publisher = await anyio.to_thread.run_sync(wait_side, proc, 60.0)

@@ -1,0 +1,80 @@
+"""Smoke test of the benchmark suite: every case runs (tiny sizes) and reports numbers.
+
+No speed is asserted: the benchmarks compare aiocelev with Celery's own events
+code on real brokers, so this runs ``python -m benchmarks --quick`` against
+the RabbitMQ / Redis of the ``amqp_url`` / ``redis_url`` fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("celery")
+
+pytestmark = pytest.mark.celery
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = {
+    "publish_batched",
+    "publish_single",
+    "receive_batched",
+    "receive_single",
+    "monitor",
+    "latency_200",
+    "latency_5000",
+    "memory_state",
+    "memory_overload",
+}
+
+
+def _run_quick(broker: str, url: str, tmp_path: Path) -> dict:  # type: ignore[type-arg]
+    out = tmp_path / f"{broker}.json"
+    env = dict(os.environ)
+    env[f"AIOCELEV_BENCH_{broker.upper()}_URL"] = url
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--broker", broker, "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    return report  # type: ignore[no-any-return]
+
+
+def _check(report: dict, broker: str) -> None:  # type: ignore[type-arg]
+    seen = {s["case"] for s in report["results"]}
+    assert seen == CASES
+    assert report["info"]["versions"]["celery"]
+    for summary in report["results"]:
+        assert summary["broker"] in (broker, "none")
+        assert summary["rows"], summary["case"]
+        for row in summary["rows"]:
+            assert row["a_median"] > 0, (summary["case"], row)
+            if row.get("b") is not None:
+                assert row["b_median"] > 0, (summary["case"], row)
+                assert row["ratio"] is not None and row["ratio"] > 0
+        for label, results in summary["raw"].items():
+            for result in results:
+                assert "error" not in result, (summary["case"], label, result)
+
+
+@pytest.mark.amqp
+@pytest.mark.timeout(150)
+def test_benchmarks_quick_amqp(amqp_url: str, tmp_path: Path) -> None:
+    _check(_run_quick("amqp", amqp_url, tmp_path), "amqp")
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(150)
+def test_benchmarks_quick_redis(redis_url: str, tmp_path: Path) -> None:
+    _check(_run_quick("redis", redis_url, tmp_path), "redis")
