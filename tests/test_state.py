@@ -808,3 +808,44 @@ async def test_follow_a_real_receiver_over_the_memory_broker() -> None:
     w = s.worker("celery@m")
     assert w is not None and w.alive and w.drift is not None and abs(w.drift) < 5
     assert s.runtime_percentiles((50,)) == {50: 0.25}
+
+
+_TYPES = [
+    "task-sent",
+    "task-received",
+    "task-started",
+    "task-succeeded",
+    "task-failed",
+    "task-retried",
+    "task-revoked",
+    "task-rejected",
+    "task-progress",
+]
+
+
+def test_indexes_consistent_for_random_streams() -> None:
+    from hypothesis import given, settings, strategies as st
+
+    step = st.tuples(
+        st.sampled_from(_TYPES),
+        st.integers(0, 15),  # task
+        st.integers(0, 3),  # worker
+        st.integers(0, 4),  # name
+        st.integers(-1, 15),  # parent (-1: none)
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.integers(1, 6), st.lists(step, max_size=60))
+    def run(max_tasks: int, steps: list[tuple[str, int, int, int, int]]) -> None:
+        s = ClusterState(max_tasks=max_tasks)
+        for type_, task, worker, name, parent in steps:
+            fields: dict[str, Any] = {}
+            if type_ in ("task-sent", "task-received"):
+                fields = {"name": f"n{name}", "parent_id": f"t{parent}" if parent >= 0 else None}
+            s.apply(task_ev(type_, f"t{task}", host=f"w{worker}", **fields))
+            assert len(s) <= max_tasks
+            _check_indexes(s)
+            for t in s.tasks.values():
+                assert all(c != t.uuid or t.parent_id == t.uuid for c in t.children)
+
+    run()
