@@ -443,3 +443,191 @@ async def test_celery_control_reaches_an_aiocelev_node(amqp_url: str) -> None:
             tg.cancel_scope.cancel()
         await pidbox.aclose()
     assert handled == ["ping", "ping"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http_json(url: str) -> Any:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as response:  # loopback only
+        return json.loads(response.read())
+
+
+WORKER_FIELDS = {
+    "freq": 2.0,
+    "active": 0,
+    "processed": 0,
+    "loadavg": [0.1, 0.1, 0.1],
+    "sw_ident": "aiocelev",
+    "sw_ver": "0.1.0",
+    "sw_sys": "Linux",
+}
+
+
+async def _beat_until(
+    dispatcher: EventDispatcher, ready: Callable[[], bool], timeout: float
+) -> None:
+    """Send heartbeats until *ready()* (a monitor needs time to bind its queue)."""
+    with anyio.fail_after(timeout):
+        while True:
+            await dispatcher.send("worker-heartbeat", **WORKER_FIELDS)
+            await dispatcher.flush()
+            if await anyio.to_thread.run_sync(ready):
+                return
+            await anyio.sleep(0.3)
+
+
+async def test_flower_shows_aiocelev_worker_and_tasks(amqp_url: str, tmp_path: Path) -> None:
+    """A real Flower process shows an aiocelev-published worker and its task states."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    node = f"aiocelev-{uuid.uuid4().hex[:10]}@flower"
+    ids = {state: str(uuid.uuid4()) for state in ("SUCCESS", "FAILURE")}
+    env = {
+        **os.environ,
+        "AIOCELEV_CELERY_BROKER": amqp_url,
+        "FLOWER_UNAUTHENTICATED_API": "true",
+    }
+    log = (tmp_path / "flower.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            CELERY,
+            "-A",
+            "tests.interop.celery_app",
+            "flower",
+            "--address=127.0.0.1",
+            f"--port={port}",
+            f"--db={tmp_path / 'flower.db'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def workers() -> dict[str, Any]:
+            try:
+                data = _http_json(f"{base}/workers?json=1")["data"]
+            except OSError:
+                return {}
+            return {w["hostname"]: w for w in data}
+
+        async with EventDispatcher(amqp_url, hostname=node) as dispatcher:
+            await dispatcher.send("worker-online", **WORKER_FIELDS)
+            await _beat_until(dispatcher, lambda: node in workers(), 60)
+            assert workers()[node]["status"] is True  # alive while heartbeats flow
+            for state, task_id in ids.items():
+                await dispatcher.send(
+                    "task-received",
+                    uuid=task_id,
+                    name="demo.add",
+                    args="(2, 3)",
+                    kwargs="{}",
+                    root_id=task_id,
+                    parent_id=None,
+                    retries=0,
+                    eta=None,
+                    expires=None,
+                )
+                await dispatcher.send("task-started", uuid=task_id)
+                if state == "SUCCESS":
+                    await dispatcher.send("task-succeeded", uuid=task_id, result="5", runtime=0.01)
+                else:
+                    await dispatcher.send(
+                        "task-failed",
+                        uuid=task_id,
+                        exception="ValueError('x')",
+                        traceback="Traceback (most recent call last):\n",
+                        runtime=0.01,
+                    )
+            await dispatcher.flush()
+
+            def task_states() -> dict[str, str]:
+                try:
+                    tasks = _http_json(f"{base}/api/tasks")
+                except OSError:
+                    return {}
+                return {tid: info.get("state") for tid, info in tasks.items()}
+
+            with anyio.fail_after(20):
+                while {ids["SUCCESS"], ids["FAILURE"]} - set(
+                    await anyio.to_thread.run_sync(task_states)
+                ):
+                    await anyio.sleep(0.2)
+            states = await anyio.to_thread.run_sync(task_states)
+            assert states[ids["SUCCESS"]] == "SUCCESS"
+            assert states[ids["FAILURE"]] == "FAILURE"
+            info = await anyio.to_thread.run_sync(
+                lambda: _http_json(f"{base}/api/task/info/{ids['SUCCESS']}")
+            )
+            assert info["result"] == "5" and info["worker"] == node and info["name"] == "demo.add"
+            await dispatcher.send("worker-offline", **WORKER_FIELDS)
+        with anyio.fail_after(20):
+            while (await anyio.to_thread.run_sync(workers))[node]["status"] is not False:
+                await anyio.sleep(0.2)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+async def test_celery_events_dump_prints_aiocelev_events(amqp_url: str, tmp_path: Path) -> None:
+    """``celery events --dump`` prints what aiocelev publishes."""
+    node = f"aiocelev-{uuid.uuid4().hex[:10]}@dump"
+    task_id = str(uuid.uuid4())
+    out_path = tmp_path / "dump.txt"
+    out = out_path.open("wb")
+    env = {**os.environ, "AIOCELEV_CELERY_BROKER": amqp_url, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [CELERY, "-A", "tests.interop.celery_app", "events", "--dump"],
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        async with EventDispatcher(amqp_url, hostname=node) as dispatcher:
+            await _beat_until(dispatcher, lambda: node in out_path.read_text(errors="replace"), 60)
+            await dispatcher.send(
+                "task-received",
+                uuid=task_id,
+                name="demo.add",
+                args="(2, 3)",
+                kwargs="{}",
+                root_id=task_id,
+                parent_id=None,
+                retries=0,
+                eta=None,
+                expires=None,
+            )
+            await dispatcher.send("task-succeeded", uuid=task_id, result="5", runtime=0.01)
+            await dispatcher.flush()
+            with anyio.fail_after(20):
+                while "task succeeded" not in out_path.read_text(errors="replace"):
+                    await anyio.sleep(0.1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.close()
+    text = out_path.read_text(errors="replace")
+    assert f"{node} [" in text and "heartbeat" in text
+    assert f"demo.add({task_id}) args=(2, 3) kwargs={{}}" in text
+    succeeded = [line for line in text.splitlines() if "task succeeded" in line]
+    assert succeeded and succeeded[0].startswith(f"{node} [")
+    assert f"demo.add({task_id})" in succeeded[0] and "result=5" in succeeded[0]
