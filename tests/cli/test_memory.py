@@ -18,8 +18,7 @@ import pytest
 
 from aiocelev import EventDispatcher, EventReceiver, OutgoingMessage
 from aiocelev.brokers.memory import MemoryHub, from_url, memory_hub
-from aiocelev.cli import build_parser
-from aiocelev.cli import _demo, _events, _record, _top
+from aiocelev.cli import _demo, _events, _record, _top, build_parser
 from aiocelev.cli._common import Context
 
 Command = Callable[[Any, Context], Awaitable[int]]
@@ -228,7 +227,7 @@ async def test_record_then_replay_reproduces_the_stream(
                 got.append(event.to_dict())
                 if len(got) == 6:
                     break
-    for before, after in zip(recorded, got):
+    for before, after in zip(recorded, got, strict=True):
         before = dict(before)
         before.pop("local_received")
         after.pop("local_received")

@@ -1,0 +1,198 @@
+"""Across processes over real brokers: events / record / replay / demo / top / control.
+
+memory:// lives in one process, so here every command is its own
+``python -m aiocelev`` process talking through RabbitMQ or Redis.  Other test
+runs may share the broker: every check filters on node names unique to the test.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ._helpers import Background, assert_no_traceback, json_lines, run_cli
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("amqp", marks=pytest.mark.amqp),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
+def broker_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+def wait_for_events(
+    proc: Background, predicate: Any, timeout: float = 20, what: str = "events"
+) -> list[dict[str, Any]]:
+    """Poll the JSON lines of a running ``events --json`` until *predicate(events)*."""
+    deadline = time.monotonic() + timeout
+    events: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        text = proc.stdout()
+        complete = text[: text.rfind("\n") + 1]
+        events = json_lines(complete)
+        if predicate(events):
+            return events
+        if proc.proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not seen; stderr:\n{proc.stderr()}\nlast: {events[-5:]}")
+
+
+def recording(hostname: str) -> list[dict[str, Any]]:
+    base = 1_767_225_600.0
+    common = {"hostname": hostname, "utcoffset": 0, "pid": 4242}
+    task = str(uuid.uuid4())
+    return [
+        {
+            "type": "worker-online",
+            "freq": 2.0,
+            "sw_ident": "py-celery",
+            **common,
+            "clock": 1,
+            "timestamp": base,
+        },
+        {
+            "type": "task-received",
+            "uuid": task,
+            "name": "proj.add",
+            "args": "(2, 2)",
+            "kwargs": "{}",
+            **common,
+            "clock": 2,
+            "timestamp": base + 0.01,
+        },
+        {"type": "task-started", "uuid": task, **common, "clock": 3, "timestamp": base + 0.02},
+        {
+            "type": "task-succeeded",
+            "uuid": task,
+            "result": "4",
+            "runtime": 0.01,
+            **common,
+            "clock": 4,
+            "timestamp": base + 0.03,
+        },
+        {
+            "type": "task-progress",
+            "uuid": task,
+            "done": 1,
+            **common,
+            "clock": 5,
+            "timestamp": base + 0.04,
+        },
+        {"type": "worker-offline", "freq": 2.0, **common, "clock": 6, "timestamp": base + 0.05},
+    ]
+
+
+def test_replay_to_events_json_across_processes(broker_url: str, tmp_path: Path) -> None:
+    hostname = f"replay-{uuid.uuid4().hex[:8]}@cli-test"
+    sent = recording(hostname)
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in sent))
+    with Background("events", "--json", "--broker", broker_url) as events:
+        events.wait_for_stderr("listening on")
+        replay = run_cli("replay", str(path), "--broker", broker_url, "--speed", "0")
+        assert replay.returncode == 0, replay.stderr
+        assert "replayed 6 events" in replay.stderr
+        got = wait_for_events(
+            events, lambda evs: sum(e.get("hostname") == hostname for e in evs) >= 6
+        )
+        events.signal(signal.SIGINT)
+        assert events.wait(20) == 130
+        assert_no_traceback(events.stderr())
+    ours = [e for e in got if e.get("hostname") == hostname]
+    for before, after in zip(sent, ours, strict=True):
+        assert isinstance(after.pop("local_received"), float)
+        assert after == before  # unchanged, clock and timestamp included
+
+
+def test_record_from_a_demo_then_replay(broker_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "demo.jsonl"
+    with Background(
+        "record", str(out), "--broker", broker_url, "--filter", "worker.#", "task.#"
+    ) as rec:
+        rec.wait_for_stderr("recording")
+        demo = run_cli(
+            "demo",
+            "--no-ui",
+            "--duration",
+            "2",
+            "--workers",
+            "2",
+            "--broker",
+            broker_url,
+            timeout=60,
+        )
+        assert demo.returncode == 0, demo.stderr
+        host = socket.gethostname()
+        ours = {f"demo-1@{host}", f"demo-2@{host}"}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+            offline = {e["hostname"] for e in lines if e["type"] == "worker-offline"}
+            if ours <= offline:
+                break
+            time.sleep(0.1)
+        rec.signal(signal.SIGTERM)
+        assert rec.wait(20) == 143
+        assert_no_traceback(rec.stderr())
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    mine = [e for e in lines if e["hostname"] in ours]
+    types = {e["type"] for e in mine}
+    assert {"worker-online", "task-received", "task-started", "worker-offline"} <= types
+    assert types & {"task-succeeded", "task-failed"}
+    assert all("local_received" in e for e in lines)
+    sent = int(demo.stdout.split("events: ")[1].split(" sent")[0])
+    assert len(mine) == sent
+
+
+def test_demo_seen_by_events_and_top(broker_url: str) -> None:
+    host = socket.gethostname()
+    with Background("events", "--json", "--broker", broker_url) as events:
+        events.wait_for_stderr("listening on")
+        with Background("demo", "--no-ui", "--duration", "6", "--broker", broker_url) as demo:
+            demo.wait_for_stderr("running 3 simulated workers")
+            top = run_cli("top", "--once", "--wait", "2.5", "--broker", broker_url)
+            assert top.returncode == 0, top.stderr
+            assert_no_traceback(top.stderr)
+            for n in (1, 2, 3):
+                line = next(x for x in top.stdout.splitlines() if f"demo-{n}@{host}" in x)
+                assert "online" in line
+            assert "demo." in top.stdout  # task names
+            assert demo.wait(60) == 0
+            assert "tasks by state:" in demo.stdout()
+        got = wait_for_events(
+            events,
+            lambda evs: (
+                sum(
+                    e["type"] == "worker-offline" and e["hostname"].startswith("demo-") for e in evs
+                )
+                >= 3
+            ),
+            what="worker-offline of the 3 demo workers",
+        )
+        events.signal(signal.SIGTERM)
+        assert events.wait(20) == 143
+    mine = [
+        e for e in got if e["hostname"].endswith(f"@{host}") and e["hostname"].startswith("demo-")
+    ]
+    types = {e["type"] for e in mine}
+    assert {
+        "worker-online",
+        "worker-heartbeat",
+        "task-received",
+        "task-started",
+        "task-succeeded",
+    } <= types
+    for failure in (e for e in mine if e["type"] == "task-failed"):
+        assert failure["traceback"].startswith("Traceback (most recent call last):")

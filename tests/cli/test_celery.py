@@ -1,0 +1,225 @@
+"""``aiocelev events`` and ``aiocelev control`` against real Celery workers.
+
+Each worker gets its own node name and queue; events are filtered by node
+name, so concurrent runs on the same broker do not interfere.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ._helpers import ROOT, Background, assert_no_traceback, run_cli
+from .test_brokers import wait_for_events
+
+pytestmark = pytest.mark.celery
+
+CELERY = str(Path(sys.executable).with_name("celery"))
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("amqp", marks=pytest.mark.amqp),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
+def broker_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+@contextmanager
+def celery_worker(broker_url: str, *, events: bool) -> Iterator[tuple[str, str]]:
+    """A real ``celery worker`` subprocess; yields (node name, queue)."""
+    tag = uuid.uuid4().hex[:10]
+    nodename, queue = f"cli-{tag}@interop", f"aiocelev-cli-{tag}"
+    cmd = [
+        CELERY,
+        "-A",
+        "tests.interop.celery_app",
+        "worker",
+        "-P",
+        "solo",
+        "--without-mingle",
+        "--without-gossip",
+        "-n",
+        nodename,
+        "-Q",
+        queue,
+        "--loglevel",
+        "INFO",
+    ]
+    if events:
+        cmd.append("-E")
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "AIOCELEV_CELERY_BROKER": broker_url},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield nodename, queue
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def send(broker_url: str, queue: str, name: str, *args: Any) -> str:
+    from celery import Celery
+
+    app = Celery("aiocelev_cli_client", broker=broker_url)
+    try:
+        return str(app.send_task(name, args=args, queue=queue).id)
+    finally:
+        app.close()
+
+
+def wait_online(events: Background, nodename: str) -> None:
+    wait_for_events(
+        events,
+        lambda evs: any(e["hostname"] == nodename and e["type"] == "worker-online" for e in evs),
+        timeout=30,
+        what=f"worker-online from {nodename}",
+    )
+
+
+def test_events_json_sees_a_real_worker(broker_url: str) -> None:
+    with Background("events", "--json", "--broker", broker_url) as events:
+        events.wait_for_stderr("listening on")
+        with celery_worker(broker_url, events=True) as (nodename, queue):
+            wait_online(events, nodename)
+            ok = send(broker_url, queue, "interop.add", 2, 3)
+            bad = send(broker_url, queue, "interop.boom", 7)
+            got = wait_for_events(
+                events,
+                lambda evs: (
+                    {(e.get("uuid"), e["type"]) for e in evs}
+                    >= {(ok, "task-succeeded"), (bad, "task-failed")}
+                ),
+                what="task-succeeded and task-failed",
+            )
+        # The warm shutdown's worker-offline arrives too.
+        got = wait_for_events(
+            events,
+            lambda evs: any(
+                e["hostname"] == nodename and e["type"] == "worker-offline" for e in evs
+            ),
+            what="worker-offline",
+        )
+        events.signal(signal.SIGINT)
+        assert events.wait(20) == 130
+        assert_no_traceback(events.stderr())
+    mine = [e for e in got if e["hostname"] == nodename]
+    by_task = {(e.get("uuid"), e["type"]): e for e in mine}
+    assert by_task[(ok, "task-received")]["name"] == "interop.add"
+    assert by_task[(ok, "task-succeeded")]["result"] == "5"
+    failed = by_task[(bad, "task-failed")]
+    assert "ValueError" in failed["exception"]
+    assert "Traceback" in failed["traceback"]
+    assert all(isinstance(e["local_received"], float) for e in mine)
+    heartbeat_types = {e["type"] for e in mine}
+    assert {"worker-online", "worker-offline"} <= heartbeat_types
+
+
+def test_events_text_lines_for_a_real_worker(broker_url: str) -> None:
+    with Background("events", "--broker", broker_url, "--filter", "task.#") as events:
+        events.wait_for_stderr("listening on")
+        with celery_worker(broker_url, events=True) as (nodename, queue):
+            task = send(broker_url, queue, "interop.add", 20, 22)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if f"task succeeded: interop.add({task})" in events.stdout():
+                    break
+                time.sleep(0.1)
+        events.signal(signal.SIGTERM)
+        assert events.wait(20) == 143
+        out = events.stdout()
+    assert f"{nodename} [" in out
+    assert f"task received: interop.add({task}) args=(20, 22) kwargs={{}}" in out
+    assert f"task succeeded: interop.add({task})" in out and "result=42" in out
+    assert "heartbeat" not in out  # filtered
+
+
+def test_control_enable_and_disable_events(broker_url: str) -> None:
+    with Background("events", "--json", "--broker", broker_url) as events:
+        events.wait_for_stderr("listening on")
+        with celery_worker(broker_url, events=False) as (nodename, queue):
+            wait_online(events, nodename)
+            # Without -E the worker sends no task events...
+            before = send(broker_url, queue, "interop.add", 1, 1)
+            enable = run_cli(
+                "control",
+                "enable-events",
+                "--destination",
+                nodename,
+                "--broker",
+                broker_url,
+                "--timeout",
+                "5",
+            )
+            assert enable.returncode == 0, enable.stderr
+            assert enable.stdout.splitlines() == [f"-> {nodename}: OK", "    task events enabled"]
+            # ... and after enable-events it does.
+            after = send(broker_url, queue, "interop.add", 2, 2)
+            got = wait_for_events(
+                events,
+                lambda evs: any(
+                    e.get("uuid") == after and e["type"] == "task-succeeded" for e in evs
+                ),
+                what="task-succeeded after enable-events",
+            )
+            assert not any(e.get("uuid") == before for e in got)
+
+            again = run_cli(
+                "control", "enable-events", "-d", nodename, "-b", broker_url, "--timeout", "5"
+            )
+            assert again.stdout.splitlines()[1] == "    task events already enabled"
+
+            beat = run_cli(
+                "control", "heartbeat", "-d", nodename, "-b", broker_url, "--timeout", "5"
+            )
+            assert beat.returncode == 0, beat.stderr
+            assert beat.stdout.splitlines()[0] == f"-> {nodename}: OK"
+
+            disable = run_cli(
+                "control", "disable-events", "-d", nodename, "-b", broker_url, "--timeout", "5"
+            )
+            assert disable.returncode == 0, disable.stderr
+            assert disable.stdout.splitlines() == [f"-> {nodename}: OK", "    task events disabled"]
+        events.signal(signal.SIGINT)
+        events.wait(20)
+
+
+def test_control_without_replies_is_an_error(broker_url: str) -> None:
+    result = run_cli(
+        "control",
+        "enable-events",
+        "--destination",
+        f"nobody-{uuid.uuid4().hex[:6]}@nowhere",
+        "--broker",
+        broker_url,
+        "--timeout",
+        "0.5",
+    )
+    assert result.returncode == 1
+    assert "no workers replied within 0.5s" in result.stderr
+    assert result.stdout == ""
+    assert_no_traceback(result.stderr)
