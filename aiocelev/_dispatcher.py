@@ -394,12 +394,19 @@ class EventDispatcher:
                 while len(self._buffer) + len(self._inflight) >= self._buffer_size:
                     await self._progress_wait()
                     self._lifecycle.check_open()
-                return True
+                    if not self._is_connected():
+                        break  # the broker went away: stop waiting, drop the oldest
+                else:
+                    return True
         while len(self._buffer) + len(self._inflight) >= self._buffer_size:
             if not self._drop_oldest():
                 self._dropped += 1
                 return False
         return True
+
+    def _is_connected(self) -> bool:
+        """Whether the last publish succeeded (read afresh after an ``await``)."""
+        return self._connected
 
     async def _progress_wait(self) -> None:
         if self._progress.is_set():
