@@ -559,3 +559,21 @@ async def test_no_connection_left_behind(amqp_url: str) -> None:
     await broker.publish([OutgoingMessage("x.y", b"[]")])  # reconnects on this call
     await broker.aclose()
     assert await anyio.to_thread.run_sync(lambda: connection_pids(name)) == []
+
+
+def test_adapter_satisfies_the_broker_protocol() -> None:
+    from aiocelev.brokers import Broker, Subscription
+    from aiocelev.brokers.amqp import _AmqpSubscription
+
+    broker = from_url("amqp://localhost//")
+    assert isinstance(broker, Broker)
+    assert isinstance(_AmqpSubscription(broker, ["#"]), Subscription)
+
+
+@pytest.mark.amqp
+async def test_tls_to_a_plain_port_is_a_connection_error(amqp_url: str) -> None:
+    broker = from_url("amqps://guest:hunter2@127.0.0.1:5672//", connect_timeout=3)
+    with pytest.raises(BrokerConnectionError) as info:
+        await broker.connect()
+    assert "hunter2" not in "".join(traceback.format_exception(info.value))
+    await broker.aclose()
