@@ -286,6 +286,13 @@ def parse_redis_url(url: str, options: Mapping[str, Any]) -> ParsedUrl:
                 f"bad value for Redis option {key!r}: {value!r} ({exc})"
             ) from None
     opts = RedisOptions(**values, ssl=ssl)
+    if isinstance(opts.fanout_prefix, str):
+        try:
+            opts.fanout_prefix.format(db=0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigurationError(
+                f"bad fanout_prefix {opts.fanout_prefix!r}: only '{{db}}' may be substituted ({exc})"
+            ) from None
     if not opts.exchange:
         raise ConfigurationError("exchange must not be empty")
     if opts.reconnect_delay <= 0 or opts.reconnect_max_delay < opts.reconnect_delay:

@@ -157,7 +157,7 @@ def _fanout_prefix(parsed: ParsedUrl) -> str:
         return f"/{parsed.db}."
     if value is False or value == "":
         return ""
-    return str(value).replace("{db}", str(parsed.db))
+    return str(value).format(db=parsed.db)  # as kombu: "{{db}}" is a literal "{db}"
 
 
 @final

@@ -132,6 +132,9 @@ def test_channel_names_follow_kombu() -> None:
     assert legacy.channel_for("task.multi") == "celeryev"
     assert from_url("redis://h/2", fanout_prefix="/x{db}.").channel_for("a.b") == "/x2.celeryev/a.b"
     assert from_url("redis://h/0", exchange="myev").channel_for("a.b") == "/0.myev/a.b"
+    # kombu < 5.4 on Sentinel: the literal '{db}'
+    sentinel_legacy = from_url("sentinel://h/3", master_name="m", fanout_prefix="/{{db}}.")
+    assert sentinel_legacy.channel_for("worker.heartbeat") == "/{db}.celeryev/worker.heartbeat"
     # glob metacharacters in a prefix are escaped in the subscription pattern
     assert from_url("redis://h/0", global_keyprefix="a[1]*:").pattern_for("#") == (
         "a\\[1\\]\\*:/0.celeryev/*"
@@ -164,6 +167,7 @@ def test_option_sources_and_precedence() -> None:
         ("redis://h/0", {"master_name": "m"}, "sentinel"),
         ("redis://h/0;redis://h2/0", {}, "sentinel"),
         ("redis+socket://", {}, "socket path"),
+        ("redis://h/0", {"fanout_prefix": "/{x}."}, "fanout_prefix"),
     ],
 )
 def test_bad_configuration(url: str, options: dict[str, Any], match: str) -> None:
