@@ -387,7 +387,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     url = resolve_broker_url(args.broker, DEMO_DEFAULT_BROKER)
     ui = not args.no_ui
     if ui:
-        require_rich("demo")
+        require_rich("demo", " (or run it with --no-ui)")
     duration = args.duration if args.duration is not None else (None if ui else 5.0)
     state = ClusterState()
     stats = DemoStats()

@@ -79,13 +79,14 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run, limit=None, timeout=None)
 
 
-def require_rich(command: str) -> None:
+def require_rich(command: str, alternative: str = "") -> None:
     """Fail with one line when rich (the ``cli`` extra) is missing."""
     try:
         import rich  # noqa: F401
     except ImportError:
         fail(
-            f"'aiocelev {command}' needs rich for its terminal view: pip install 'aiocelev[cli]'",
+            f"'aiocelev {command}' needs rich for its terminal view: "
+            f"pip install 'aiocelev[cli]'{alternative}",
             EXIT_ERROR,
         )
 
@@ -116,7 +117,8 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         if args.once:
             with ctx.interruptible():
                 await anyio.sleep(args.wait)
-            sys.stdout.write(to_text(render(state, time.time(), title=title), _terminal_width()))
+            frame = render(state, time.time(), title=title, keys=False)
+            sys.stdout.write(to_text(frame, _terminal_width()))
             sys.stdout.flush()
         else:
             await live_view(TopView(state), ctx, title=title, refresh=args.refresh)
@@ -130,7 +132,7 @@ async def live_view(view: TopView, ctx: Context, *, title: str, refresh: float =
     from rich.live import Live
 
     console = Console()
-    view.rows = max(5, min(25, console.height - 30))
+    view.keys = _stdin_is_terminal()
     wake = _Wake()
     live = Live(
         view.render(time.time(), title=title),
@@ -142,10 +144,12 @@ async def live_view(view: TopView, ctx: Context, *, title: str, refresh: float =
     )
     with live, ctx.interruptible():
         async with anyio.create_task_group() as tg:
-            if _stdin_is_terminal():
+            if view.keys:
                 tg.start_soon(read_keys, view, wake.set)
             while not view.quit:
-                live.update(view.render(time.time(), title=title), refresh=True)
+                now = time.time()
+                view.fit(now, console.width, console.height, title=title)
+                live.update(view.render(now, title=title), refresh=True)
                 with anyio.move_on_after(refresh):
                     await wake.wait()
             tg.cancel_scope.cancel()

@@ -215,6 +215,8 @@ class TopView:
         self.rows = rows
         self.selected: str | None = None
         self.quit = False
+        #: Whether the footer lists the keys (only when keys are read).
+        self.keys = True
 
     def tasks(self) -> list[TaskState]:
         """The tasks listed on screen, newest first."""
@@ -241,9 +243,15 @@ class TopView:
         elif key in ("q", "Q", "escape"):
             self.quit = True
 
+    def fit(self, now: float, width: int, height: int, *, title: str = "aiocelev top") -> None:
+        """Choose how many tasks to list so that the screen fits *height* lines."""
+        one = render(self.state, now, self.selected, title=title, rows=1, keys=self.keys)
+        used = to_text(one, width).count("\n")
+        self.rows = max(3, height - used)
+
     def render(self, now: float, *, title: str = "aiocelev top") -> RenderableType:
         """The screen now."""
-        return render(self.state, now, self.selected, title=title, rows=self.rows)
+        return render(self.state, now, self.selected, title=title, rows=self.rows, keys=self.keys)
 
 
 def render(
@@ -254,6 +262,7 @@ def render(
     title: str = "aiocelev top",
     rows: int = 10,
     traceback_lines: int = 6,
+    keys: bool = True,
 ) -> RenderableType:
     """One frame of ``aiocelev top``.
 
@@ -261,6 +270,7 @@ def render(
     :param now: the current epoch time (heartbeat and update ages are relative to it).
     :param selected: the id of the task whose detail is shown (``None``: the newest).
     :param rows: how many of the latest tasks to list.
+    :param keys: end with a line listing the keys.
     """
     tasks = state.recent_tasks(rows)
     if selected is None or state.task(selected) is None:
@@ -277,15 +287,16 @@ def render(
         f"  workers {alive}/{len(state.workers)} alive, ",
         f"{len(state)} tasks, {state.event_count} events",
     )
-    footer = Text("j/k or ↓/↑ select a task · g follow newest · q quit", style="dim")
-    return Group(
+    parts: list[RenderableType] = [
         header,
         _workers_table(state, now),
         summary,
         _tasks_table(tasks, now, selected),
         _detail(chosen, now, traceback_lines),
-        footer,
-    )
+    ]
+    if keys:
+        parts.append(Text("j/k or ↓/↑ select a task · g follow newest · q quit", style="dim"))
+    return Group(*parts)
 
 
 def to_text(renderable: RenderableType, width: int = 120) -> str:
