@@ -239,6 +239,10 @@ class RedisSubscription:
             with anyio.CancelScope(shield=True):
                 await conn.disconnect(nowait=True)
             raise
+        if self._closed:  # closed by another task meanwhile
+            with anyio.CancelScope(shield=True):
+                await conn.disconnect(nowait=True)
+            return
         self._conn = conn
         self._last_rx = time.monotonic()
         self._ping_sent_at = None

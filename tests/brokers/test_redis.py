@@ -537,6 +537,79 @@ async def test_slow_subscriber_cut_off_by_output_buffer_limit(
             await con.aclose()
 
 
+@pytest.mark.redis
+async def test_health_check_detects_a_silent_server() -> None:
+    """A server that stops answering (no RST, no FIN) is noticed by the PING health check."""
+    import signal
+
+    with redis_processes() as spawn:
+        server = spawn()
+        pub = from_url(server.url)
+        con = from_url(server.url, health_check_interval=0.3, reconnect_max_delay=0.3)
+        assert server.proc is not None
+        try:
+            sub = await con.subscribe(["#"])
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                with anyio.fail_after(10):
+                    while sub.reconnects == 0:
+                        assert await _nothing(sub, 0.2) is None
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            with anyio.fail_after(30):
+                while True:
+                    try:
+                        await pub.publish([_hb()])
+                    except BrokerConnectionError:
+                        await anyio.sleep(0.1)
+                        continue
+                    if await _nothing(sub, 0.2) is not None:
+                        break
+            assert sub.reconnects == 1
+        finally:
+            await pub.aclose()
+            await con.aclose()
+
+
+@pytest.mark.redis
+async def test_closing_or_cancelling_while_reconnecting_leaves_no_connection() -> None:
+    with redis_processes() as spawn:
+        server = spawn()
+        con = from_url(server.url, reconnect_delay=0.05, reconnect_max_delay=0.1)
+        try:
+            closed_sub = await con.subscribe(["#"])
+            cancelled_sub = await con.subscribe(["worker.#"])
+            server.stop()
+            ended: list[str] = []
+
+            async def consume(sub: Any, name: str) -> None:
+                async for _ in sub:
+                    pass
+                ended.append(name)
+
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(consume, closed_sub, "closed")
+                    tg.start_soon(consume, cancelled_sub, "cancelled")
+                    while closed_sub.reconnects == 0 or cancelled_sub.reconnects == 0:
+                        await anyio.sleep(0.05)
+                    server.start()  # reconnects may now succeed at any moment
+                    await closed_sub.aclose()
+                    while not cancelled_sub.connected:
+                        await anyio.sleep(0.05)
+                    tg.cancel_scope.cancel()
+            assert ended == ["closed"]
+            await cancelled_sub.aclose()
+            admin = aioredis.Redis.from_url(server.url, protocol=2)
+            try:
+                clients = await admin.client_list()
+                assert [c for c in clients if c.get("psub") != "0"] == []
+            finally:
+                await admin.aclose()
+        finally:
+            await con.aclose()
+
+
 SENTINEL_CONF = """\
 sentinel monitor aiocelevtest 127.0.0.1 {master} 1
 sentinel down-after-milliseconds aiocelevtest 1000
