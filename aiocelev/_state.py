@@ -9,6 +9,7 @@ or :meth:`ClusterState.follow`.  The design and every rule are described in
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
@@ -243,6 +244,9 @@ class ClusterState:
                 seen = w.last_seen
                 if seen is None or lr > seen:
                     w.last_seen = lr
+                counts = w.event_counts
+                type_ = f["type"]
+                counts[type_] = counts.get(type_, 0) + 1
                 self._w = w
         return t
 
@@ -551,8 +555,11 @@ class ClusterState:
             first = True
         else:
             workers.move_to_end(hostname)
-            first = w.event_count == 0
-        w.event_count += 1
+            first = w._worker_events == 0
+        w._worker_events += 1
+        counts = w.event_counts
+        type_ = f["type"]
+        counts[type_] = counts.get(type_, 0) + 1
         get = f.get
         pid = get("pid")
         processed = get("processed")
@@ -651,6 +658,21 @@ class ClusterState:
     def recent_tasks(self, limit: int | None = 100) -> list[TaskState]:
         """Tasks by their latest event, newest first."""
         return self._newest(self._tasks, limit)
+
+    def tasks_by_time(self, limit: int | None = 100) -> list[TaskState]:
+        """Tasks by the sender timestamp of the event that set their state, newest first.
+
+        Unlike :meth:`recent_tasks` (arrival order, free) this sorts: O(n log limit).
+        """
+
+        def key(t: TaskState) -> float:
+            ts = t.timestamp
+            return ts if type(ts) is float or type(ts) is int else float("-inf")
+
+        tasks = self._tasks.values()
+        if limit is None:
+            return sorted(tasks, key=key, reverse=True)
+        return heapq.nlargest(limit, tasks, key=key)
 
     def tasks_by_state(self, state: str, limit: int | None = None) -> list[TaskState]:
         """Tasks currently in *state*, the most recent to enter it first."""

@@ -210,7 +210,9 @@ class WorkerState:
     ``sw_sys``, ``utcoffset``, ``timestamp``.  ``last_seen`` is the receive
     time (``local_received``) of the newest event from this worker since it
     last went offline, which drives :attr:`alive`; ``last_heartbeat`` the
-    receive time of its newest ``worker-heartbeat``; ``drift`` is
+    receive time of its newest ``worker-heartbeat``; ``event_counts`` the number
+    of events (task and worker ones) it sent, by type, as Flower's workers page
+    shows them; ``drift`` is
     ``local_received - timestamp`` of its newest worker event (seconds, positive
     when its clock is behind the receiver's or the event took time to arrive).
     """
@@ -224,11 +226,12 @@ class WorkerState:
         "_missed_done_before",
         "_missed_started_before",
         "_now",
+        "_worker_events",
         "active",
         "clock",
         "done_seen",
         "drift",
-        "event_count",
+        "event_counts",
         "freq",
         "heartbeat_count",
         "hostname",
@@ -262,7 +265,8 @@ class WorkerState:
     last_seen: float | None
     last_heartbeat: float | None
     heartbeat_count: int
-    event_count: int
+    event_counts: dict[str, int]
+    _worker_events: int
     offline: bool
     restarts: int
     drift: float | None
@@ -288,7 +292,8 @@ class WorkerState:
         self.utcoffset = self.timestamp = self.drift = None
         self.freq = 60.0
         self.last_seen = self.last_heartbeat = None
-        self.heartbeat_count = self.event_count = self.restarts = 0
+        self.heartbeat_count = self._worker_events = self.restarts = 0
+        self.event_counts = {}
         self.offline = False
         self.done_seen = self.started_seen = 0
         self._base_done = None
@@ -379,7 +384,7 @@ class WorkerState:
             "last_heartbeat": self.last_heartbeat,
             "heartbeat_count": self.heartbeat_count,
             "heartbeat_expires": self.heartbeat_expires,
-            "event_count": self.event_count,
+            "event_counts": dict(self.event_counts),
             "offline": self.offline,
             "restarts": self.restarts,
             "drift": self.drift,

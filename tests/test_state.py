@@ -845,7 +845,37 @@ def test_indexes_consistent_for_random_streams() -> None:
             s.apply(task_ev(type_, f"t{task}", host=f"w{worker}", **fields))
             assert len(s) <= max_tasks
             _check_indexes(s)
-            for t in s.tasks.values():
-                assert all(c != t.uuid or t.parent_id == t.uuid for c in t.children)
 
     run()
+
+
+def test_per_worker_event_counts() -> None:
+    s = ClusterState()
+    s.apply(worker_ev("worker-online"))
+    s.apply(worker_ev())
+    for ev in lifecycle("a"):
+        s.apply(ev)
+    s.apply(task_ev("task-failed", "b"))
+    s.apply(task_ev("task-sent", "c", host="gen@client"))  # a client, not a worker
+    w = s.worker("celery@a")
+    assert w is not None
+    assert w.event_counts == {
+        "worker-online": 1,
+        "worker-heartbeat": 1,
+        "task-received": 1,
+        "task-started": 1,
+        "task-succeeded": 1,
+        "task-failed": 1,
+    }
+    assert s.worker("gen@client") is None
+
+
+def test_tasks_by_time_sorts_by_state_timestamp() -> None:
+    s = ClusterState()
+    s.apply(received("late", ts=T0 + 10))
+    s.apply(received("early", ts=T0))
+    s.apply(received("mid", ts=T0 + 5))
+    assert [t.uuid for t in s.tasks_by_time(2)] == ["late", "mid"]
+    assert [t.uuid for t in s.tasks_by_time(None)] == ["late", "mid", "early"]
+    # Arrival order is a different thing.
+    assert [t.uuid for t in s.recent_tasks(3)] == ["mid", "early", "late"]
