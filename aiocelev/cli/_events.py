@@ -44,8 +44,8 @@ _HUMAN_TYPES = {
     "worker-offline": "shutdown",
 }
 
-# Fields shown in a line's prefix, or not at all.
-_PREFIX_FIELDS = frozenset({"type", "hostname", "timestamp", "local_received"})
+# Fields shown in a line's prefix, or not at all (``--json`` shows everything).
+_PREFIX_FIELDS = frozenset({"type", "hostname", "timestamp", "local_received", "pid", "utcoffset"})
 # Task fields folded into "name(uuid) args=... kwargs=...".
 _TASK_HEAD_FIELDS = frozenset({"uuid", "name", "args", "kwargs"})
 
@@ -81,7 +81,9 @@ class EventFormatter:
     """Format events as ``<hostname> [<UTC time>] <human type>: k=v, …`` lines.
 
     Task events show ``name(uuid)`` (the name is remembered from the task's
-    ``task-received`` / ``task-sent`` event, as Celery's dumper does).
+    ``task-received`` / ``task-sent`` event, as Celery's dumper does).  To keep
+    lines readable, fields whose value is null, the sender's ``pid`` and
+    ``utcoffset``, and a ``root_id`` equal to the task's own id are left out.
 
     :param style: colours the hostname and type when enabled.
     :param names: how many task names to remember.
@@ -104,10 +106,10 @@ class EventFormatter:
         type_ = str(fields.get("type", "?"))
         hostname = str(fields.get("hostname", "?"))
         when = format_timestamp(fields.get("timestamp"))
-        head = ""
+        head = head_id = ""
         skip = _PREFIX_FIELDS
         if type_.startswith("task-") and "uuid" in fields:
-            uuid = str(fields["uuid"])
+            uuid = head_id = str(fields["uuid"])
             name = fields.get("name")
             if isinstance(name, str):
                 self._remember(uuid, name)
@@ -118,7 +120,9 @@ class EventFormatter:
                 head += f" args={_value(fields.get('args'))} kwargs={_value(fields.get('kwargs'))}"
             skip = _PREFIX_FIELDS | _TASK_HEAD_FIELDS
         rest = ", ".join(
-            f"{key}={_value(fields[key])}" for key in sorted(fields) if key not in skip
+            f"{key}={_value(value)}"
+            for key, value in sorted(fields.items())
+            if key not in skip and value is not None and not (key == "root_id" and value == head_id)
         )
         human = human_type(type_)
         style = self._style

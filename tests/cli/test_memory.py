@@ -94,6 +94,7 @@ async def test_events_prints_one_readable_line_per_event(
     # A multi-line traceback stays on its line.
     assert "task failed: t-2" in lines[4] and "\\nValueError: bad" in lines[4]
     assert "task progress: proj.add(t-1)" in lines[5] and "done=3" in lines[5]
+    assert "pid=" not in out and "=None" not in out  # envelope noise left to --json
     assert "\x1b[" not in out  # no colour when stdout is not a terminal
 
 
