@@ -27,7 +27,6 @@ reconnect by themselves with jittered, capped backoff and count each gap in
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -230,7 +229,8 @@ class RedisSubscription:
             limit = self._broker.options.socket_connect_timeout or 10.0
             with anyio.fail_after(max(limit, 1.0) + (self._broker.options.socket_timeout or 0)):
                 while pending:
-                    response = await conn.read_response(timeout=math.inf)
+                    # no read timeout: this connection's socket_timeout is None
+                    response = await conn.read_response()
                     if isinstance(response, list) and response and response[0] == b"psubscribe":
                         pending.discard(response[1])
                     elif isinstance(response, list):

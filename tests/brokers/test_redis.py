@@ -369,6 +369,30 @@ async def test_amqp_topic_semantics_despite_redis_globs(
 
 
 @pytest.mark.redis
+async def test_a_batch_is_one_round_trip(
+    pair: tuple[RedisBroker, RedisBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.asyncio.connection import AbstractConnection
+
+    pub, con = pair
+    sub = await con.subscribe(["#"])
+    await pub.connect()
+    writes: list[int] = []
+    original = AbstractConnection.send_packed_command
+
+    async def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        writes.append(1)
+        await original(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    await pub.publish([_hb(n=i) for i in range(100)])
+    monkeypatch.undo()
+    assert len(writes) == 1
+    for i in range(100):
+        assert decode_message(await _next(sub))[0][0]["clock"] == i
+
+
+@pytest.mark.redis
 async def test_incoming_is_the_raw_envelope(pair: tuple[RedisBroker, RedisBroker]) -> None:
     pub, con = pair
     sub = await con.subscribe(["#"])
