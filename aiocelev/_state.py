@@ -40,6 +40,8 @@ _COMMON = frozenset(
     {"type", "hostname", "timestamp", "utcoffset", "pid", "clock", "local_received", "uuid"}
 )
 
+_NUMBER = (float, int)
+
 _RECEIVED_FIELDS = ("args", "kwargs", "root_id", "retries", "eta", "expires")
 _SENT_FIELDS = (*_RECEIVED_FIELDS, "queue", "exchange", "routing_key")
 
@@ -169,7 +171,12 @@ class ClusterState:
         if type(lr) is not float and type(lr) is not int:
             lr = self._now()
         rates = self._rates
-        if int(lr) == rates.current_sec:
+        try:
+            sec = int(lr)
+        except (ValueError, OverflowError):  # NaN or infinity in a hand-made dict
+            lr = self._now()
+            sec = int(lr)
+        if sec == rates.current_sec:
             bucket = rates.current
             bucket[type_] = bucket.get(type_, 0) + 1
         else:
@@ -211,7 +218,7 @@ class ClusterState:
         and counts the event as a sign of life from it.
         """
         uuid = f.get("uuid")
-        if uuid is None:
+        if type(uuid) is not str:
             self.ignored_events += 1
             return None
         tasks = self._tasks
@@ -235,7 +242,7 @@ class ClusterState:
         self._w = None
         if worker_side:
             hostname = f.get("hostname")
-            if hostname is not None:
+            if type(hostname) is str:
                 if t.worker != hostname:
                     self._set_task_worker(t, hostname)
                 w = self._workers.get(hostname)
@@ -344,11 +351,11 @@ class ClusterState:
         """Copy the present fields *names* (plus ``name``/``parent_id``) onto the task."""
         if "name" in f:
             name = f["name"]
-            if name != t.name:
+            if name != t.name and (name is None or type(name) is str):
                 self._set_task_name(t, name)
         if "parent_id" in f:
             parent_id = f["parent_id"]
-            if parent_id != t.parent_id:
+            if parent_id != t.parent_id and (parent_id is None or type(parent_id) is str):
                 self._set_parent(t, parent_id)
         for key in names:
             if key in f:
@@ -357,9 +364,11 @@ class ClusterState:
     def _record_wait(self, t: TaskState) -> None:
         """Add ``started - received`` to the queue-wait reservoir once per attempt."""
         r, s = t.received, t.started
-        if r is not None and s is not None and not t._waited and t.eta is None and s >= r:
+        if (
+            not t._waited and t.eta is None and type(r) in _NUMBER and type(s) in _NUMBER and s >= r  # type: ignore[operator]
+        ):
             t._waited = True
-            self.queue_waits.add(s - r)
+            self.queue_waits.add(s - r)  # type: ignore[operator]
 
     def _on_task_sent(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-sent``: PENDING; the sender is the task's client."""
@@ -408,7 +417,7 @@ class ClusterState:
         runtime = f.get("runtime")
         if runtime is not None:
             t.runtime = runtime
-            if type(runtime) is float or type(runtime) is int:
+            if type(runtime) in _NUMBER:
                 self.runtimes.add(runtime)
         self._transition(t, "SUCCESS", 0, f)
         self._count_worker()
@@ -542,7 +551,7 @@ class ClusterState:
     def _on_worker(self, f: Mapping[str, Any], lr: float, kind: int) -> WorkerState | None:
         """Any ``worker-*`` event: fields, liveness, drift, restarts, loss baseline."""
         hostname = f.get("hostname")
-        if hostname is None:
+        if type(hostname) is not str:
             self.ignored_events += 1
             return None
         workers = self._workers
@@ -588,7 +597,7 @@ class ClusterState:
         if clock is not None:
             w.clock = clock
         freq = get("freq")
-        if freq is not None:
+        if (type(freq) is float or type(freq) is int) and freq > 0:
             w.freq = freq
         if active is not None:
             w.active = active
@@ -606,8 +615,9 @@ class ClusterState:
         ts = get("timestamp")
         if ts is not None:
             w.timestamp = ts
-            if "local_received" in f:
-                w.drift = f["local_received"] - ts
+            received_at = get("local_received")
+            if type(ts) in _NUMBER and type(received_at) in _NUMBER:
+                w.drift = received_at - ts
 
         if kind == _OFFLINE:
             w.offline = True

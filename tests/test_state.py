@@ -879,3 +879,66 @@ def test_tasks_by_time_sorts_by_state_timestamp() -> None:
     assert [t.uuid for t in s.tasks_by_time(None)] == ["late", "mid", "early"]
     # Arrival order is a different thing.
     assert [t.uuid for t in s.recent_tasks(3)] == ["mid", "early", "late"]
+
+
+def test_garbage_field_values_never_raise() -> None:
+    from hypothesis import given, settings, strategies as st
+
+    values = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=5),
+        st.lists(st.integers(), max_size=3),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    )
+    keys = st.sampled_from(
+        [
+            "uuid",
+            "hostname",
+            "timestamp",
+            "local_received",
+            "clock",
+            "pid",
+            "freq",
+            "active",
+            "processed",
+            "name",
+            "parent_id",
+            "root_id",
+            "runtime",
+            "eta",
+            "terminated",
+            "utcoffset",
+        ]
+    )
+    event = st.builds(
+        lambda type_, fields, uuid, host: (
+            {**fields, "type": type_, "uuid": uuid, "hostname": host}
+            if uuid is not None
+            else {**fields, "type": type_}
+        ),
+        st.sampled_from([*_TYPES, "worker-online", "worker-heartbeat", "worker-offline", "x-y"]),
+        st.dictionaries(keys, values, max_size=8),
+        st.one_of(st.none(), st.sampled_from(["t1", "t2"])),
+        st.sampled_from(["celery@a", "celery@b"]),
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(event, max_size=20))
+    def run(events: list[dict[str, Any]]) -> None:
+        s = ClusterState(max_tasks=3, clock=FakeClock(T0))
+        for ev in events:
+            s.apply(ev)
+        _check_indexes(s)
+        for w in s.workers.values():
+            w.to_dict()
+        for t in s.tasks.values():
+            t.to_dict()
+        s.rates()
+        s.tasks_by_time()
+        s.runtime_percentiles()
+        s.queue_wait_percentiles()
+
+    run()
