@@ -925,7 +925,7 @@ def test_garbage_field_values_never_raise() -> None:
         st.sampled_from(["celery@a", "celery@b"]),
     )
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=150, deadline=None)
     @given(st.lists(event, max_size=20))
     def run(events: list[dict[str, Any]]) -> None:
         s = ClusterState(max_tasks=3, clock=FakeClock(T0))
