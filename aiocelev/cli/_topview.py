@@ -120,12 +120,12 @@ def _rates_table(state: ClusterState) -> Table:
 def _tasks_table(tasks: Sequence[TaskState], now: float, selected: str | None) -> Table:
     table = Table(title="Latest tasks", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
     table.add_column("", width=1)
-    table.add_column("uuid", no_wrap=True)
-    table.add_column("name", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    table.add_column("worker", no_wrap=True)
-    table.add_column("runtime", justify="right")
-    table.add_column("updated", justify="right")
+    table.add_column("uuid", no_wrap=True, overflow="ellipsis", ratio=3)
+    table.add_column("name", no_wrap=True, overflow="ellipsis", ratio=2)
+    table.add_column("state", no_wrap=True, min_width=8)
+    table.add_column("worker", no_wrap=True, overflow="ellipsis", ratio=2)
+    table.add_column("runtime", justify="right", no_wrap=True, min_width=8)
+    table.add_column("updated", justify="right", no_wrap=True, min_width=7)
     for t in tasks:
         mark = ">" if t.uuid == selected else ""
         table.add_row(
@@ -181,7 +181,7 @@ def _detail(task: TaskState | None, now: float, traceback_lines: int) -> Panel:
     grid.add_row("uuid", task.uuid)
     for field in _DETAIL_FIELDS:
         value = getattr(task, field, None)
-        if value is None:
+        if value is None or (field == "root_id" and value == task.uuid):
             continue
         if field == "state":
             grid.add_row(field, Text(str(value), style=_STATE_STYLES.get(str(value), "")))
