@@ -48,6 +48,8 @@ from ._exceptions import (
 )
 from ._message import IncomingMessage as IncomingMessage, OutgoingMessage as OutgoingMessage
 from ._receiver import EventReceiver as EventReceiver, ReceiverStatistics as ReceiverStatistics
+from ._state import ClusterState as ClusterState
+from ._state_models import TaskState as TaskState, WorkerState as WorkerState
 from ._version import __version__ as __version__
 from .brokers import (
     Broker as Broker,
@@ -62,6 +64,7 @@ __all__ = [
     "BrokerError",
     "BufferFullError",
     "ClosedError",
+    "ClusterState",
     "ConfigurationError",
     "DecodeError",
     "DispatcherStatistics",
@@ -83,12 +86,14 @@ __all__ = [
     "TaskRevoked",
     "TaskSent",
     "TaskStarted",
+    "TaskState",
     "TaskSucceeded",
     "UnknownSchemeError",
     "WorkerEvent",
     "WorkerHeartbeat",
     "WorkerOffline",
     "WorkerOnline",
+    "WorkerState",
     "__version__",
     "decode_message",
     "encode_batch",
