@@ -15,7 +15,7 @@ from .._events import Event
 from .._exceptions import DecodeError
 from .._message import IncomingMessage
 from .._receiver import EventReceiver
-from .._url import mask_url
+from .._url import mask_url, scheme_of
 from ..brokers._topic import compile_bindings
 from ._common import (
     EXIT_OK,
@@ -239,7 +239,11 @@ def _listening(
     receiver: EventReceiver, args: argparse.Namespace, doing: str = "listening on"
 ) -> str:
     keys = " ".join(args.filter or ("#",))
-    return f"{doing} {mask_url(receiver.broker.url)} (events matching: {keys})"
+    url = receiver.broker.url
+    line = f"{doing} {mask_url(url)} (events matching: {keys})"
+    if scheme_of(url) == "memory":
+        line += "; memory:// is local to this process: use a real broker to watch other processes"
+    return line
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
