@@ -64,7 +64,7 @@ class RedisProcess:
         cmd += [
             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
             "--save", "", "--appendonly", "no", "--logfile", str(self.workdir / f"{self.port}.log"),
-            *self.args,
+            *(a.replace("{port}", str(self.port)) for a in self.args),
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
@@ -97,3 +97,24 @@ def redis_processes() -> Iterator[Callable[..., RedisProcess]]:
         finally:
             for server in started:
                 server.stop()
+
+
+def make_tls_files(workdir: Path) -> dict[str, str]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (needs the openssl binary)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl binary not installed")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=workdir, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=aiocelev-test-ca")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (workdir / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "ext.cnf")  # fmt: skip
+    return {name: str(workdir / f"{name}.pem") for name in ("ca", "server")} | {
+        "key": str(workdir / "server.key")
+    }

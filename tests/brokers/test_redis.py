@@ -634,6 +634,43 @@ async def test_closing_or_cancelling_while_reconnecting_leaves_no_connection() -
             await con.aclose()
 
 
+@pytest.mark.redis
+async def test_rediss_with_certificate_verification(tmp_path: Path) -> None:
+    from ._redis import make_tls_files
+
+    files = make_tls_files(tmp_path)
+    with redis_processes() as spawn:
+        server = spawn(
+            "--port", "0", "--tls-port", "{port}", "--tls-cert-file", files["server"],
+            "--tls-key-file", files["key"], "--tls-ca-cert-file", files["ca"],
+            "--tls-auth-clients", "no",
+        )  # fmt: skip
+        url = (
+            f"rediss://127.0.0.1:{server.port}/0?ssl_cert_reqs=required&ssl_ca_certs={files['ca']}"
+        )
+        await check_broker(lambda: from_url(url), checks=["roundtrip", "topic-routing", "fanout"])
+        # without the CA the server's certificate is refused
+        untrusted = from_url(f"rediss://127.0.0.1:{server.port}/0", ssl_cert_reqs="required")
+        try:
+            with pytest.raises(BrokerConnectionError):
+                await untrusted.connect()
+        finally:
+            await untrusted.aclose()
+
+
+@pytest.mark.redis
+async def test_unix_socket() -> None:
+    with redis_processes() as spawn:
+        probe = spawn()  # only to learn the temp dir
+        socket_path = probe.workdir / "redis.sock"
+        spawn("--unixsocket", str(socket_path), "--unixsocketperm", "700")
+        url = f"redis+socket://{socket_path}?virtual_host=3"
+        broker = from_url(url)
+        assert broker.channel_for("worker.online") == "/3.celeryev/worker.online"
+        await broker.aclose()
+        await check_broker(lambda: from_url(url), checks=["roundtrip", "topic-routing", "fanout"])
+
+
 SENTINEL_CONF = """\
 sentinel monitor aiocelevtest 127.0.0.1 {master} 1
 sentinel down-after-milliseconds aiocelevtest 1000
