@@ -2,7 +2,9 @@
 """A tiny Celery app for interoperability tests (used by subprocess workers).
 
 The broker URL comes from the environment variable ``AIOCELEV_CELERY_BROKER``
-(e.g. ``amqp://guest:guest@127.0.0.1:5672//`` or ``redis://127.0.0.1:6379/0``)::
+(e.g. ``amqp://guest:guest@127.0.0.1:5672//`` or ``redis://127.0.0.1:6379/0``);
+``AIOCELEV_CELERY_CONTROL_EXCHANGE`` and ``AIOCELEV_CELERY_EVENT_EXCHANGE``
+optionally override ``control_exchange`` / ``event_exchange`` to isolate a test::
 
     AIOCELEV_CELERY_BROKER=amqp://... celery -A tests.interop.celery_app worker -E -P solo \
         --without-mingle --without-gossip -n NAME@host -Q QUEUE
@@ -30,6 +32,10 @@ app.conf.update(
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=1,
+    # Optional isolation from other users of the same broker (e.g. a Flower
+    # elsewhere broadcasting enable_events to every worker).
+    control_exchange=os.environ.get("AIOCELEV_CELERY_CONTROL_EXCHANGE", "celery"),
+    event_exchange=os.environ.get("AIOCELEV_CELERY_EVENT_EXCHANGE", "celeryev"),
 )
 
 

@@ -49,12 +49,13 @@ TASK_TYPES = {
 class Worker:
     """A real Celery worker subprocess with its own node name and queue."""
 
-    def __init__(self, broker_url: str, *, events: bool) -> None:
+    def __init__(self, broker_url: str, *, events: bool, env: dict[str, str] | None = None) -> None:
         tag = uuid.uuid4().hex[:10]
         self.nodename = f"aiocelev-{tag}@interop"
         self.queue = f"aiocelev-interop-{tag}"
         self.broker_url = broker_url
         self.events = events
+        self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by celery_worker()
 
@@ -77,7 +78,7 @@ class Worker:
         ]
         if self.events:
             cmd.append("-E")
-        env = {**os.environ, "AIOCELEV_CELERY_BROKER": self.broker_url}
+        env = {**os.environ, "AIOCELEV_CELERY_BROKER": self.broker_url, **self.extra_env}
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
@@ -100,8 +101,10 @@ class Worker:
 
 
 @asynccontextmanager
-async def celery_worker(broker_url: str, *, events: bool = True) -> AsyncIterator[Worker]:
-    worker = Worker(broker_url, events=events)
+async def celery_worker(
+    broker_url: str, *, events: bool = True, env: dict[str, str] | None = None
+) -> AsyncIterator[Worker]:
+    worker = Worker(broker_url, events=events, env=env)
     worker.start()
     try:
         yield worker
@@ -368,11 +371,16 @@ async def test_aiocelev_events_understood_by_celery_state(amqp_url: str) -> None
 async def test_broadcast_enable_events_turns_on_task_events(amqp_url: str) -> None:
     """A worker started without -E sends task events after our enable_events."""
     collected: list[tuple[str, dict[str, Any]]] = []
-    async with from_url(amqp_url) as broker:
+    # A private control namespace: a Flower running elsewhere on this broker
+    # would otherwise enable task events on our worker before we do.
+    namespace = f"aiocelev-test-{uuid.uuid4().hex[:8]}"
+    async with from_url(amqp_url, control_exchange=namespace) as broker:
         assert isinstance(broker, AmqpBroker)
         sub = await broker.subscribe(["#"])
         client = _client(amqp_url)
-        async with celery_worker(amqp_url, events=False) as worker:
+        client.conf.control_exchange = namespace
+        env = {"AIOCELEV_CELERY_CONTROL_EXCHANGE": namespace}
+        async with celery_worker(amqp_url, events=False, env=env) as worker:
             node = worker.nodename
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_collect_until_offline, sub, node, collected)
@@ -418,7 +426,8 @@ async def test_celery_control_reaches_an_aiocelev_node(amqp_url: str) -> None:
 
     node = f"aiocelev-{uuid.uuid4().hex[:10]}@node"
     handled: list[str] = []
-    async with from_url(amqp_url) as broker:
+    namespace = f"aiocelev-test-{uuid.uuid4().hex[:8]}"  # away from other users' broadcasts
+    async with from_url(amqp_url, control_exchange=namespace) as broker:
         control = AmqpControl(broker)
         pidbox = await control.consume_control(node)
 
@@ -431,6 +440,7 @@ async def test_celery_control_reaches_an_aiocelev_node(amqp_url: str) -> None:
                     await control.reply(request, node, {"ok": "pong"})
 
         client = _client(amqp_url)
+        client.conf.control_exchange = namespace
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve)
             replies = await _call(client.control.ping, destination=[node], timeout=10)
@@ -615,7 +625,10 @@ async def test_celery_events_dump_prints_aiocelev_events(amqp_url: str, tmp_path
             await dispatcher.send("task-succeeded", uuid=task_id, result="5", runtime=0.01)
             await dispatcher.flush()
             with anyio.fail_after(20):
-                while "task succeeded" not in out_path.read_text(errors="replace"):
+                while not any(
+                    line.startswith(f"{node} [") and "task succeeded" in line
+                    for line in out_path.read_text(errors="replace").splitlines()
+                ):
                     await anyio.sleep(0.1)
     finally:
         proc.terminate()
@@ -628,6 +641,10 @@ async def test_celery_events_dump_prints_aiocelev_events(amqp_url: str, tmp_path
     text = out_path.read_text(errors="replace")
     assert f"{node} [" in text and "heartbeat" in text
     assert f"demo.add({task_id}) args=(2, 3) kwargs={{}}" in text
-    succeeded = [line for line in text.splitlines() if "task succeeded" in line]
-    assert succeeded and succeeded[0].startswith(f"{node} [")
+    succeeded = [
+        line
+        for line in text.splitlines()
+        if line.startswith(f"{node} [") and "task succeeded" in line
+    ]
+    assert succeeded
     assert f"demo.add({task_id})" in succeeded[0] and "result=5" in succeeded[0]
