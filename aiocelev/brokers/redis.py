@@ -369,7 +369,10 @@ class RedisSubscription:
         if now - self._master_checked < self._broker.options.sentinel_check_interval:
             return False
         self._master_checked = now
-        address = await self._broker._master_address()
+        address = None
+        # this runs shielded: keep a slow or dead Sentinel from delaying cancellation long
+        with anyio.move_on_after(min(2.0, self._broker.options.sentinel_check_interval * 2)):
+            address = await self._broker._master_address()
         current = (getattr(conn, "host", None), getattr(conn, "port", None))
         if address is None or tuple(address) == current:
             return False

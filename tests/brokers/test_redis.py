@@ -746,8 +746,14 @@ async def test_sentinel_failover() -> None:
                             and decode_message(msg)[0][0]["hostname"] == marker
                         ):
                             break
-            # the subscription moved to the new master by itself
+            # the subscription moved to the new master by itself, once: it does not
+            # flap while Sentinel keeps reporting the same master
             assert sub.reconnects >= 1
+            settled = sub.reconnects
+            for _ in range(8):  # several sentinel_check_interval periods
+                await _nothing(sub, 0.2)
+            assert sub.reconnects == settled
+            assert sub.connected
         finally:
             await pub.aclose()
             await con.aclose()
