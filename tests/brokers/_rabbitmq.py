@@ -86,3 +86,18 @@ async def rabbitmq_stopped() -> AsyncIterator[None]:
 def _start_app() -> None:
     ctl("start_app")
     ctl("await_startup")
+
+
+async def delete_exchanges(amqp_url: str, *names: str) -> None:
+    """Delete test exchanges (pidbox exchanges are not auto-delete and would pile up)."""
+    import aio_pika
+
+    from aiocelev.brokers.amqp import from_url
+
+    with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+        conn = await aio_pika.connect(from_url(amqp_url)._endpoints[0].url)
+        async with conn:
+            for name in names:
+                channel = await conn.channel()
+                await channel.exchange_delete(name)
+                await channel.close()

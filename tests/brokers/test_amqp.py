@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import traceback
 import uuid
+from collections.abc import AsyncIterator
 
 import aio_pika
 import anyio
@@ -27,6 +28,7 @@ from aiocelev.testing import check_broker
 from ._rabbitmq import (
     close_connections,
     connection_pids,
+    delete_exchanges,
     list_json,
     need_rabbitmqctl,
     rabbitmq_stopped,
@@ -132,16 +134,29 @@ def _unique(prefix: str = "t") -> str:
     return f"aiocelevtest.{prefix}.{uuid.uuid4().hex[:12]}"
 
 
-@pytest.mark.amqp
-async def test_conformance(amqp_url: str) -> None:
-    await check_broker(lambda: from_url(amqp_url))
+@pytest.fixture
+async def private_exchange(amqp_url: str) -> AsyncIterator[str]:
+    """A throw-away event exchange: the conformance checks subscribe to ``#`` and
+    must not see other people's events on the shared ``celeryev``."""
+    name = _unique("celeryev")
+    yield name
+    conn = await aio_pika.connect(from_url(amqp_url)._endpoints[0].url)
+    async with conn:
+        channel = await conn.channel()
+        await channel.exchange_delete(name)
 
 
 @pytest.mark.amqp
-async def test_conformance_with_confirms_and_failover(amqp_url: str) -> None:
+async def test_conformance(amqp_url: str, private_exchange: str) -> None:
+    await check_broker(lambda: from_url(amqp_url, exchange=private_exchange))
+
+
+@pytest.mark.amqp
+async def test_conformance_with_confirms_and_failover(amqp_url: str, private_exchange: str) -> None:
     url = f"amqp://guest:guest@127.0.0.1:1//;{amqp_url}"
     await check_broker(
-        lambda: from_url(url, confirm_publish=True), checks=["roundtrip", "ordering"]
+        lambda: from_url(url, confirm_publish=True, exchange=private_exchange),
+        checks=["roundtrip", "ordering"],
     )
 
 
@@ -456,12 +471,18 @@ async def test_recovers_from_rabbitmq_restart(amqp_url: str) -> None:
 async def test_broadcast_without_workers_and_body_format(amqp_url: str) -> None:
     """broadcast() publishes Celery's pidbox request; no workers -> no replies."""
     need_rabbitmqctl()
-    async with from_url(amqp_url, control_exchange=_unique("ctl")) as broker:
-        assert await broker.broadcast("ping", reply=True, timeout=0.2) == []
-        assert await broker.broadcast("enable_events") == []
-        exchanges = {e["name"]: e for e in list_json("exchanges", "name", "type", "durable")}
-        pidbox = exchanges[f"{broker.options.control_exchange}.pidbox"]
-        assert pidbox["type"] == "fanout" and pidbox["durable"] is False
+    namespace = _unique("ctl")
+    try:
+        async with from_url(amqp_url, control_exchange=namespace) as broker:
+            assert await broker.broadcast("ping", reply=True, timeout=0.2) == []
+            assert await broker.broadcast("enable_events") == []
+            exchanges = {e["name"]: e for e in list_json("exchanges", "name", "type", "durable")}
+            pidbox = exchanges[f"{namespace}.pidbox"]
+            assert pidbox["type"] == "fanout" and pidbox["durable"] is False
+            reply = exchanges[f"reply.{namespace}.pidbox"]
+            assert reply["type"] == "direct" and reply["durable"] is False
+    finally:
+        await delete_exchanges(amqp_url, f"{namespace}.pidbox", f"reply.{namespace}.pidbox")
     body, headers = build_control_body(
         "enable_events", ticket="t", reply_to={"exchange": "e", "routing_key": "k"}
     )

@@ -31,6 +31,8 @@ from aiocelev import EventDispatcher, EventReceiver
 from aiocelev._codec import decode_message
 from aiocelev.brokers.amqp import AmqpBroker, from_url
 
+from ..brokers._rabbitmq import delete_exchanges
+
 pytestmark = [pytest.mark.amqp, pytest.mark.celery]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +115,15 @@ async def celery_worker(
             await anyio.to_thread.run_sync(worker.stop)
             worker.log.close()
             await _delete_queue(broker_url, worker.queue)
+
+
+@asynccontextmanager
+async def private_exchanges(broker_url: str, *names: str) -> AsyncIterator[None]:
+    """Delete the test's own exchanges afterwards (pidbox exchanges are not auto-delete)."""
+    try:
+        yield
+    finally:
+        await delete_exchanges(broker_url, *names)
 
 
 async def _delete_queue(broker_url: str, name: str) -> None:
@@ -374,7 +385,11 @@ async def test_broadcast_enable_events_turns_on_task_events(amqp_url: str) -> No
     # A private control namespace: a Flower running elsewhere on this broker
     # would otherwise enable task events on our worker before we do.
     namespace = f"aiocelev-test-{uuid.uuid4().hex[:8]}"
-    async with from_url(amqp_url, control_exchange=namespace) as broker:
+    cleanup = (f"{namespace}.pidbox", f"reply.{namespace}.pidbox")
+    async with (
+        private_exchanges(amqp_url, *cleanup),
+        from_url(amqp_url, control_exchange=namespace) as broker,
+    ):
         assert isinstance(broker, AmqpBroker)
         sub = await broker.subscribe(["#"])
         client = _client(amqp_url)
@@ -427,7 +442,11 @@ async def test_celery_control_reaches_an_aiocelev_node(amqp_url: str) -> None:
     node = f"aiocelev-{uuid.uuid4().hex[:10]}@node"
     handled: list[str] = []
     namespace = f"aiocelev-test-{uuid.uuid4().hex[:8]}"  # away from other users' broadcasts
-    async with from_url(amqp_url, control_exchange=namespace) as broker:
+    cleanup = (f"{namespace}.pidbox", f"reply.{namespace}.pidbox")
+    async with (
+        private_exchanges(amqp_url, *cleanup),
+        from_url(amqp_url, control_exchange=namespace) as broker,
+    ):
         control = AmqpControl(broker)
         pidbox = await control.consume_control(node)
 
