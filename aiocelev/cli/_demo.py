@@ -100,10 +100,24 @@ def register(subparsers: Any) -> None:
         "--no-ui", action="store_true", help="no live view: print a summary at the end"
     )
     parser.add_argument(
+        "--name",
+        type=_node_prefix,
+        default="demo",
+        metavar="NAME",
+        help="node names are NAME-1@<host>, NAME-2@<host>... (default: demo)",
+    )
+    parser.add_argument(
         "--seed", type=int, metavar="N", help="seed the random choices (repeatable runs)"
     )
     add_broker_options(parser, default_hint=DEMO_DEFAULT_BROKER)
     parser.set_defaults(func=run)
+
+
+def _node_prefix(text: str) -> str:
+    """An argparse type: a node name prefix (no ``@``, no spaces)."""
+    if not text or "@" in text or any(ch.isspace() for ch in text):
+        raise argparse.ArgumentTypeError(f"not a node name prefix: {text!r}")
+    return text
 
 
 # -- the simulated tasks -------------------------------------------------------
@@ -329,15 +343,19 @@ async def simulate(
     stop: anyio.Event,
     stats: DemoStats,
     seed: int | None = None,
+    name: str = "demo",
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run *workers* simulated workers on *url* until *stop* is set; all are online on start."""
+    """Run *workers* simulated workers (``<name>-N@<host>``) on *url* until *stop* is set.
+
+    Returns (through *task_status*) once every worker sent ``worker-online``.
+    """
     host = socket.gethostname()
     tasks_per_second = rate / EVENTS_PER_TASK / workers
     master = random.Random(seed)
     async with anyio.create_task_group() as tg:
         for index in range(1, workers + 1):
-            hostname = f"demo-{index}@{host}"
+            hostname = f"{name}-{index}@{host}"
             stats.hostnames.append(hostname)
             rng = random.Random(master.getrandbits(64))
             await tg.start(_run_worker, url, hostname, tasks_per_second, rng, stats, stop)
@@ -412,6 +430,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
                         stop=stop,
                         stats=stats,
                         seed=args.seed,
+                        name=args.name,
                     )
                 )
                 with anyio.move_on_after(duration):

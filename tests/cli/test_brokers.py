@@ -122,6 +122,7 @@ def test_record_from_a_demo_then_replay(broker_url: str, tmp_path: Path) -> None
         "record", str(out), "--broker", broker_url, "--filter", "worker.#", "task.#"
     ) as rec:
         rec.wait_for_stderr("recording")
+        name = f"rec{uuid.uuid4().hex[:8]}"
         demo = run_cli(
             "demo",
             "--no-ui",
@@ -129,13 +130,15 @@ def test_record_from_a_demo_then_replay(broker_url: str, tmp_path: Path) -> None
             "2",
             "--workers",
             "2",
+            "--name",
+            name,
             "--broker",
             broker_url,
             timeout=60,
         )
         assert demo.returncode == 0, demo.stderr
         host = socket.gethostname()
-        ours = {f"demo-1@{host}", f"demo-2@{host}"}
+        ours = {f"{name}-1@{host}", f"{name}-2@{host}"}
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             lines = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
@@ -158,34 +161,30 @@ def test_record_from_a_demo_then_replay(broker_url: str, tmp_path: Path) -> None
 
 def test_demo_seen_by_events_and_top(broker_url: str) -> None:
     host = socket.gethostname()
+    name = f"top{uuid.uuid4().hex[:8]}"
+    ours = {f"{name}-{n}@{host}" for n in (1, 2, 3)}
     with Background("events", "--json", "--broker", broker_url) as events:
         events.wait_for_stderr("listening on")
-        with Background("demo", "--no-ui", "--duration", "6", "--broker", broker_url) as demo:
+        demo_args = ("demo", "--no-ui", "--duration", "8", "--name", name, "--broker", broker_url)
+        with Background(*demo_args) as demo:
             demo.wait_for_stderr("running 3 simulated workers")
-            top = run_cli("top", "--once", "--wait", "2.5", "--broker", broker_url)
+            top = run_cli("top", "--once", "--wait", "3.5", "--broker", broker_url)
             assert top.returncode == 0, top.stderr
             assert_no_traceback(top.stderr)
-            for n in (1, 2, 3):
-                line = next(x for x in top.stdout.splitlines() if f"demo-{n}@{host}" in x)
+            for hostname in ours:
+                line = next(x for x in top.stdout.splitlines() if hostname in x)
                 assert "online" in line
             assert "demo." in top.stdout  # task names
             assert demo.wait(60) == 0
             assert "tasks by state:" in demo.stdout()
         got = wait_for_events(
             events,
-            lambda evs: (
-                sum(
-                    e["type"] == "worker-offline" and e["hostname"].startswith("demo-") for e in evs
-                )
-                >= 3
-            ),
+            lambda evs: ours <= {e["hostname"] for e in evs if e["type"] == "worker-offline"},
             what="worker-offline of the 3 demo workers",
         )
         events.signal(signal.SIGTERM)
         assert events.wait(20) == 143
-    mine = [
-        e for e in got if e["hostname"].endswith(f"@{host}") and e["hostname"].startswith("demo-")
-    ]
+    mine = [e for e in got if e["hostname"] in ours]
     types = {e["type"] for e in mine}
     assert {
         "worker-online",

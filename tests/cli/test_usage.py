@@ -52,6 +52,12 @@ def test_bad_numbers_are_usage_errors(value: str, capsys: pytest.CaptureFixture[
     assert "--limit" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["a@b", "two words", ""])
+def test_demo_rejects_bad_node_names(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--no-ui", "--name", name]) == 2
+    assert "not a node name prefix" in capsys.readouterr().err
+
+
 def test_unknown_scheme_names_the_known_schemes() -> None:
     result = run_cli("events", "--broker", "amqq://guest:hunter2@localhost//")
     assert result.returncode == 2
