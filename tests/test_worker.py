@@ -1,0 +1,713 @@
+"""Worker instrumentation over memory://: the events a monitor sees, and remote control."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import anyio
+import pytest
+
+from aiocelev import EventDispatcher, EventReceiver
+from aiocelev._events import Event
+from aiocelev._exceptions import ClosedError, ConfigurationError
+from aiocelev._saferepr import saferepr
+from aiocelev._worker import (
+    ControlRequest,
+    ControlTransport,
+    TaskScope,
+    WorkerInstrument,
+    control_transport_for,
+    load_average,
+    worker_events,
+)
+from aiocelev.brokers._memory_control import MemoryControl
+from aiocelev.brokers.memory import MemoryBroker
+
+NODE = "asyncw@testhost"
+WAIT = 5.0  # generous bound for "eventually"; nothing here should take near that long
+
+_names = itertools.count()
+
+HEARTBEAT_ORDER = [
+    "hostname",
+    "utcoffset",
+    "pid",
+    "clock",
+    "freq",
+    "active",
+    "processed",
+    "loadavg",
+    "sw_ident",
+    "sw_ver",
+    "sw_sys",
+    "timestamp",
+    "type",
+]
+
+
+@pytest.fixture
+def url() -> str:
+    return f"memory://worker-test-{next(_names)}"
+
+
+async def next_event(receiver: EventReceiver, type_: str, **match: Any) -> Event:
+    """The next event of *type_* (with fields equal to *match*), skipping others."""
+    with anyio.fail_after(WAIT):
+        async for event in receiver:
+            if event.type == type_ and all(event.get(k) == v for k, v in match.items()):
+                return event
+    raise AssertionError("receiver closed")
+
+
+async def events_until(receiver: EventReceiver, type_: str) -> list[Event]:
+    """Every event up to and including the first of *type_*."""
+    seen: list[Event] = []
+    with anyio.fail_after(WAIT):
+        async for event in receiver:
+            seen.append(event)
+            if event.type == type_:
+                return seen
+    raise AssertionError("receiver closed")
+
+
+def wire_keys(event: Event) -> list[str]:
+    keys = list(event.to_dict())
+    return [k for k in keys if k != "local_received"]
+
+
+# -- worker lifecycle -------------------------------------------------------
+
+
+async def test_online_heartbeat_offline_in_order_with_celery_fields(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(
+                dispatcher, freq=0.05, sw_ident="aiocelev", sw_ver="9.9", sw_sys="TestOS"
+            ) as worker,
+        ):
+            assert isinstance(worker, WorkerInstrument)
+            assert worker.hostname == NODE
+            await next_event(receiver, "worker-heartbeat")
+        seen = await events_until(receiver, "worker-offline")
+        types = [e.type for e in seen]
+        assert types[-1] == "worker-offline"
+        assert set(types[:-1]) <= {"worker-heartbeat"}
+
+        # Replay from the start: a fresh look at the first events of the stream.
+        online = seen  # (the online event was consumed by next_event above; check offline's shape)
+        offline = online[-1]
+        assert wire_keys(offline) == HEARTBEAT_ORDER
+        assert offline.hostname == NODE
+        assert offline["freq"] == 0.05
+        assert offline["active"] == 0 and offline["processed"] == 0
+        assert offline["sw_ident"] == "aiocelev"
+        assert offline["sw_ver"] == "9.9"
+        assert offline["sw_sys"] == "TestOS"
+        loadavg = offline["loadavg"]
+        assert isinstance(loadavg, list) and len(loadavg) == 3
+        assert all(isinstance(x, float) and round(x, 2) == x for x in loadavg)
+
+
+async def test_worker_online_comes_first(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=60),
+        ):
+            online = await next_event(receiver, "worker-online")
+        assert wire_keys(online) == HEARTBEAT_ORDER
+        assert online["freq"] == 60.0
+        assert online["sw_ident"] == "aiocelev"
+        assert online["sw_ver"]  # aiocelev's version by default
+        assert online["sw_sys"]
+        assert online.pid == dispatcher.pid
+
+
+async def test_heartbeats_keep_coming(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=0.05),
+        ):
+            await next_event(receiver, "worker-online")
+            first = await next_event(receiver, "worker-heartbeat")
+            second = await next_event(receiver, "worker-heartbeat")
+        assert second.clock > first.clock
+        assert second.timestamp >= first.timestamp
+
+
+async def test_offline_sent_when_the_enclosing_task_is_cancelled(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        entered = asyncio.Event()
+
+        async def run_worker() -> None:
+            async with (
+                EventDispatcher(url, hostname=NODE) as dispatcher,
+                worker_events(dispatcher, freq=60),
+            ):
+                entered.set()
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(run_worker())
+        await asyncio.wait_for(entered.wait(), WAIT)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        seen = await events_until(receiver, "worker-offline")
+        assert [e.type for e in seen] == ["worker-online", "worker-offline"]
+
+
+async def test_offline_sent_when_a_cancel_scope_is_cancelled(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        async with EventDispatcher(url, hostname=NODE) as dispatcher:
+            with anyio.move_on_after(0.05):
+                async with worker_events(dispatcher, freq=60):
+                    await anyio.sleep_forever()
+        seen = await events_until(receiver, "worker-offline")
+        assert [e.type for e in seen] == ["worker-online", "worker-offline"]
+
+
+async def test_offline_sent_when_the_block_raises(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        async with EventDispatcher(url, hostname=NODE) as dispatcher:
+            with pytest.raises(RuntimeError, match="crash"):
+                async with worker_events(dispatcher, freq=60):
+                    raise RuntimeError("crash")
+        seen = await events_until(receiver, "worker-offline")
+        assert [e.type for e in seen] == ["worker-online", "worker-offline"]
+
+
+async def test_instrument_is_single_use_and_checks_it_is_open(url: str) -> None:
+    async with EventDispatcher(url, hostname=NODE) as dispatcher:
+        worker = worker_events(dispatcher, freq=60)
+        with pytest.raises(ClosedError):
+            await worker.revoked("x")
+        async with worker:
+            pass
+        with pytest.raises(ClosedError):
+            async with worker:
+                pass
+        with pytest.raises(ClosedError):
+            async with worker.task("t", "app.t"):
+                pass
+
+
+def test_bad_configuration_is_rejected() -> None:
+    dispatcher = EventDispatcher("memory://unused", hostname=NODE)
+    with pytest.raises(ConfigurationError):
+        worker_events(dispatcher, freq=0)
+    with pytest.raises(ConfigurationError):
+        worker_events(dispatcher, shield_timeout=0)
+
+
+def test_load_average_is_three_floats_rounded_up() -> None:
+    values = load_average()
+    assert len(values) == 3
+    assert all(isinstance(v, float) and v >= 0 and round(v, 2) == v for v in values)
+
+
+# -- tasks ------------------------------------------------------------------
+
+
+async def test_successful_task(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=60) as worker,
+        ):
+            async with worker.task("id-1", "app.add", args=(2, 2), kwargs={"z": 1}) as task:
+                assert isinstance(task, TaskScope)
+                assert task.state == "STARTED"
+                assert (worker.active, worker.processed) == (1, 1)
+                await worker.heartbeat()
+                task.set_result(4)
+            assert (worker.active, worker.processed) == (0, 1)
+            assert task.state == "SUCCESS"
+            assert task.runtime is not None and task.runtime >= 0
+        seen = await events_until(receiver, "worker-offline")
+        types = [e.type for e in seen]
+        assert types == [
+            "worker-online",
+            "task-received",
+            "task-started",
+            "worker-heartbeat",
+            "task-succeeded",
+            "worker-offline",
+        ]
+        received, started, beat, succeeded, offline = seen[1:]
+        assert wire_keys(received) == [
+            "hostname",
+            "utcoffset",
+            "pid",
+            "clock",
+            "uuid",
+            "name",
+            "args",
+            "kwargs",
+            "root_id",
+            "parent_id",
+            "retries",
+            "eta",
+            "expires",
+            "timestamp",
+            "type",
+        ]
+        assert received.to_dict() | {"local_received": None} == received.to_dict() | {
+            "uuid": "id-1",
+            "name": "app.add",
+            "args": "(2, 2)",
+            "kwargs": "{'z': 1}",
+            "root_id": "id-1",
+            "parent_id": None,
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+            "local_received": None,
+        }
+        assert wire_keys(started) == [
+            "hostname",
+            "utcoffset",
+            "pid",
+            "clock",
+            "uuid",
+            "timestamp",
+            "type",
+        ]
+        assert (beat["active"], beat["processed"]) == (1, 1)
+        assert wire_keys(succeeded)[4:7] == ["uuid", "result", "runtime"]
+        assert succeeded["result"] == "4"
+        assert isinstance(succeeded["runtime"], float) and succeeded["runtime"] >= 0
+        assert (offline["active"], offline["processed"]) == (0, 1)
+        assert all(e.hostname == NODE for e in seen)
+
+
+async def test_task_fields_pass_through(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        from datetime import datetime, timezone
+
+        eta = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=60) as worker,
+            worker.task(
+                "id-2",
+                "app.mul",
+                args=[1, "a"],
+                retries=3,
+                root_id="root",
+                parent_id="parent",
+                eta=eta,
+                expires="2030-01-02T04:00:00+00:00",
+                kwargsrepr="{'password': '***'}",
+            ),
+        ):
+            pass
+        received = await next_event(receiver, "task-received")
+        assert received["args"] == "[1, 'a']"
+        assert received["kwargs"] == "{'password': '***'}"
+        assert received["retries"] == 3
+        assert (received["root_id"], received["parent_id"]) == ("root", "parent")
+        assert received["eta"] == "2030-01-02T03:04:05+00:00"
+        assert received["expires"] == "2030-01-02T04:00:00+00:00"
+        succeeded = await next_event(receiver, "task-succeeded")
+        assert succeeded["result"] == "None"
+
+
+async def test_failed_task_reports_and_reraises(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+
+        def explode() -> None:
+            raise ValueError("boom")
+
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=60) as worker,
+        ):
+            with pytest.raises(ValueError, match="boom"):
+                async with worker.task("id-3", "app.fail") as task:
+                    explode()
+            assert task.state == "FAILURE"
+            assert worker.active == 0
+        failed = await next_event(receiver, "task-failed")
+        assert wire_keys(failed)[4:7] == ["uuid", "exception", "traceback"]
+        assert failed["uuid"] == "id-3"
+        assert failed["exception"] == "ValueError('boom')"
+        assert failed["traceback"].startswith("Traceback (most recent call last):")
+        assert "in explode" in failed["traceback"]
+        assert failed["traceback"].rstrip().endswith("ValueError: boom")
+
+
+async def test_retry_reports_and_is_swallowed(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+
+        def flaky() -> None:
+            raise ConnectionError("try later")
+
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=60) as worker,
+        ):
+            async with worker.task("id-4", "app.flaky") as task:
+                try:
+                    flaky()
+                except ConnectionError as exc:
+                    raise task.retry(exc) from exc
+            assert task.state == "RETRY"
+            # Retried with the same id: received again with retries=1, then succeeds.
+            async with worker.task("id-4", "app.flaky", retries=1):
+                pass
+            assert worker.processed == 2
+        retried = await next_event(receiver, "task-retried")
+        assert wire_keys(retried)[4:7] == ["uuid", "exception", "traceback"]
+        assert retried["exception"] == "ConnectionError('try later')"
+        assert "in flaky" in retried["traceback"]
+        again = await next_event(receiver, "task-received")
+        assert again["retries"] == 1
+        await next_event(receiver, "task-succeeded", uuid="id-4")
+
+
+async def test_retry_without_an_exception(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=60) as worker,
+            worker.task("id-5", "app.later") as task,
+        ):
+            raise task.retry()
+        retried = await next_event(receiver, "task-retried")
+        assert "TaskRetry" in retried["exception"]
+        assert "TaskRetry" in retried["traceback"]
+
+
+async def test_cancelled_task_is_revoked_terminated(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=60) as worker,
+        ):
+            with anyio.move_on_after(0.05) as scope:
+                async with worker.task("id-6", "app.slow") as task:
+                    await anyio.sleep_forever()
+            assert scope.cancelled_caught
+            assert task.state == "REVOKED"
+            assert worker.active == 0
+        revoked = await next_event(receiver, "task-revoked")
+        assert wire_keys(revoked)[4:8] == ["uuid", "terminated", "signum", "expired"]
+        assert (revoked["uuid"], revoked["terminated"], revoked["signum"], revoked["expired"]) == (
+            "id-6",
+            True,
+            None,
+            False,
+        )
+        assert not [
+            e for e in await events_until(receiver, "worker-offline") if e.type == "task-failed"
+        ]
+
+
+async def test_task_cancelled_by_asyncio_is_revoked(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=60) as worker,
+        ):
+            started = asyncio.Event()
+
+            async def job() -> None:
+                async with worker.task("id-7", "app.slow"):
+                    started.set()
+                    await asyncio.sleep(3600)
+
+            running = asyncio.create_task(job())
+            await asyncio.wait_for(started.wait(), WAIT)
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+        revoked = await next_event(receiver, "task-revoked")
+        assert revoked["uuid"] == "id-7" and revoked["terminated"] is True
+
+
+async def test_revoked_and_rejected_without_running(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=60) as worker,
+        ):
+            await worker.revoked("id-8", expired=True)
+            await worker.rejected("id-9", requeue=True)
+            assert worker.processed == 0
+        revoked = await next_event(receiver, "task-revoked")
+        assert (revoked["uuid"], revoked["terminated"], revoked["signum"], revoked["expired"]) == (
+            "id-8",
+            False,
+            None,
+            True,
+        )
+        rejected = await next_event(receiver, "task-rejected")
+        assert wire_keys(rejected)[4:6] == ["uuid", "requeue"]
+        assert (rejected["uuid"], rejected["requeue"]) == ("id-9", True)
+
+
+async def test_custom_task_event(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=60) as worker,
+            worker.task("id-10", "app.long") as task,
+        ):
+            await task.send_event("task-progress", done=3, total=10)
+        progress = await next_event(receiver, "task-progress")
+        assert (progress["uuid"], progress["done"], progress["total"]) == ("id-10", 3, 10)
+
+
+async def test_args_kwargs_result_are_truncated_like_celery(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        long_text = "x" * 5000
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=60) as worker,
+            worker.task(
+                "id-11", "app.big", args=(long_text,), kwargs={"items": list(range(2000))}
+            ) as task,
+        ):
+            task.set_result({"words": "word " * 1000})
+        received = await next_event(receiver, "task-received")
+        assert received["args"] == saferepr((long_text,), 1024)
+        assert received["args"].startswith("('xxx") and received["args"].endswith("...',)")
+        assert len(received["args"]) <= 1024 + 10
+        assert received["kwargs"].endswith(", ...]}")
+        assert len(received["kwargs"]) <= 1024 + 10
+        succeeded = await next_event(receiver, "task-succeeded")
+        assert succeeded["result"].startswith("{'words': 'word word")
+        assert succeeded["result"].endswith("...'}")
+        assert len(succeeded["result"]) <= 1024 + 10
+
+
+async def test_task_events_filtered_but_counted_when_task_group_is_off(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        async with (
+            EventDispatcher(url, hostname=NODE, groups={"worker"}) as dispatcher,
+            worker_events(dispatcher, freq=60, control=False) as worker,
+        ):
+            async with worker.task("id-12", "app.quiet"):
+                pass
+            assert worker.processed == 1
+        seen = await events_until(receiver, "worker-offline")
+        assert [e.type for e in seen] == ["worker-online", "worker-offline"]
+        assert seen[-1]["processed"] == 1
+
+
+# -- saferepr -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "maxlen", "expected"),
+    [
+        ((2, 2), 1024, "(2, 2)"),
+        ({}, 1024, "{}"),
+        ((1,), 1024, "(1,)"),
+        ({"a": [1, (2,)]}, 1024, "{'a': [1, (2,)]}"),
+        ("it's", 1024, "'it\\'s'"),
+        (b"raw", 1024, "b'raw'"),
+        ({3}, 1024, "{3}"),
+        (frozenset(), 1024, "frozenset()"),
+        ([[[[1]]]], 1024, "[[[[...]]]]"),
+        # Separators count against the budget and are kept whole: the cut can
+        # leave ", , ..." (Celery's exact output).
+        (list(range(100)), 10, "[0, 1, 2, , ...]"),
+        ("one two three four", 10, "'one two...'"),
+        ([[1, 2], [3, 4]], 3, "[[1..., ...]]"),
+    ],
+)
+def test_saferepr(value: Any, maxlen: int, expected: str) -> None:
+    assert saferepr(value, maxlen) == expected
+
+
+def test_saferepr_never_raises() -> None:
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    loop: list[Any] = [1]
+    loop.append(loop)
+    assert saferepr(Broken()).startswith("<Unrepresentable ")
+    assert saferepr(loop).startswith("[1, <Recursion on list with id=")
+
+
+# -- remote control ---------------------------------------------------------
+
+
+async def test_memory_broker_has_a_control_transport(url: str) -> None:
+    broker = MemoryBroker(url)
+    transport = control_transport_for(broker)
+    assert isinstance(transport, MemoryControl)
+    assert isinstance(transport, ControlTransport)
+    assert control_transport_for(object()) is None
+
+
+async def test_ping_and_event_toggles(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        control = MemoryControl(MemoryBroker(url))
+        async with (
+            EventDispatcher(url, hostname=NODE, groups={"worker"}) as dispatcher,
+            worker_events(dispatcher, freq=60) as worker,
+        ):
+            assert worker.control_transport is not None
+            with anyio.fail_after(WAIT):
+                await worker.wait_control_ready()
+            assert await control.broadcast("ping", reply=True, timeout=WAIT, limit=1) == [
+                {NODE: {"ok": "pong"}}
+            ]
+            assert await control.broadcast("enable_events", reply=True, timeout=WAIT, limit=1) == [
+                {NODE: {"ok": "task events enabled"}}
+            ]
+            assert dispatcher.groups == {"worker", "task"}
+            assert await control.broadcast("enable_events", reply=True, timeout=WAIT, limit=1) == [
+                {NODE: {"ok": "task events already enabled"}}
+            ]
+            async with worker.task("id-13", "app.visible"):
+                pass
+            assert await control.broadcast("disable_events", reply=True, timeout=WAIT, limit=1) == [
+                {NODE: {"ok": "task events disabled"}}
+            ]
+            assert dispatcher.groups == {"worker"}
+            assert await control.broadcast("disable_events", reply=True, timeout=WAIT, limit=1) == [
+                {NODE: {"ok": "task events already disabled"}}
+            ]
+            async with worker.task("id-14", "app.hidden"):
+                pass
+        seen = await events_until(receiver, "worker-offline")
+        assert {e["uuid"] for e in seen if e.group == "task"} == {"id-13"}
+
+
+async def test_disable_events_on_an_unrestricted_dispatcher(url: str) -> None:
+    control = MemoryControl(MemoryBroker(url))
+    async with (
+        EventDispatcher(url, hostname=NODE) as dispatcher,
+        worker_events(dispatcher, freq=60),
+    ):
+        assert await control.broadcast("enable_events", reply=True, timeout=WAIT, limit=1) == [
+            {NODE: {"ok": "task events already enabled"}}
+        ]
+        assert await control.broadcast("disable_events", reply=True, timeout=WAIT, limit=1) == [
+            {NODE: {"ok": "task events disabled"}}
+        ]
+        assert dispatcher.groups == {"worker"}
+
+
+async def test_heartbeat_command_sends_a_heartbeat_now(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        control = MemoryControl(MemoryBroker(url))
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=3600),
+        ):
+            await next_event(receiver, "worker-online")
+            # Fire and forget, as receivers do on connect.
+            assert await control.broadcast("heartbeat") == []
+            beat = await next_event(receiver, "worker-heartbeat")
+            assert wire_keys(beat) == HEARTBEAT_ORDER
+            # With a reply wanted, Celery's handler answers null.
+            assert await control.broadcast("heartbeat", reply=True, timeout=WAIT, limit=1) == [
+                {NODE: None}
+            ]
+
+
+async def test_destination_pattern_and_unknown_commands(url: str) -> None:
+    control = MemoryControl(MemoryBroker(url))
+    async with (
+        EventDispatcher(url, hostname=NODE) as d1,
+        EventDispatcher(url, hostname="other@testhost") as d2,
+        worker_events(d1, freq=60),
+        worker_events(d2, freq=60),
+    ):
+        both = await control.broadcast("ping", reply=True, timeout=WAIT, limit=2)
+        assert sorted(both, key=lambda r: next(iter(r))) == [
+            {NODE: {"ok": "pong"}},
+            {"other@testhost": {"ok": "pong"}},
+        ]
+        assert await control.broadcast(
+            "ping", destination=["other@testhost"], reply=True, timeout=WAIT
+        ) == [{"other@testhost": {"ok": "pong"}}]
+        assert await control.broadcast(
+            "ping", pattern="asyncw@*", matcher="glob", reply=True, timeout=WAIT, limit=1
+        ) == [{NODE: {"ok": "pong"}}]
+        assert await control.broadcast("stats", reply=True, timeout=0.1) == []
+
+
+async def test_custom_and_removed_control_handlers(url: str) -> None:
+    control = MemoryControl(MemoryBroker(url))
+
+    async def queue_depth(worker: WorkerInstrument, *, queue: str) -> Any:
+        return {"ok": {"queue": queue, "depth": 7, "node": worker.hostname}}
+
+    async with (
+        EventDispatcher(url, hostname=NODE) as dispatcher,
+        worker_events(
+            dispatcher, freq=60, control_handlers={"queue_depth": queue_depth, "ping": None}
+        ),
+    ):
+        assert await control.broadcast(
+            "queue_depth", {"queue": "jobs"}, reply=True, timeout=WAIT, limit=1
+        ) == [{NODE: {"ok": {"queue": "jobs", "depth": 7, "node": NODE}}}]
+        assert await control.broadcast("ping", reply=True, timeout=0.1) == []
+        # A handler that fails answers {"error": ...}, as Celery does.
+        [failed] = await control.broadcast(
+            "queue_depth", {"wrong": 1}, reply=True, timeout=WAIT, limit=1
+        )
+        assert failed[NODE]["error"].startswith("TypeError(")
+        assert "'wrong'" in failed[NODE]["error"]
+
+
+async def test_control_false_stays_silent(url: str) -> None:
+    control = MemoryControl(MemoryBroker(url))
+    async with (
+        EventDispatcher(url, hostname=NODE) as dispatcher,
+        worker_events(dispatcher, freq=60, control=False) as worker,
+    ):
+        assert worker.control_transport is None
+        assert await control.broadcast("ping", reply=True, timeout=0.1) == []
+
+
+async def test_pidbox_released_on_exit(url: str) -> None:
+    control = MemoryControl(MemoryBroker(url))
+    async with EventDispatcher(url, hostname=NODE) as dispatcher:
+        async with worker_events(dispatcher, freq=60):
+            pass
+        assert await control.broadcast("ping", reply=True, timeout=0.1) == []
+        # The node name is free again.
+        async with worker_events(dispatcher, freq=60):
+            assert await control.broadcast("ping", reply=True, timeout=WAIT, limit=1) == [
+                {NODE: {"ok": "pong"}}
+            ]
+
+
+def test_control_request_parsing() -> None:
+    request = ControlRequest.from_message(
+        {
+            "method": "ping",
+            "arguments": {},
+            "destination": None,
+            "pattern": None,
+            "matcher": None,
+            "ticket": "t-1",
+            "reply_to": {"exchange": "reply.celery.pidbox", "routing_key": "k"},
+        },
+        {"clock": 3, "expires": 0},
+    )
+    assert request.method == "ping" and request.wants_reply and request.ticket == "t-1"
+    assert request.clock == 3 and request.expires is None
+    assert request.addressed_to("anyone@host")
+    assert (
+        ControlRequest.from_message({"method": "ping", "destination": ["a@h"]}).addressed_to("b@h")
+        is False
+    )
+    assert ControlRequest.from_message(
+        {"method": "ping", "pattern": "^a@", "matcher": "pcre"}
+    ).addressed_to("a@h")
+    with pytest.raises(ValueError):
+        ControlRequest.from_message(["not", "a", "request"])
+    with pytest.raises(ValueError):
+        ControlRequest.from_message({"method": "ping", "arguments": [1]})
