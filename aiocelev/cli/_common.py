@@ -181,30 +181,36 @@ def _wants_colour(stream: IO[str]) -> bool:
         return False
 
 
-def configure_logging(verbosity: int) -> None:
+def configure_logging(verbosity: int) -> Callable[[], None]:
     """Send log records to stderr only on request (``-v``: warnings, ``-vv``: debug).
 
     The commands report what matters themselves, one line per problem, so by
     default nothing is logged: neither the library's retry notices nor the
-    messages of the broker client libraries.
+    messages of the broker client libraries.  Returns a function that puts the
+    logging configuration back as it was (``main()`` may run inside a program).
     """
     root = logging.getLogger()
-    for old in list(root.handlers):
-        if getattr(old, "_aiocelev_cli", False):
-            root.removeHandler(old)
+    ours = logging.getLogger("aiocelev")
+    saved = (root.level, ours.level)
     handler: logging.Handler
     if verbosity <= 0:
         handler = logging.NullHandler()
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_MaskingFormatter(f"{PROG}: %(name)s: %(levelname)s: %(message)s"))
-    setattr(handler, "_aiocelev_cli", True)  # noqa: B010 - a marker on a foreign class
     root.addHandler(handler)
     if verbosity >= 2:
         root.setLevel(logging.INFO)
-        logging.getLogger("aiocelev").setLevel(logging.DEBUG)
+        ours.setLevel(logging.DEBUG)
     else:
         root.setLevel(logging.WARNING)
+
+    def restore() -> None:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])
+
+    return restore
 
 
 class _MaskingFormatter(logging.Formatter):
@@ -317,7 +323,7 @@ def run_command(fn: CommandFn, args: argparse.Namespace) -> int:
     * ``0``: done; ``1``: runtime or broker error; ``2``: usage or configuration error;
     * ``130`` / ``143``: stopped by SIGINT (Ctrl-C) / SIGTERM, after a clean shutdown.
     """
-    configure_logging(getattr(args, "verbose", 0))
+    restore_logging = configure_logging(getattr(args, "verbose", 0))
     ctx = Context()
     previous: Any = None
     main_thread = _in_main_thread()
@@ -355,6 +361,7 @@ def run_command(fn: CommandFn, args: argparse.Namespace) -> int:
         diag(f"error: unexpected {type(exc).__name__}: {exc} (run with -vv for details)")
         return EXIT_ERROR
     finally:
+        restore_logging()
         if main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
