@@ -115,7 +115,9 @@ def _split_query(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", parts.fragment)), query
 
 
-def _endpoint(url: str, passthrough: Mapping[str, str], heartbeat: int | None) -> Endpoint:
+def _endpoint(
+    url: str, passthrough: Mapping[str, str], heartbeat: int | None, connection_name: str
+) -> Endpoint:
     bare, _ = _split_query(url)
     parts = urlsplit(bare)
     scheme = _SCHEMES.get(parts.scheme.lower())
@@ -138,6 +140,8 @@ def _endpoint(url: str, passthrough: Mapping[str, str], heartbeat: int | None) -
     query = dict(passthrough)
     if heartbeat is not None:
         query["heartbeat"] = str(heartbeat)
+    # aiormq (6.x and 7.x) sends ?name= as the client property "connection_name"
+    query["name"] = connection_name
     netloc_host = f"[{host}]" if ":" in host else host
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{netloc_host}:{port}"
     real = urlunsplit((scheme, netloc, "/" + quote(vhost, safe=""), urlencode(query), ""))
@@ -198,7 +202,7 @@ def parse_options(url: str, options: Mapping[str, Any]) -> tuple[list[Endpoint],
         values.setdefault("prefetch_count", 100)
     opts = AmqpOptions(**values)
     _validate(opts)
-    endpoints = [_endpoint(one, passthrough, opts.heartbeat) for one in urls]
+    endpoints = [_endpoint(one, passthrough, opts.heartbeat, opts.connection_name) for one in urls]
     return endpoints, opts
 
 

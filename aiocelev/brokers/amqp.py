@@ -405,11 +405,7 @@ class AmqpBroker:
         timeout = self._opts.connect_timeout
         with map_errors(f"connecting to {endpoint.masked}"):
             with anyio.fail_after(timeout + 1):
-                conn = await aio_pika.connect(
-                    endpoint.url,
-                    timeout=timeout,
-                    client_properties={"connection_name": self._opts.connection_name},
-                )
+                conn = await aio_pika.connect(endpoint.url, timeout=timeout)
         return conn
 
     async def _connect_locked(self) -> AbstractConnection:

@@ -69,12 +69,15 @@ def test_query_options_and_keyword_options() -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("amqp://guest:guest@127.0.0.1:5672//", "amqp://guest:guest@127.0.0.1:5672/%2F"),
-        ("amqp://127.0.0.1", "amqp://guest:guest@127.0.0.1:5672/%2F"),
-        ("pyamqp://a:b@host/", "amqp://a:b@host:5672/%2F"),
-        ("librabbitmq://a:b@host/prod", "amqp://a:b@host:5672/prod"),
-        ("amqps://a:b@host/prod", "amqps://a:b@host:5671/prod"),
-        ("amqp://a:p%40ss@host/v%2Fh", "amqp://a:p%40ss@host:5672/v%2Fh"),
+        (
+            "amqp://guest:guest@127.0.0.1:5672//",
+            "amqp://guest:guest@127.0.0.1:5672/%2F?name=aiocelev",
+        ),
+        ("amqp://127.0.0.1", "amqp://guest:guest@127.0.0.1:5672/%2F?name=aiocelev"),
+        ("pyamqp://a:b@host/", "amqp://a:b@host:5672/%2F?name=aiocelev"),
+        ("librabbitmq://a:b@host/prod", "amqp://a:b@host:5672/prod?name=aiocelev"),
+        ("amqps://a:b@host/prod", "amqps://a:b@host:5671/prod?name=aiocelev"),
+        ("amqp://a:p%40ss@host/v%2Fh", "amqp://a:p%40ss@host:5672/v%2Fh?name=aiocelev"),
     ],
 )
 def test_url_forms(url: str, expected: str) -> None:
