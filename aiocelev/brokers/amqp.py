@@ -33,6 +33,7 @@ listed in ``docs/brokers/amqp.md``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import time
@@ -94,6 +95,10 @@ _CLOSE_TIMEOUT = 2.0
 #: How often a waiting subscription double-checks that its channel is alive
 #: (close callbacks normally wake it at once).
 _LIVENESS_POLL = 1.0
+
+
+#: Whether this aiormq's ``basic_publish`` can skip waiting for each frame write.
+_PUBLISH_HAS_WAIT = "wait" in inspect.signature(aiormq.Channel.basic_publish).parameters
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -560,6 +565,7 @@ class AmqpBroker:
                         # Without confirms only the last frame write of a batch
                         # is awaited: frames leave in order, so once it is
                         # written, all of them are.
+                        extra = {"wait": confirm or index == last} if _PUBLISH_HAS_WAIT else {}
                         await underlay.basic_publish(
                             message.body,
                             exchange=exchange_name,
@@ -567,7 +573,7 @@ class AmqpBroker:
                             properties=properties,
                             mandatory=False,
                             timeout=timeout,
-                            wait=confirm or index == last,
+                            **extra,
                         )
                     except TimeoutError as exc:
                         if confirm and self._connection_alive():
