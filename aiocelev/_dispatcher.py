@@ -16,7 +16,7 @@ import anyio
 import anyio.abc
 
 from ._backoff import Backoff
-from ._clock import LamportClock
+from ._clock import LamportClock, valid_clock
 from ._codec import _encoder
 from ._events import Event, group_of, routing_key_of
 from ._exceptions import (
@@ -267,7 +267,7 @@ class EventDispatcher:
             self._filtered += 1
             return
         clock = data.get("clock")
-        if type(clock) is int:
+        if valid_clock(clock):  # an absurd clock must not drag the local one along
             self.clock.adjust(clock)
         await self._accept(group, type_, _encoder.encode(data))
 
