@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from aiocelev import (
+    BrokerConnectionError,
     BufferFullError,
     ClosedError,
     ConfigurationError,
@@ -559,3 +560,64 @@ def test_utcoffset_is_hours_west() -> None:
         time.altzone if time.localtime().tm_isdst > 0 and time.daylight else time.timezone
     ) / 3600
     assert value == expected
+
+
+async def test_send_event_ignores_absurd_clocks(broker: MemoryBroker) -> None:
+    sub = await broker.subscribe(["#"])
+    replayed = {"type": "task-started", "hostname": "h", "timestamp": 1.0, "clock": 10**30}
+    async with EventDispatcher(broker, clock=LamportClock(5)) as d:
+        await d.send_event(replayed)
+        await d.send_event({**replayed, "clock": None})
+        await d.send_event({**replayed, "clock": True})
+        assert d.clock.value == 5  # not dragged to 10**30
+        await d.send("task-started", uuid="next")
+    events = expand(await take(sub, 1))
+    assert events[0]["clock"] == 10**30  # the replayed event itself is sent unchanged
+    assert events[-1]["clock"] == 6
+
+
+class _FlakyBroker:
+    """A memory broker that cannot be reached until ``down`` is cleared."""
+
+    def __init__(self, url: str) -> None:
+        self.inner = MemoryBroker(url)
+        self.down = True
+        self.connects = 0
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    async def connect(self) -> None:
+        self.connects += 1
+        if self.down:
+            raise BrokerConnectionError("connection refused")
+        await self.inner.connect()
+
+    async def publish(self, messages: Any) -> None:
+        await self.connect()
+        await self.inner.publish(messages)
+
+    async def subscribe(self, binding_keys: Any) -> Any:
+        await self.connect()
+        return await self.inner.subscribe(binding_keys)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_broker_unreachable_at_start_buffers(url: str) -> None:
+    flaky = _FlakyBroker(url)
+    observer = MemoryBroker(url)
+    sub = await observer.subscribe(["#"])
+    async with EventDispatcher(flaky, hostname="w@h") as d:  # does not raise
+        for i in range(5):
+            await d.send("task-started", uuid=str(i))
+        await wait_until(lambda: d.statistics().publish_errors >= 1)
+        assert d.statistics().buffered == 5
+        flaky.down = False
+        with anyio.fail_after(10):
+            await d.flush()
+    assert [e["uuid"] for e in await take_events(sub, 5)] == [str(i) for i in range(5)]
+    await observer.aclose()
+    await flaky.aclose()

@@ -568,3 +568,28 @@ async def test_messages_acknowledged_once_their_events_were_taken() -> None:
 def test_configuration_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         EventReceiver(MemoryBroker(), **kwargs)
+
+
+class _GivingUpSubscription(_ScriptedSubscription):
+    async def __anext__(self) -> IncomingMessage:
+        if self._messages:
+            return await super().__anext__()
+        raise BrokerConnectionError("gave up reconnecting")
+
+
+class _GivingUpBroker(_ScriptedBroker):
+    async def subscribe(self, binding_keys: Sequence[str]) -> _ScriptedSubscription:
+        return _GivingUpSubscription(self.messages)
+
+
+async def test_adapter_giving_up_surfaces_after_buffered_events() -> None:
+    broker = _GivingUpBroker(
+        [IncomingMessage("task.multi", json.dumps([ev(uuid="1"), ev(uuid="2")]).encode())]
+    )
+    async with EventReceiver(broker) as receiver:
+        got = await take(receiver, 2)
+        with anyio.fail_after(5), pytest.raises(BrokerConnectionError, match="gave up"):
+            await receiver.receive()
+        with pytest.raises(BrokerConnectionError):
+            await receiver.receive()
+    assert [e["uuid"] for e in got] == ["1", "2"]
