@@ -184,7 +184,9 @@ def decode_envelope(payload: bytes) -> IncomingMessage:
         raise DecodeError("envelope", "Redis envelope has no string 'body'")
     if type(props) is not dict:
         raise DecodeError("envelope", "Redis envelope has no 'properties' object")
-    if props.get("body_encoding", "base64") not in ("utf-8", None):
+    # As kombu: base64 only when a body encoding other than UTF-8 is named.
+    encoding = props.get("body_encoding")
+    if encoding and not (type(encoding) is str and encoding.lower() == "utf-8"):
         try:
             raw = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError) as exc:
