@@ -237,6 +237,16 @@ def test_decode_message_unwraps_envelope() -> None:
     assert errors == []
 
 
+@pytest.mark.parametrize("props", [{}, {"body_encoding": None}, {"body_encoding": "UTF-8"}])
+def test_envelope_body_used_as_is_unless_an_encoding_is_named(props: dict[str, Any]) -> None:
+    # kombu base64-decodes only when properties.body_encoding names a non-UTF-8 codec
+    env = {"body": EXAMPLE_SINGLE.decode(), "content-type": "application/json", "properties": props}
+    incoming = decode_envelope(json.dumps(env).encode())
+    assert incoming.body == EXAMPLE_SINGLE
+    events, _ = decode_message(msg(json.dumps(env).encode(), content_type=KOMBU_ENVELOPE))
+    assert events == [EXAMPLE_EVENT]
+
+
 def test_envelope_utf8_body_encoding() -> None:
     env = {
         "body": EXAMPLE_SINGLE.decode(),
@@ -260,7 +270,9 @@ def test_envelope_utf8_body_encoding() -> None:
         json.dumps({"body": 3, "properties": {}}).encode(),
         json.dumps({"body": "e30="}).encode(),  # no properties
         json.dumps({"body": "e30=", "properties": []}).encode(),
-        json.dumps({"body": "!!! not base64 !!!", "properties": {}}).encode(),
+        json.dumps(
+            {"body": "!!! not base64 !!!", "properties": {"body_encoding": "base64"}}
+        ).encode(),
         json.dumps({"body": "e30", "properties": {"body_encoding": "base64"}}).encode(),
         b"\xff\xfe",
     ],
