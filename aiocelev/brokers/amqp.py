@@ -522,9 +522,13 @@ class AmqpBroker:
         channel, exchange = self._pub_channel, self._pub_exchange
         if channel is None or exchange is None or channel.is_closed:
             # The channel died (a channel error) but the connection lives.
-            await self._open_publisher(conn)
+            async with self._lock:
+                channel = self._pub_channel
+                if channel is None or self._pub_exchange is None or channel.is_closed:
+                    await self._open_publisher(conn)
             exchange = self._pub_exchange
-            assert exchange is not None
+            if exchange is None:  # pragma: no cover - the connection went away meanwhile
+                raise BrokerConnectionError(f"{self._masked}: connection lost, reconnecting")
         return exchange
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:

@@ -515,6 +515,7 @@ async def _beat_until(
 
 async def test_flower_shows_aiocelev_worker_and_tasks(amqp_url: str, tmp_path: Path) -> None:
     """A real Flower process shows an aiocelev-published worker and its task states."""
+    pytest.importorskip("flower")
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     node = f"aiocelev-{uuid.uuid4().hex[:10]}@flower"
