@@ -11,6 +11,7 @@ import aiormq.exceptions
 import pamqp.exceptions
 
 from .._exceptions import AiocelevError, BrokerConnectionError, BrokerError, PublishError
+from .._url import mask_url
 
 __all__ = ["CONNECTION_ERRORS", "describe", "map_errors"]
 
@@ -28,9 +29,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def describe(exc: BaseException) -> str:
-    """A short one-line description of a foreign exception (no URLs, no secrets)."""
+    """A short one-line description of a foreign exception, passwords masked."""
     text = str(exc).strip() or repr(exc)
-    return f"{type(exc).__name__}: {text}"
+    # Client libraries sometimes quote the URL they were given.
+    return f"{type(exc).__name__}: {mask_url(text)}"
 
 
 @contextmanager
