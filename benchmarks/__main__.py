@@ -23,7 +23,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiocelev._url import mask_url
+
 from ._common import URLS, median, run_child
+from ._patches import ENV as PATCH_ENV, PATCHES
 
 
 @dataclass
@@ -216,7 +219,7 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
             False,
             rounds=1,
             unit="MiB",
-            extra_metrics=("published", "received", "dropped"),
+            extra_metrics=("published", "received", "dropped", "buffered_at_end", "rss_at_end_mib"),
             a_only=True,
         )
     )
@@ -229,6 +232,18 @@ def _fmt(value: float | None, unit: str = "") -> str:
     if unit == "ev/s" or abs(value) >= 1000:
         return f"{value:,.0f}"
     return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def _pair_ratio(
+    a_results: list[dict[str, Any]], b_results: list[dict[str, Any]], metric: str, higher: bool
+) -> float | None:
+    """Median over rounds of A/B (``higher``) or B/A of *metric*."""
+    ratios = []
+    for a_res, b_res in zip(a_results, b_results, strict=False):
+        a, b = a_res.get(metric), b_res.get(metric)
+        if a and b:
+            ratios.append(a / b if higher else b / a)
+    return median(ratios) if ratios else None
 
 
 def run_case(case: Case, broker: str, rounds: int, log: Any) -> dict[str, Any]:
@@ -280,6 +295,7 @@ def run_case(case: Case, broker: str, rounds: int, log: Any) -> dict[str, Any]:
                     m: (
                         median([res[m] for res in raw[case.a.label] if m in res]),
                         median([res[m] for res in raw[v.label] if m in res]),
+                        _pair_ratio(raw[case.a.label], raw[v.label], m, case.higher_is_better),
                     )
                     for m in case.extra_metrics
                 },
@@ -326,6 +342,9 @@ def print_table(summaries: list[dict[str, Any]], out: Any) -> None:
                 f" {ratio:>7} {target:>7}{mark}",
                 file=out,
             )
+            for k, (ea, eb, er) in row["extra"].items():
+                shown = "" if er is None else f"  ({er:.2f}x)"
+                print(f"{'':<24}{k}: {_fmt(ea, unit)} vs {_fmt(eb, unit)}{shown}", file=out)
 
 
 def markdown_table(summaries: list[dict[str, Any]]) -> str:
@@ -345,7 +364,9 @@ def markdown_table(summaries: list[dict[str, Any]]) -> str:
                 )
                 continue
             extra = "".join(
-                f"<br>{k}: {_fmt(a, unit)} vs {_fmt(b, unit)}" for k, (a, b) in row["extra"].items()
+                f"<br>{k}: {_fmt(a, unit)} vs {_fmt(b, unit)}"
+                + ("" if r is None else f" ({r:.2f}x)")
+                for k, (a, b, r) in row["extra"].items()
             )
             ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
             target = "-" if row["target"] is None else f">= {row['target']:g}x"
@@ -415,11 +436,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--json", metavar="FILE", help="write every raw result to FILE")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    parser.add_argument(
+        "--patch",
+        action="append",
+        default=[],
+        choices=sorted(PATCHES),
+        help="what-if: apply a candidate hot-path fix to aiocelev in the child processes",
+    )
     args = parser.parse_args(argv)
 
     unknown = [c for c in args.cases if c not in names]
     if unknown:
         parser.error(f"unknown case(s): {', '.join(unknown)} (choose from {', '.join(names)})")
+    if args.patch:
+        os.environ[PATCH_ENV] = ",".join(args.patch)
+        print(f"what-if patches applied to aiocelev: {', '.join(args.patch)}", flush=True)
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
     brokers = ["amqp", "redis"] if args.broker == "all" else [args.broker]
     cases = [c for c in build_cases(args.n, args.quick) if not args.cases or c.name in args.cases]
@@ -432,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for kind in brokers:
         if kind != "memory":
-            print(f"{kind}: {URLS[kind].split('@')[-1]}", flush=True)
+            print(f"{kind}: {mask_url(URLS[kind])}", flush=True)
     started = time.monotonic()
     summaries = []
     for case in cases:

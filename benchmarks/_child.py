@@ -11,13 +11,17 @@ import json
 import sys
 
 from ._common import emit
+from ._patches import apply_from_env
 
 
 def main() -> None:
     """Run the measurement described by ``sys.argv[1]``."""
     spec = json.loads(sys.argv[1])
+    patches = apply_from_env()
     module = importlib.import_module(f"benchmarks.{spec['module']}")
     result = module.child(spec)
+    if patches:
+        result["patches"] = patches
     emit(result)
 
 

@@ -182,5 +182,6 @@ def run_celery(
                 receiver.capture(limit=None, timeout=idle, wakeup=False)
             except TimeoutError:
                 pass
+            run.cpu_last = time.process_time()
         publisher = wait_side(procs[0], 60.0) if procs else {"error": "never subscribed"}
     return run.result(publisher, {})

@@ -242,7 +242,10 @@ def _run_celery(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     """Publish the stream described by ``sys.argv[1]``."""
+    from ._patches import apply_from_env
+
     spec = json.loads(sys.argv[1])
+    apply_from_env()
     if spec["mode"].startswith("celery-"):
         result = _run_celery(spec)
     else:

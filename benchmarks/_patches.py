@@ -1,0 +1,132 @@
+"""What-if experiments: candidate hot-path fixes, applied only inside benchmark processes.
+
+``python -m benchmarks CASE --patch NAME`` applies NAME to aiocelev in every
+child process (through ``AIOCELEV_BENCH_PATCHES``), so the effect of a fix
+proposed in docs/benchmarks.md can be measured before it is made in the
+library.  Nothing here changes aiocelev itself.
+
+* ``fast-loads``: parse with orjson first and fall back to the exact
+  standard-library parse only when the result holds a float of magnitude
+  >= 2**63 (which is what orjson makes of an integer beyond 64 bits), instead
+  of scanning every body for 19-digit runs with a regular expression first.
+* ``orjson-encode``: encode each event with orjson in the dispatcher (compact
+  separators: the same JSON value, not kombu's exact bytes).
+* ``amqp-pipelined``: the AMQP adapter publishes a batch through aiormq with
+  ``wait=False`` for every message but the last (one socket drain per batch)
+  and builds pamqp properties directly instead of ``aio_pika.Message``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+ENV = "AIOCELEV_BENCH_PATCHES"
+
+_BIG = float(2**63)
+
+
+def _has_big_float(obj: Any) -> bool:
+    t = type(obj)
+    if t is float:
+        return obj >= _BIG or obj <= -_BIG
+    if t is dict:
+        return any(_has_big_float(v) for v in obj.values())
+    if t is list:
+        return any(_has_big_float(v) for v in obj)
+    return False
+
+
+def _fast_loads() -> None:
+    import orjson
+
+    from aiocelev import _codec
+    from aiocelev.brokers import redis as redis_adapter
+
+    exact = _codec.loads
+
+    def loads(body: bytes | str) -> Any:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return exact(body)
+        if _has_big_float(obj):
+            return exact(body)
+        return obj
+
+    _codec.loads = loads
+    redis_adapter.loads = loads  # type: ignore[attr-defined]
+
+
+def _orjson_encode() -> None:
+    import orjson
+
+    from aiocelev import _dispatcher
+
+    class _Encoder:
+        def encode(self, obj: Any) -> str:
+            return orjson.dumps(obj).decode()
+
+    _dispatcher._encoder = _Encoder()  # type: ignore[assignment]
+
+
+def _amqp_pipelined() -> None:
+    from pamqp import commands
+
+    from aiocelev._exceptions import BrokerConnectionError, BrokerError, ClosedError
+    from aiocelev.brokers import amqp
+    from aiocelev.brokers._amqp_errors import map_errors
+
+    original = amqp.AmqpBroker.publish
+
+    async def publish(self: Any, messages: Sequence[Any]) -> None:
+        if self._opts.confirm_publish:
+            await original(self, messages)
+            return
+        if self._closed:
+            raise ClosedError("the AMQP broker is closed")
+        exchange = await self._publisher_exchange()
+        where = f"publishing to {self._current_masked()}"
+        try:
+            with map_errors(where, publish=True):
+                channel = await exchange.channel.get_underlay_channel()
+                last = len(messages) - 1
+                for i, m in enumerate(messages):
+                    properties = commands.Basic.Properties(
+                        content_type=m.content_type,
+                        content_encoding=m.content_encoding,
+                        headers=dict(m.headers),
+                        delivery_mode=m.delivery_mode,
+                        priority=m.priority,
+                    )
+                    await channel.basic_publish(
+                        m.body,
+                        exchange=exchange.name,
+                        routing_key=m.routing_key,
+                        properties=properties,
+                        wait=i == last,
+                    )
+        except BrokerError as exc:
+            if isinstance(exc, BrokerConnectionError) or not self._connection_alive():
+                await self._drop_connection()
+                if not isinstance(exc, BrokerConnectionError):
+                    raise BrokerConnectionError(str(exc)) from exc
+            raise
+
+    amqp.AmqpBroker.publish = publish  # type: ignore[method-assign]
+
+
+PATCHES: dict[str, Callable[[], None]] = {
+    "fast-loads": _fast_loads,
+    "orjson-encode": _orjson_encode,
+    "amqp-pipelined": _amqp_pipelined,
+}
+
+
+def apply_from_env() -> list[str]:
+    """Apply the patches named in ``$AIOCELEV_BENCH_PATCHES`` (comma-separated)."""
+    names = [n for n in os.environ.get(ENV, "").split(",") if n]
+    for name in names:
+        PATCHES[name]()
+    return names
