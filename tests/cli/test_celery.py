@@ -6,6 +6,7 @@ name, so concurrent runs on the same broker do not interfere.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -223,3 +224,67 @@ def test_control_without_replies_is_an_error(broker_url: str) -> None:
     assert "no workers replied within 0.5s" in result.stderr
     assert result.stdout == ""
     assert_no_traceback(result.stderr)
+
+
+def test_celery_events_dump_sees_the_demo_workers(broker_url: str) -> None:
+    """``celery events --dump`` (Celery's own receiver) shows the simulated workers."""
+    name = f"dump{uuid.uuid4().hex[:8]}"
+    log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [CELERY, "-b", broker_url, "events", "--dump"],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def output() -> str:
+        log.seek(0)
+        return log.read()
+
+    try:
+        # Ready once a probe published with `aiocelev replay` shows up in the dump.
+        probe_file = Path(tempfile.mkdtemp()) / "probe.jsonl"
+        probe = f"{name}-probe@cli-test"
+        probe_file.write_text(
+            json.dumps({"type": "worker-heartbeat", "hostname": probe, "timestamp": time.time()})
+            + "\n"
+        )
+        deadline = time.monotonic() + 30
+        while probe not in output():
+            assert time.monotonic() < deadline, output()[-3000:]
+            run_cli("replay", str(probe_file), "--broker", broker_url, "--speed", "0")
+            time.sleep(0.5)
+        demo = run_cli(
+            "demo",
+            "--no-ui",
+            "--duration",
+            "2",
+            "--workers",
+            "2",
+            "--name",
+            name,
+            "--broker",
+            broker_url,
+            timeout=60,
+        )
+        assert demo.returncode == 0, demo.stderr
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            text = output()
+            if f"{name}-1@" in text and f"{name}-2@" in text and text.count("shutdown") >= 2:
+                break
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        text = output()
+        log.close()
+    lines = [line for line in text.splitlines() if line.startswith(f"{name}-")]
+    assert any("] started:" in line for line in lines), text[-3000:]
+    assert any("task succeeded: demo." in line for line in lines)
+    assert sum("] shutdown:" in line for line in lines) == 2
