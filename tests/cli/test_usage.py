@@ -28,6 +28,25 @@ def test_every_command_has_help_with_broker_option(command: str) -> None:
     assert f"usage: aiocelev {command}" in result.stdout
 
 
+def test_console_script() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("aiocelev")
+    if not script.exists():
+        pytest.skip("the aiocelev console script is not installed next to this Python")
+    result = subprocess.run(
+        [str(script), "demo", "--no-ui", "--duration", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tasks by state:" in result.stdout
+
+
 def test_version() -> None:
     from aiocelev import __version__
 
