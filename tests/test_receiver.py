@@ -211,6 +211,7 @@ async def test_capture_skips_events_without_handler_and_times_out(broker: Memory
     seen: list[str] = []
     async with EventReceiver(broker) as receiver:
         await broker.publish([batch([ev(uuid="1"), ev("task-succeeded", uuid="2")])])
+        await wait_until(lambda: receiver.statistics().buffered == 2)
         with anyio.fail_after(5):
             handled = await receiver.capture(
                 {"task-succeeded": lambda e: seen.append(e["uuid"])}, timeout=0.05
