@@ -15,8 +15,12 @@ one worker node, as a Celery worker's ``Heart`` and request machinery do::
   ``task-succeeded``, ``task-failed``, ``task-retried`` or ``task-revoked``;
 * remote control: the node answers ``ping``, ``enable_events``,
   ``disable_events`` and ``heartbeat`` broadcasts (Flower enables task events
-  every few seconds; ``celery inspect ping`` finds the node) when the broker
-  adapter can consume the node's pidbox (see :class:`ControlTransport`).
+  every few seconds; ``celery inspect ping`` finds the node) and the read-only
+  inspection commands Flower's worker page uses (``stats``, ``active``,
+  ``registered``, and empty ``reserved``/``scheduled``/``revoked``/
+  ``active_queues``/``conf``) when the broker adapter can consume the node's
+  pidbox (see :class:`ControlTransport`).  Commands that would change or stop
+  the worker (``shutdown``, ``revoke``, ``pool_restart``...) are not answered.
 """
 
 from __future__ import annotations
@@ -292,11 +296,65 @@ async def _heartbeat(worker: WorkerInstrument, **_: Any) -> Any:
     return None
 
 
+def _rusage() -> dict[str, Any] | str:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return "N/A"
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    names = (
+        "utime", "stime", "maxrss", "ixrss", "idrss", "isrss", "minflt", "majflt",
+        "nswap", "inblock", "oublock", "msgsnd", "msgrcv", "nsignals", "nvcsw", "nivcsw",
+    )  # fmt: skip
+    return {name: getattr(usage, f"ru_{name}") for name in names}
+
+
+async def _stats(worker: WorkerInstrument, **_: Any) -> Any:
+    # The shape of a Celery worker's ``stats`` reply, with what an asyncio node knows.
+    return {
+        "total": dict(worker._totals),
+        "pid": worker.dispatcher.pid,
+        "clock": str(worker.dispatcher.clock.value),
+        "uptime": round(time.monotonic() - worker._started_at),
+        "pool": {"implementation": "asyncio", "running": worker.active},
+        "broker": {"url": worker.dispatcher.broker.url},
+        "prefetch_count": None,
+        "rusage": _rusage(),
+        "sw_ident": worker.sw_ident,
+        "sw_ver": worker.sw_ver,
+    }
+
+
+async def _active(worker: WorkerInstrument, **_: Any) -> Any:
+    return [scope._info() for scope in worker._running.values()]
+
+
+async def _registered(worker: WorkerInstrument, **_: Any) -> Any:
+    return sorted(worker._totals)
+
+
+async def _empty_list(worker: WorkerInstrument, **_: Any) -> Any:
+    return []
+
+
+async def _empty_dict(worker: WorkerInstrument, **_: Any) -> Any:
+    return {}
+
+
 _DEFAULT_HANDLERS: dict[str, ControlHandler] = {
     "ping": _ping,
     "enable_events": _enable_events,
     "disable_events": _disable_events,
     "heartbeat": _heartbeat,
+    # Read-only inspection (``celery inspect ...``, Flower's worker page).
+    "stats": _stats,
+    "active": _active,
+    "registered": _registered,
+    "reserved": _empty_list,
+    "scheduled": _empty_list,
+    "revoked": _empty_list,
+    "active_queues": _empty_list,
+    "conf": _empty_dict,
 }
 
 
@@ -366,6 +424,7 @@ class TaskScope:
         }
         self._result: Any = None
         self._started: float | None = None
+        self._time_start: float | None = None
         self._entered = False
         self.state = "PENDING"
         """``PENDING``, then ``STARTED``, then ``SUCCESS``, ``FAILURE``, ``RETRY`` or ``REVOKED``."""
@@ -374,6 +433,22 @@ class TaskScope:
 
     def __repr__(self) -> str:
         return f"<TaskScope {self.name!r} {self.uuid!r} {self.state}>"
+
+    def _info(self) -> dict[str, Any]:
+        """What ``celery inspect active`` shows for a running task."""
+        worker = self._worker
+        return {
+            "id": self.uuid,
+            "name": self.name,
+            "args": self._received["args"],
+            "kwargs": self._received["kwargs"],
+            "type": self.name,
+            "hostname": worker.hostname,
+            "time_start": self._time_start,
+            "acknowledged": True,
+            "delivery_info": {},
+            "worker_pid": worker.dispatcher.pid,
+        }
 
     @property
     def result(self) -> Any:
@@ -408,8 +483,11 @@ class TaskScope:
         worker._processed += 1
         await dispatcher.send("task-started", uuid=self.uuid)
         worker._active += 1
+        worker._running[id(self)] = self
+        worker._totals[self.name] = worker._totals.get(self.name, 0) + 1
         self.state = "STARTED"
         self._started = time.monotonic()
+        self._time_start = time.time()
         return self
 
     async def __aexit__(
@@ -420,6 +498,7 @@ class TaskScope:
     ) -> bool | None:
         worker = self._worker
         worker._active -= 1
+        worker._running.pop(id(self), None)
         assert self._started is not None
         self.runtime = time.monotonic() - self._started
         if exc is None:
@@ -508,6 +587,9 @@ class WorkerInstrument:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._transport: ControlTransport | None = None
         self._control_live = anyio.Event()
+        self._running: dict[int, TaskScope] = {}
+        self._totals: dict[str, int] = {}
+        self._started_at = time.monotonic()
 
     # -- public API ---------------------------------------------------------
 
@@ -607,6 +689,7 @@ class WorkerInstrument:
         if self._state != "new":
             raise ClosedError("a WorkerInstrument can be entered only once")
         self._state = "opening"
+        self._started_at = time.monotonic()
         subscription: ControlSubscription | None = None
         try:
             if self._control is True:
@@ -821,7 +904,8 @@ def worker_events(
     :param sw_ver: software version (default: aiocelev's).
     :param sw_sys: operating system (default: :func:`platform.system`).
     :param control: answer remote-control broadcasts (``ping``,
-        ``enable_events``, ``disable_events``, ``heartbeat``) when the broker
+        ``enable_events``, ``disable_events``, ``heartbeat``, and the
+        inspection commands ``stats``, ``active``, ``registered``...) when the broker
         adapter offers a :class:`ControlTransport`; ``False`` to stay silent;
         or a transport to use.
     :param control_handlers: extra commands (``{"name": async handler(worker, **arguments)}``,

@@ -634,7 +634,8 @@ async def test_destination_pattern_and_unknown_commands(url: str) -> None:
         assert await control.broadcast(
             "ping", pattern="asyncw@*", matcher="glob", reply=True, timeout=WAIT, limit=1
         ) == [{NODE: {"ok": "pong"}}]
-        assert await control.broadcast("stats", reply=True, timeout=0.1) == []
+        # Commands that would change or stop the worker are not answered.
+        assert await control.broadcast("shutdown", reply=True, timeout=0.1) == []
 
 
 async def test_custom_and_removed_control_handlers(url: str) -> None:
@@ -711,3 +712,33 @@ def test_control_request_parsing() -> None:
         ControlRequest.from_message(["not", "a", "request"])
     with pytest.raises(ValueError):
         ControlRequest.from_message({"method": "ping", "arguments": [1]})
+
+
+async def test_inspection_commands(url: str) -> None:
+    control = MemoryControl(MemoryBroker(url))
+    async with (
+        EventDispatcher(url, hostname=NODE) as dispatcher,
+        worker_events(dispatcher, freq=60) as worker,
+    ):
+        async with worker.task("id-15", "app.first"):
+            pass
+        async with worker.task("id-16", "app.add", args=(1, 2)):
+            [active] = await control.broadcast(
+                "active", {"safe": True}, reply=True, timeout=WAIT, limit=1
+            )
+            [running] = active[NODE]
+            assert running["id"] == "id-16" and running["name"] == "app.add"
+            assert running["args"] == "(1, 2)" and running["hostname"] == NODE
+            assert running["worker_pid"] == dispatcher.pid
+            [stats] = await control.broadcast("stats", reply=True, timeout=WAIT, limit=1)
+        assert stats[NODE]["total"] == {"app.first": 1, "app.add": 1}
+        assert stats[NODE]["pid"] == dispatcher.pid
+        assert stats[NODE]["pool"]["running"] == 1
+        assert "broker" in stats[NODE] and "rusage" in stats[NODE]
+        assert await control.broadcast("registered", reply=True, timeout=WAIT, limit=1) == [
+            {NODE: ["app.add", "app.first"]}
+        ]
+        assert await control.broadcast("active", reply=True, timeout=WAIT, limit=1) == [{NODE: []}]
+        for empty in ("reserved", "scheduled", "revoked", "active_queues"):
+            assert await control.broadcast(empty, reply=True, timeout=WAIT, limit=1) == [{NODE: []}]
+        assert await control.broadcast("conf", reply=True, timeout=WAIT, limit=1) == [{NODE: {}}]
