@@ -88,8 +88,9 @@ def utcoffset() -> float:
     return time.timezone / 3600
 
 
-# A buffered event: (batch group or None, routing key, encoded JSON object).
-_Item = tuple[str | None, str, str]
+# A buffered event: (batch group or None, routing key, encoded JSON object,
+# sequence number: 1-based position among accepted events).
+_Item = tuple[str | None, str, str, int]
 
 
 class EventDispatcher:
@@ -172,10 +173,6 @@ class EventDispatcher:
 
         self._buffer: deque[_Item] = deque()
         self._inflight: list[_Item] = []
-        # Sequence numbers (1-based) of the first in-flight event and of the
-        # buffer's front event: everything before them is settled (sent or dropped).
-        self._inflight_seq = 1
-        self._front_seq = 1
         self._accepted = 0
         self._sent = 0
         self._messages = 0
@@ -358,8 +355,8 @@ class EventDispatcher:
         ):
             return
         batch_group = group if group in self.batch_groups else None
-        self._buffer.append((batch_group, routing_key_of(type_), body))
         self._accepted += 1
+        self._buffer.append((batch_group, routing_key_of(type_), body, self._accepted))
         if not self._wakeup.is_set():
             self._wakeup.set()
 
@@ -367,7 +364,6 @@ class EventDispatcher:
         if not self._buffer:
             return False  # everything left is in flight: cannot drop it
         self._buffer.popleft()
-        self._front_seq += 1
         self._dropped += 1
         if self._dropped == 1 or self._dropped % 1000 == 0:
             logger.warning(
@@ -414,7 +410,13 @@ class EventDispatcher:
         await self._progress.wait()
 
     def _settled_through(self) -> int:
-        return (self._inflight_seq if self._inflight else self._front_seq) - 1
+        # Events leave in order (a drop may leave a gap behind the in-flight
+        # ones): everything before the oldest pending event is sent or dropped.
+        if self._inflight:
+            return self._inflight[0][3] - 1
+        if self._buffer:
+            return self._buffer[0][3] - 1
+        return self._accepted
 
     async def _wait_settled(self, target: int) -> None:
         while self._settled_through() < target:
@@ -429,7 +431,7 @@ class EventDispatcher:
         max_batch = self._max_batch
         i, n = 0, len(items)
         while i < n:
-            group, routing_key, body = items[i]
+            group, routing_key, body, _ = items[i]
             if group is None:
                 messages.append(
                     OutgoingMessage(routing_key=routing_key, body=body.encode(), headers=headers)
@@ -462,8 +464,6 @@ class EventDispatcher:
             count = min(take, len(buffer))
             items = [buffer.popleft() for _ in range(count)]
             self._inflight = items
-            self._inflight_seq = self._front_seq
-            self._front_seq += count
             messages, batches = self._build_messages(items)
             try:
                 await self._broker.publish(messages)
@@ -471,7 +471,6 @@ class EventDispatcher:
                 self._publish_errors += 1
                 # Put the events back in front, in order; trim if the buffer overflowed meanwhile.
                 buffer.extendleft(reversed(items))
-                self._front_seq = self._inflight_seq
                 self._inflight = []
                 while len(buffer) > self._buffer_size:
                     self._drop_oldest()
