@@ -621,3 +621,51 @@ async def test_broker_unreachable_at_start_buffers(url: str) -> None:
     assert [e["uuid"] for e in await take_events(sub, 5)] == [str(i) for i in range(5)]
     await observer.aclose()
     await flaky.aclose()
+
+
+class _GateBroker:
+    """The first publish waits for ``gate`` and then fails; later ones succeed."""
+
+    def __init__(self) -> None:
+        self.gate = anyio.Event()
+        self.calls = 0
+        self.published: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return "gate://"
+
+    async def connect(self) -> None:
+        pass
+
+    async def publish(self, messages: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            await self.gate.wait()
+            raise BrokerConnectionError("connection lost mid-publish")
+        self.published.extend(json.loads(m.body)["uuid"] for m in messages)
+
+    async def subscribe(self, binding_keys: Any) -> Any:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_flush_completes_after_a_drop_during_a_failed_publish() -> None:
+    # A drop while a publish is in flight, then that publish fails and is retried:
+    # flush must still see every event settled (sent or dropped) and return.
+    broker = _GateBroker()
+    async with EventDispatcher(
+        broker, buffer_size=3, overflow="drop_oldest", batch_groups=(), close_timeout=5
+    ) as d:
+        await d.send("task-started", uuid="1")
+        await wait_until(lambda: broker.calls == 1)  # "1" is in flight
+        for uuid in "234":
+            await d.send("task-started", uuid=uuid)  # "4" drops "2"
+        broker.gate.set()
+        with anyio.fail_after(5):
+            await d.flush()
+        stats = d.statistics()
+    assert broker.published == ["1", "3", "4"]
+    assert (stats.sent, stats.dropped, stats.buffered) == (3, 1, 0)
