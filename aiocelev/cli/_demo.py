@@ -14,6 +14,7 @@ the simulated workers too.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import socket
 import sys
@@ -51,8 +52,10 @@ __all__ = ["DemoStats", "register", "run", "simulate"]
 DEMO_DEFAULT_BROKER = "memory://"
 #: Seconds between heartbeats of the simulated workers (Celery's default).
 HEARTBEAT_FREQ = 2.0
-#: Tasks one simulated worker runs at once.
+#: Tasks one simulated worker runs at once, at least (more at high ``--rate``).
 CONCURRENCY = 4
+#: A little more than twice the mean task duration (seconds): slots per task/s.
+SLOT_SECONDS = 1.0
 #: Events a task execution sends on average (received, started, outcome).
 EVENTS_PER_TASK = 3.0
 #: Seconds running tasks get to finish when the demo ends (then they are revoked).
@@ -307,7 +310,8 @@ async def _run_worker(
     dispatcher = EventDispatcher(url, hostname=hostname, close_timeout=5.0)
     async with dispatcher, worker_events(dispatcher, freq=HEARTBEAT_FREQ) as worker:
         task_status.started()
-        slots = anyio.Semaphore(CONCURRENCY)
+        concurrency = max(CONCURRENCY, math.ceil(tasks_per_second * SLOT_SECONDS))
+        slots = anyio.Semaphore(concurrency)
         async with anyio.create_task_group() as running:
 
             async def one(job: _Job) -> None:
@@ -329,7 +333,7 @@ async def _run_worker(
                     running.start_soon(one, _new_job(rng))
             # Let running tasks finish for a moment; the rest are revoked (terminated).
             with anyio.move_on_after(GRACE):
-                for _ in range(CONCURRENCY):
+                for _ in range(concurrency):
                     await slots.acquire()
             running.cancel_scope.cancel()
     stats.sent += dispatcher.statistics().sent

@@ -195,3 +195,23 @@ def test_demo_seen_by_events_and_top(broker_url: str) -> None:
     } <= types
     for failure in (e for e in mine if e["type"] == "task-failed"):
         assert failure["traceback"].startswith("Traceback (most recent call last):")
+
+
+def test_control_reaches_the_demo_workers(broker_url: str) -> None:
+    host = socket.gethostname()
+    name = f"ctl{uuid.uuid4().hex[:8]}"
+    nodes = [f"{name}-1@{host}", f"{name}-2@{host}"]
+    demo_args = ("demo", "--no-ui", "--duration", "30", "--workers", "2", "--name", name)
+    with Background(*demo_args, "--broker", broker_url) as demo:
+        demo.wait_for_stderr("running 2 simulated workers")
+        result = run_cli(
+            "control", "enable-events", "-d", *nodes, "-b", broker_url, "--timeout", "10"
+        )
+        assert result.returncode == 0, result.stderr
+        lines = sorted(result.stdout.splitlines())
+        assert [line for line in lines if line.startswith("->")] == [
+            f"-> {node}: OK" for node in sorted(nodes)
+        ]
+        assert lines.count("    task events already enabled") == 2
+        demo.signal(signal.SIGINT)
+        assert demo.wait(30) == 130
