@@ -22,7 +22,7 @@ import pytest
 from aiocelev import DecodeError, EventReceiver, IncomingMessage
 from aiocelev._codec import DEFAULT_MAX_MESSAGE_SIZE
 
-from ._helpers import Raw, RawRedis, dumps, event, raw_publisher, valid_body
+from ._helpers import RawRedis, dumps, event, raw_publisher, valid_body
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,7 +41,7 @@ def pickle_bomb(path: Path) -> bytes:
     body = pickle.dumps(FileCreator(path))
     # The payload is live: unpickling it really creates the file.
     probe = path.with_name(path.name + ".probe")
-    pickle.loads(pickle.dumps(FileCreator(probe)))  # noqa: S301 - the point of the test
+    pickle.loads(pickle.dumps(FileCreator(probe)))
     assert probe.exists()
     probe.unlink()
     return body
@@ -78,7 +78,10 @@ def hostile_messages(tmp_path: Path) -> list[tuple[str, bytes, str | None, str |
 
 
 @pytest.fixture(
-    params=[pytest.param("amqp", marks=pytest.mark.amqp), pytest.param("redis", marks=pytest.mark.redis)]
+    params=[
+        pytest.param("amqp", marks=pytest.mark.amqp),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
 )
 def broker_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -103,26 +106,28 @@ async def test_receiver_survives_hostile_input_and_delivers_every_valid_event_in
     caplog.set_level(logging.WARNING, logger="aiocelev.receiver")
     bad = hostile_messages(tmp_path)
     errors: list[tuple[DecodeError, IncomingMessage]] = []
-    async with raw_publisher(broker_kind, real_url) as raw:
-        async with EventReceiver(
+    async with (
+        raw_publisher(broker_kind, real_url) as raw,
+        EventReceiver(
             real_url,
             routing_keys=["#"],
             broker_options=raw.options,
             on_error=lambda e, m: errors.append((e, m)),
-        ) as receiver:
-            n = 0
-            for key, body, ctype, cenc, _ in bad:
-                await raw.publish("task.started", valid_body(n))
-                n += 1
-                await raw.publish(key, body, ctype, cenc)
-            # valid events whose clock is null, a string, absurd: delivered, clock replaced
-            for clock in (None, "12", 10**30, -5, 1.5, True):
-                await raw.publish("task.started", valid_body(n, clock=clock))
-                n += 1
+        ) as receiver,
+    ):
+        n = 0
+        for key, body, ctype, cenc, _ in bad:
             await raw.publish("task.started", valid_body(n))
             n += 1
-            got = await _collect(receiver, n)
-            stats = receiver.statistics()
+            await raw.publish(key, body, ctype, cenc)
+        # valid events whose clock is null, a string, absurd: delivered, clock replaced
+        for clock in (None, "12", 10**30, -5, 1.5, True):
+            await raw.publish("task.started", valid_body(n, clock=clock))
+            n += 1
+        await raw.publish("task.started", valid_body(n))
+        n += 1
+        got = await _collect(receiver, n)
+        stats = receiver.statistics()
     assert [e["uuid"] for e in got] == [f"v{i}" for i in range(n)]
     assert all(type(e.clock) is int for e in got)
     assert stats.invalid_clocks == 6
@@ -149,17 +154,19 @@ async def test_oversized_messages_are_refused_and_the_stream_goes_on(
     limit = 1024 * 1024
     big = b"[" + b'"' + b"x" * (3 * 1024 * 1024) + b'"]'  # 3 MiB of valid JSON
     reasons: list[str] = []
-    async with raw_publisher(broker_kind, real_url) as raw:
-        async with EventReceiver(
+    async with (
+        raw_publisher(broker_kind, real_url) as raw,
+        EventReceiver(
             real_url,
             broker_options=raw.options,
             max_message_size=limit,
             on_error=lambda e, m: reasons.append(e.reason),
-        ) as receiver:
-            await raw.publish("task.started", valid_body(0))
-            await raw.publish("task.multi", big)
-            await raw.publish("task.started", valid_body(1))
-            got = await _collect(receiver, 2)
+        ) as receiver,
+    ):
+        await raw.publish("task.started", valid_body(0))
+        await raw.publish("task.multi", big)
+        await raw.publish("task.started", valid_body(1))
+        got = await _collect(receiver, 2)
     assert [e["uuid"] for e in got] == ["v0", "v1"]
     assert reasons == ["too-large"]
 
@@ -170,13 +177,15 @@ async def test_default_max_message_size_refuses_a_9_mib_body(amqp_url: str) -> N
     assert DEFAULT_MAX_MESSAGE_SIZE == 8 * 1024 * 1024
     huge = b'["' + b"y" * (9 * 1024 * 1024) + b'"]'
     reasons: list[str] = []
-    async with raw_publisher("amqp", amqp_url) as raw:
-        async with EventReceiver(
+    async with (
+        raw_publisher("amqp", amqp_url) as raw,
+        EventReceiver(
             amqp_url, broker_options=raw.options, on_error=lambda e, m: reasons.append(e.reason)
-        ) as receiver:
-            await raw.publish("task.multi", huge)
-            await raw.publish("task.started", valid_body(0))
-            got = await _collect(receiver, 1)
+        ) as receiver,
+    ):
+        await raw.publish("task.multi", huge)
+        await raw.publish("task.started", valid_body(0))
+        got = await _collect(receiver, 1)
     assert got[0]["uuid"] == "v0"
     assert reasons == ["too-large"]
 
@@ -219,15 +228,17 @@ async def test_pickle_inside_a_redis_envelope_is_never_unpickled(
 ) -> None:
     target = tmp_path / "pwned-by-envelope"
     errors: list[DecodeError] = []
-    async with raw_publisher("redis", redis_url) as raw:
-        async with EventReceiver(
+    async with (
+        raw_publisher("redis", redis_url) as raw,
+        EventReceiver(
             redis_url, broker_options=raw.options, on_error=lambda e, m: errors.append(e)
-        ) as receiver:
-            await raw.publish(
-                "task.started", pickle_bomb(target), "application/x-python-serialize", "binary"
-            )
-            await raw.publish("task.started", valid_body(0))
-            got = await _collect(receiver, 1)
+        ) as receiver,
+    ):
+        await raw.publish(
+            "task.started", pickle_bomb(target), "application/x-python-serialize", "binary"
+        )
+        await raw.publish("task.started", valid_body(0))
+        got = await _collect(receiver, 1)
     assert got[0]["uuid"] == "v0"
     assert [e.reason for e in errors] == ["content-type"]
     assert "application/x-python-serialize" in str(errors[0])
@@ -240,14 +251,15 @@ async def test_a_flood_of_garbage_is_logged_sparingly(
 ) -> None:
     """500 bad messages: every one counted, but the log is not flooded."""
     caplog.set_level(logging.WARNING, logger="aiocelev.receiver")
-    raw: Raw
-    async with raw_publisher(broker_kind, real_url) as raw:
-        async with EventReceiver(real_url, broker_options=raw.options) as receiver:
-            for _ in range(500):
-                await raw.publish("task.multi", b"garbage")
-            await raw.publish("task.started", valid_body(0))
-            got = await _collect(receiver, 1)
-            stats = receiver.statistics()
+    async with (
+        raw_publisher(broker_kind, real_url) as raw,
+        EventReceiver(real_url, broker_options=raw.options) as receiver,
+    ):
+        for _ in range(500):
+            await raw.publish("task.multi", b"garbage")
+        await raw.publish("task.started", valid_body(0))
+        got = await _collect(receiver, 1)
+        stats = receiver.statistics()
     assert got[0]["uuid"] == "v0"
     assert stats.malformed == {"json": 500}
     warnings = [r for r in caplog.records if r.name == "aiocelev.receiver"]
