@@ -9,6 +9,7 @@ import pytest
 
 from aiocelev import BrokerConnectionError, ClosedError, ConfigurationError, OutgoingMessage
 from aiocelev.brokers import Broker, Subscription, open_broker
+from aiocelev.brokers._topic import compile_bindings, topic_matches
 from aiocelev.brokers.memory import MemoryBroker, from_url, memory_hub
 from aiocelev.testing import check_broker, unwrap
 
@@ -145,3 +146,29 @@ def test_from_url_options() -> None:
         from_url("memory://x", other=1)
     with pytest.raises(ConfigurationError):
         MemoryBroker(max_queue=0)
+
+
+@pytest.mark.parametrize(
+    ("binding", "routing_key", "matches"),
+    [
+        ("#", "task.multi", True),
+        ("task.#", "task.multi", True),
+        ("task.#", "task", True),
+        ("task.#", "task.a.b", True),
+        ("task.#", "worker.heartbeat", False),
+        ("task.*", "task.multi", True),
+        ("task.*", "task", False),
+        ("task.*", "task.a.b", False),
+        ("*.heartbeat", "worker.heartbeat", True),
+        ("#.heartbeat", "worker.heartbeat", True),
+        ("#.heartbeat", "heartbeat", True),
+        ("worker.#.ack", "worker.elect.ack", True),
+        ("worker.#.ack", "worker.ack", True),
+        ("worker.heartbeat", "worker.heartbeat", True),
+        ("worker.heartbeat", "worker.heartbeats", False),
+        ("task.multi", "task", False),
+    ],
+)
+def test_topic_routing(binding: str, routing_key: str, matches: bool) -> None:
+    assert topic_matches(binding, routing_key) is matches
+    assert compile_bindings(["nothing.here", binding])(routing_key) is matches
