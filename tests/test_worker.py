@@ -742,3 +742,35 @@ async def test_inspection_commands(url: str) -> None:
         for empty in ("reserved", "scheduled", "revoked", "active_queues"):
             assert await control.broadcast(empty, reply=True, timeout=WAIT, limit=1) == [{NODE: []}]
         assert await control.broadcast("conf", reply=True, timeout=WAIT, limit=1) == [{NODE: {}}]
+
+
+async def test_example_queue_worker_runs(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/asyncio_queue_worker.py reports its jobs in every state."""
+    import argparse
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    import aiocelev
+
+    if not hasattr(aiocelev, "worker_events"):
+        pytest.skip("aiocelev does not export worker_events yet")
+    path = Path(__file__).resolve().parents[1] / "examples" / "asyncio_queue_worker.py"
+    spec = importlib.util.spec_from_file_location("asyncio_queue_worker", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, example)  # dataclasses look the module up
+    spec.loader.exec_module(example)
+    args = argparse.Namespace(
+        broker=url, name=NODE, concurrency=4, rate=100.0, freq=0.2, time_limit=0.3, duration=2.0
+    )
+    types: set[str] = set()
+    async with EventReceiver(url) as receiver:
+        await example.main(args)
+        with anyio.fail_after(WAIT):
+            async for event in receiver:
+                types.add(event.type)
+                if event.type == "worker-offline":
+                    break
+    assert {"worker-online", "task-received", "task-started", "task-succeeded"} <= types
+    assert {"task-failed", "task-revoked"} <= types
