@@ -11,7 +11,7 @@ import anyio
 from hypothesis import HealthCheck, given, settings, strategies as st
 from kombu.utils.json import dumps as kombu_dumps
 
-from aiocelev import DecodeError, EventReceiver, IncomingMessage, OutgoingMessage
+from aiocelev import DecodeError, EventDispatcher, EventReceiver, IncomingMessage, OutgoingMessage
 from aiocelev._codec import (
     decode_envelope,
     decode_message,
@@ -194,3 +194,41 @@ def test_receiver_pump_never_dies(sequence: list[tuple[OutgoingMessage, list[str
         return got
 
     assert anyio.run(main) == expected
+
+
+reserved = ("type", "hostname", "timestamp", "utcoffset", "pid", "clock", "local_received")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            event_types.filter(lambda t: t != "task-sent"),
+            st.dictionaries(
+                st.text(min_size=1, max_size=8).filter(lambda k: k not in reserved),
+                json_values,
+                max_size=4,
+            ),
+        ),
+        max_size=8,
+    )
+)
+def test_dispatcher_to_receiver_keeps_every_field(
+    sends: list[tuple[str, dict[str, Any]]],
+) -> None:
+    async def main() -> list[dict[str, Any]]:
+        broker = MemoryBroker(f"memory://fuzz-{uuid.uuid4().hex}")
+        async with EventReceiver(broker) as receiver:
+            async with EventDispatcher(broker, hostname="fuzz@host", max_batch=3) as d:
+                for type_, fields in sends:
+                    await d.send(type_, **fields)
+            with anyio.fail_after(10):
+                got = [(await receiver.receive()).to_dict() for _ in sends]
+        await broker.aclose()
+        return got
+
+    received = anyio.run(main)
+    for (type_, fields), event in zip(sends, received, strict=True):
+        assert event["type"] == type_
+        assert event["hostname"] == "fuzz@host"
+        assert {k: event[k] for k in fields} == fields
