@@ -774,3 +774,84 @@ async def test_example_queue_worker_runs(url: str, monkeypatch: pytest.MonkeyPat
                     break
     assert {"worker-online", "task-received", "task-started", "task-succeeded"} <= types
     assert {"task-failed", "task-revoked"} <= types
+
+
+class FlakyTransport:
+    """A ControlTransport over memory:// that fails the way a lost broker does."""
+
+    def __init__(self, url: str, *, fail_consume: int, fail_iteration: int) -> None:
+        self.inner = MemoryControl(MemoryBroker(url))
+        self.fail_consume = fail_consume
+        self.fail_iteration = fail_iteration
+        self.consumes = 0
+
+    async def consume_control(self, nodename: str) -> Any:
+        from aiocelev._exceptions import BrokerConnectionError
+
+        self.consumes += 1
+        if self.fail_consume:
+            self.fail_consume -= 1
+            raise BrokerConnectionError("broker away")
+        pidbox = await self.inner.consume_control(nodename)
+        if self.fail_iteration:
+            self.fail_iteration -= 1
+            return _BrokenPidbox(pidbox)
+        return pidbox
+
+    async def reply(self, request: ControlRequest, nodename: str, payload: Any) -> None:
+        await self.inner.reply(request, nodename, payload)
+
+
+class _BrokenPidbox:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.closed = False
+
+    def __aiter__(self) -> _BrokenPidbox:
+        return self
+
+    async def __anext__(self) -> ControlRequest:
+        from aiocelev._exceptions import BrokerConnectionError
+
+        raise BrokerConnectionError("connection lost")
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self.inner.aclose()
+
+
+@pytest.mark.parametrize(("fail_consume", "fail_iteration"), [(2, 0), (0, 1), (1, 1)])
+async def test_control_consumer_recovers(url: str, fail_consume: int, fail_iteration: int) -> None:
+    transport = FlakyTransport(url, fail_consume=fail_consume, fail_iteration=fail_iteration)
+    assert isinstance(transport, ControlTransport)
+    async with (
+        EventReceiver(url) as receiver,
+        EventDispatcher(url, hostname=NODE) as dispatcher,
+        worker_events(dispatcher, freq=60, control=transport) as worker,
+    ):
+        # The node is online even while its pidbox is unavailable.
+        await next_event(receiver, "worker-online")
+        with anyio.fail_after(WAIT):
+            while True:
+                replies = await transport.inner.broadcast("ping", reply=True, timeout=0.2, limit=1)
+                if replies:
+                    break
+        assert replies == [{NODE: {"ok": "pong"}}]
+        assert worker.control_transport is transport
+    assert transport.consumes == fail_consume + fail_iteration + 1
+
+
+async def test_offline_does_not_hang_when_the_broker_is_gone(url: str) -> None:
+    from aiocelev.brokers.memory import memory_hub
+
+    hub = memory_hub(url)
+    with anyio.fail_after(WAIT):
+        async with (
+            EventDispatcher(url, hostname=NODE, close_timeout=0.1) as dispatcher,
+            worker_events(dispatcher, freq=60, shield_timeout=0.1) as worker,
+        ):
+            async with worker.task("id-17", "app.t"):
+                pass
+            hub.available = False
+    assert dispatcher.statistics().dropped > 0  # offline could not be delivered
+    hub.available = True
