@@ -669,3 +669,32 @@ async def test_flush_completes_after_a_drop_during_a_failed_publish() -> None:
         stats = d.statistics()
     assert broker.published == ["1", "3", "4"]
     assert (stats.sent, stats.dropped, stats.buffered) == (3, 1, 0)
+
+
+async def test_sender_blocked_at_close_gets_closed_error(url: str) -> None:
+    broker = MemoryBroker(url, max_queue=1)
+    sub = await broker.subscribe(["#"])
+    outcome: list[BaseException] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            d = EventDispatcher(
+                broker, buffer_size=2, batch_groups=(), block_timeout=None, close_timeout=0.05
+            )
+            await d.__aenter__()
+            await _stall_publisher(d)
+            await d.send("task-started", uuid="2")
+
+            async def blocked_send() -> None:
+                try:
+                    await d.send("task-started", uuid="3")
+                except ClosedError as exc:
+                    outcome.append(exc)
+
+            tg.start_soon(blocked_send)
+            for _ in range(10):
+                await anyio.sleep(0)
+            await d.__aexit__(None, None, None)
+    assert len(outcome) == 1
+    assert d.statistics().dropped == 2  # "1" (in flight) and "2" never reached the broker
+    await sub.aclose()
+    await broker.aclose()

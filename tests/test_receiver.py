@@ -594,3 +594,22 @@ async def test_adapter_giving_up_surfaces_after_buffered_events() -> None:
         with pytest.raises(BrokerConnectionError):
             await receiver.receive()
     assert [e["uuid"] for e in got] == ["1", "2"]
+
+
+async def test_closing_ends_iteration_in_other_tasks(broker: MemoryBroker) -> None:
+    got: list[str] = []
+    receiver = EventReceiver(broker)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await receiver.__aenter__()
+
+            async def consume() -> None:
+                async for event in receiver:
+                    got.append(event["uuid"])
+
+            tg.start_soon(consume)
+            await broker.publish([single(ev(uuid="1"))])
+            await wait_until(lambda: got == ["1"])
+            await receiver.__aexit__(None, None, None)
+        # the task group only exits because consume() finished
+    assert got == ["1"]
