@@ -108,3 +108,21 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 def assert_no_traceback(stderr: str) -> None:
     assert "Traceback" not in stderr, stderr
+
+
+def wait_for_events(
+    proc: Background, predicate: Any, timeout: float = 20, what: str = "events"
+) -> list[dict[str, Any]]:
+    """Poll the JSON lines of a running ``events --json`` until *predicate(events)*."""
+    deadline = time.monotonic() + timeout
+    events: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        text = proc.stdout()
+        complete = text[: text.rfind("\n") + 1]
+        events = json_lines(complete)
+        if predicate(events):
+            return events
+        if proc.proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not seen; stderr:\n{proc.stderr()}\nlast: {events[-5:]}")

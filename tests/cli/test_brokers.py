@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ._helpers import Background, assert_no_traceback, json_lines, run_cli
+from ._helpers import Background, assert_no_traceback, run_cli, wait_for_events
 
 
 @pytest.fixture(
@@ -29,24 +29,6 @@ from ._helpers import Background, assert_no_traceback, json_lines, run_cli
 def broker_url(request: pytest.FixtureRequest) -> str:
     url: str = request.getfixturevalue(f"{request.param}_url")
     return url
-
-
-def wait_for_events(
-    proc: Background, predicate: Any, timeout: float = 20, what: str = "events"
-) -> list[dict[str, Any]]:
-    """Poll the JSON lines of a running ``events --json`` until *predicate(events)*."""
-    deadline = time.monotonic() + timeout
-    events: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        text = proc.stdout()
-        complete = text[: text.rfind("\n") + 1]
-        events = json_lines(complete)
-        if predicate(events):
-            return events
-        if proc.proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not seen; stderr:\n{proc.stderr()}\nlast: {events[-5:]}")
 
 
 def recording(hostname: str) -> list[dict[str, Any]]:

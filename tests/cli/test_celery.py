@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 
-from ._helpers import ROOT, Background, assert_no_traceback, run_cli
-from .test_brokers import wait_for_events
+from ._helpers import ROOT, Background, assert_no_traceback, run_cli, wait_for_events
 
 pytestmark = pytest.mark.celery
 
