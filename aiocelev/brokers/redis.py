@@ -105,6 +105,9 @@ _BINDING_TTL_MS = 3_600_000
 #: cancellation of ``__anext__`` waits for an in-flight read to finish.
 _POLL_INTERVAL = 0.2
 
+#: Most further responses taken from the connection's buffers in one read pass.
+_DRAIN_MAX = 255
+
 #: Errors of the redis client that mean "the connection is unusable".
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis_exc.ConnectionError,
@@ -363,6 +366,21 @@ class RedisSubscription:
         self._ping_sent_at = None
         if isinstance(response, list) and response:
             self._handle(response)
+        # Drain what has already arrived without waiting (a zero timeout only
+        # expires when a read would have to wait for the network).
+        for _ in range(_DRAIN_MAX):
+            try:
+                response = await conn.read_response(timeout=0)
+            except _CONNECTION_ERRORS as exc:
+                await self._drop(_describe(exc))
+                return
+            except redis_exc.RedisError as exc:
+                await self._drop(_describe(exc))
+                return
+            if response is None:
+                return
+            if isinstance(response, list) and response:
+                self._handle(response)
 
     async def _master_moved(self, conn: AbstractConnection, now: float) -> bool:
         """Sentinel: resubscribe on the new master after a failover (checked while idle)."""
