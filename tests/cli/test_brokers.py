@@ -147,7 +147,7 @@ def test_demo_seen_by_events_and_top(broker_url: str) -> None:
     ours = {f"{name}-{n}@{host}" for n in (1, 2, 3)}
     with Background("events", "--json", "--broker", broker_url) as events:
         events.wait_for_stderr("listening on")
-        demo_args = ("demo", "--no-ui", "--duration", "8", "--name", name, "--broker", broker_url)
+        demo_args = ("demo", "--no-ui", "--duration", "60", "--name", name, "--broker", broker_url)
         with Background(*demo_args) as demo:
             demo.wait_for_stderr("running 3 simulated workers")
             top = run_cli("top", "--once", "--wait", "3.5", "--broker", broker_url)
@@ -157,7 +157,8 @@ def test_demo_seen_by_events_and_top(broker_url: str) -> None:
                 line = next(x for x in top.stdout.splitlines() if hostname in x)
                 assert "online" in line
             assert "demo." in top.stdout  # task names
-            assert demo.wait(60) == 0
+            demo.signal(signal.SIGINT)  # stops the workers: worker-offline, then a summary
+            assert demo.wait(60) == 130
             assert "tasks by state:" in demo.stdout()
         got = wait_for_events(
             events,
