@@ -25,7 +25,7 @@ from typing import Any
 
 from aiocelev._url import mask_url
 
-from ._common import URLS, median, run_child
+from ._common import URLS, delete_exchange, median, run_child
 from ._patches import ENV as PATCH_ENV, PATCHES
 
 
@@ -473,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
             targets = [b for b in brokers if b in case.brokers]
         for broker in targets:
             summaries.append(run_case(case, broker, rounds, sys.stderr))
+    for kind in brokers:
+        delete_exchange(kind)
     print(file=sys.stdout)
     print_table(summaries, sys.stdout)
     print(

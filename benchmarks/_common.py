@@ -34,7 +34,9 @@ RECEIVE_QUEUE_TTL = 120.0
 
 #: Both implementations use this event exchange instead of ``celeryev`` so that
 #: nothing else on the shared brokers (test suites...) mixes into the streams.
-EXCHANGE = "celeryev.bench"
+#: One name per run (the parent picks it and hands it down) so that concurrent
+#: runs never see each other's events.
+EXCHANGE = os.environ.setdefault("AIOCELEV_BENCH_EXCHANGE", f"celeryev.bench.{os.getpid()}")
 
 RESULT_PREFIX = "BENCH-RESULT "
 WORKERS = [f"celery@worker{i}" for i in range(1, 5)]
@@ -213,6 +215,19 @@ def wait_side(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     if result is None:
         return {"error": f"side process exit {proc.returncode}", "stderr": err[-500:]}
     return result
+
+
+def delete_exchange(broker: str) -> None:
+    """Remove this run's durable exchange from RabbitMQ (best effort)."""
+    if broker != "amqp":
+        return
+    from kombu import Connection
+
+    try:
+        with Connection(URLS["amqp"], connect_timeout=5) as conn:
+            conn.default_channel.exchange_delete(EXCHANGE)
+    except Exception:
+        pass
 
 
 def celery_app(url: str) -> Any:

@@ -27,14 +27,31 @@ ENV = "AIOCELEV_BENCH_PATCHES"
 _BIG = float(2**63)
 
 
-def _has_big_float(obj: Any) -> bool:
+def _deep_big(obj: Any) -> bool:
     t = type(obj)
     if t is float:
         return obj >= _BIG or obj <= -_BIG
     if t is dict:
-        return any(_has_big_float(v) for v in obj.values())
+        return any(_deep_big(v) for v in obj.values())
     if t is list:
-        return any(_has_big_float(v) for v in obj)
+        return any(_deep_big(v) for v in obj)
+    return False
+
+
+def _has_big_float(obj: Any) -> bool:
+    """Whether a parsed body holds a float of magnitude >= 2**63 (flat events: one pass)."""
+    for event in obj if type(obj) is list else (obj,):
+        if type(event) is not dict:
+            if _deep_big(event):
+                return True
+            continue
+        for v in event.values():
+            t = type(v)
+            if t is float:
+                if v >= _BIG or v <= -_BIG:
+                    return True
+            elif (t is dict or t is list) and _deep_big(v):
+                return True
     return False
 
 
