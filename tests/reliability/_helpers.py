@@ -167,11 +167,11 @@ class StallProxy:
     Runs in daemon threads; :meth:`close` closes every socket.
     """
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, port: int = 0) -> None:
         self.target_port = target_port
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind(("127.0.0.1", port))
         self.listener.listen(50)
         self.port = int(self.listener.getsockname()[1])
         self.forwarding = threading.Event()
