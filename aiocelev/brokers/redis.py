@@ -276,9 +276,12 @@ class RedisSubscription:
                 await self._open()
             except _REDIS_ERRORS as exc:
                 delay = self._backoff.next_delay()
-                logger.info(
-                    "Redis %s: resubscribe failed (%s); retrying in %.2fs",
+                attempt = self._backoff.attempts
+                logger.log(
+                    logging.WARNING if attempt == 1 or attempt % 20 == 0 else logging.INFO,
+                    "Redis %s: resubscribe attempt %d failed (%s); retrying in %.2fs",
                     self._broker.url,
+                    attempt,
                     _describe(exc),
                     delay,
                 )

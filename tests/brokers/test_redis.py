@@ -671,6 +671,25 @@ async def test_unix_socket() -> None:
         await check_broker(lambda: from_url(url), checks=["roundtrip", "topic-routing", "fanout"])
 
 
+@pytest.mark.redis
+async def test_password_auth_and_masking(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiocelev.brokers.redis")
+    with redis_processes() as spawn:
+        server = spawn("--requirepass", "s3cret-pw")
+        good = f"redis://:s3cret-pw@127.0.0.1:{server.port}/0"
+        await check_broker(lambda: from_url(good), checks=["roundtrip"])
+        bad = from_url(f"redis://:wrong-pw@127.0.0.1:{server.port}/0")
+        try:
+            with pytest.raises(BrokerConnectionError) as info:
+                await bad.connect()
+            with pytest.raises(BrokerConnectionError) as info2:
+                await bad.subscribe(["#"])
+        finally:
+            await bad.aclose()
+        for text in (str(info.value), str(info2.value), repr(bad), bad.url, caplog.text):
+            assert "s3cret-pw" not in text and "wrong-pw" not in text
+
+
 SENTINEL_CONF = """\
 sentinel monitor aiocelevtest 127.0.0.1 {master} 1
 sentinel down-after-milliseconds aiocelevtest 1000
