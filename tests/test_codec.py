@@ -478,3 +478,13 @@ def test_decode_error_carries_reason_and_detail() -> None:
     assert error.reason == "json"
     assert error.detail == "body is not valid JSON"
     assert "json" in str(error)
+
+
+@pytest.mark.parametrize(
+    "value", [2**64, -(2**63) - 1, 10**30, -(10**40), 2**64 - 1, -(2**63), 10**18]
+)
+def test_integers_beyond_64_bits_keep_their_exact_value(value: int) -> None:
+    text = json.dumps({"n": value, "nested": [value]})
+    assert loads(text.encode()) == {"n": value, "nested": [value]}
+    assert loads(text) == {"n": value, "nested": [value]}
+    assert type(loads(text.encode())["n"]) is int
