@@ -149,6 +149,13 @@ def saferepr(obj: Any, maxlen: int | None = 1024, maxlevels: int | None = 3) -> 
     :param maxlevels: nesting levels shown before containers collapse to
         ``[...]``; ``None`` or ``0`` for no limit.
     """
+    try:
+        return _render(obj, maxlen, maxlevels)
+    except RecursionError:  # only reachable with maxlevels=None and absurd nesting
+        return _truncate(f"<{type(obj).__name__} nested too deeply to show>", maxlen)
+
+
+def _render(obj: Any, maxlen: int | None, maxlevels: int | None) -> str:
     out: list[str] = []
     closers: list[str] = []  # closing texts of the open containers, innermost last
     budget = maxlen

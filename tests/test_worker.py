@@ -534,6 +534,11 @@ def test_saferepr_never_raises() -> None:
     loop.append(loop)
     assert saferepr(Broken()).startswith("<Unrepresentable ")
     assert saferepr(loop).startswith("[1, <Recursion on list with id=")
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    assert saferepr(deep) == "[[[[...]]]]"
+    assert saferepr(deep, maxlevels=None) == "<list nested too deeply to show>"
 
 
 # -- remote control ---------------------------------------------------------
