@@ -140,12 +140,19 @@ async def _ordering(pub: Broker, con: Broker, o: _Options) -> None:
     sub = await con.subscribe(["#"])
     bodies = [f"[{i}]".encode() for i in range(o.count)]
     half = o.count // 2
-    await pub.publish([_msg("task.multi", b) for b in bodies[:half]])
-    for b in bodies[half:]:
-        await pub.publish([_msg("task.multi", b)])
-    for i, expected in enumerate(bodies):
-        got = await _next(sub, o.timeout)
-        assert got.body == expected, f"message {i}: expected {expected!r}, got {got.body!r}"
+
+    async def produce() -> None:
+        # One multi-message publish, then one call per message; read concurrently
+        # so an adapter with a small bounded queue (backpressure) is not deadlocked.
+        await pub.publish([_msg("task.multi", b) for b in bodies[:half]])
+        for b in bodies[half:]:
+            await pub.publish([_msg("task.multi", b)])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(produce)
+        for i, expected in enumerate(bodies):
+            got = await _next(sub, o.timeout)
+            assert got.body == expected, f"message {i}: expected {expected!r}, got {got.body!r}"
     await sub.aclose()
 
 
