@@ -48,9 +48,19 @@ from ._exceptions import (
 )
 from ._message import IncomingMessage as IncomingMessage, OutgoingMessage as OutgoingMessage
 from ._receiver import EventReceiver as EventReceiver, ReceiverStatistics as ReceiverStatistics
+from ._saferepr import saferepr as saferepr
 from ._state import ClusterState as ClusterState
 from ._state_models import TaskState as TaskState, WorkerState as WorkerState
 from ._version import __version__ as __version__
+from ._worker import (
+    ControlRequest as ControlRequest,
+    ControlSubscription as ControlSubscription,
+    ControlTransport as ControlTransport,
+    TaskRetry as TaskRetry,
+    TaskScope as TaskScope,
+    WorkerInstrument as WorkerInstrument,
+    worker_events as worker_events,
+)
 from .brokers import (
     Broker as Broker,
     open_broker as open_broker,
@@ -66,6 +76,9 @@ __all__ = [
     "ClosedError",
     "ClusterState",
     "ConfigurationError",
+    "ControlRequest",
+    "ControlSubscription",
+    "ControlTransport",
     "DecodeError",
     "DispatcherStatistics",
     "Event",
@@ -83,7 +96,9 @@ __all__ = [
     "TaskReceived",
     "TaskRejected",
     "TaskRetried",
+    "TaskRetry",
     "TaskRevoked",
+    "TaskScope",
     "TaskSent",
     "TaskStarted",
     "TaskState",
@@ -91,6 +106,7 @@ __all__ = [
     "UnknownSchemeError",
     "WorkerEvent",
     "WorkerHeartbeat",
+    "WorkerInstrument",
     "WorkerOffline",
     "WorkerOnline",
     "WorkerState",
@@ -100,6 +116,8 @@ __all__ = [
     "encode_event",
     "open_broker",
     "register_broker",
+    "saferepr",
+    "worker_events",
 ]
 
 for _name in __all__:
