@@ -1,6 +1,6 @@
 """Run Celery's own EventReceiver + State on a broker and report what they saw.
 
-Usage: ``python -m tests.interop._celery_probe BROKER_URL NODENAME TIMEOUT``
+Usage: ``python -m tests.interop._celery_probe BROKER_URL NODENAME TIMEOUT [EXCHANGE]``
 
 Prints ``READY`` once its queue is bound, then one JSON line when it saw
 ``worker-offline`` from NODENAME (or after TIMEOUT seconds without it):
@@ -21,6 +21,8 @@ from celery.events.state import State
 def main() -> None:
     url, nodename, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
     app = Celery("probe", broker=url)
+    if len(sys.argv) > 4:
+        app.conf.event_exchange = sys.argv[4]
     state = State()
     seen: list[str] = []
     alive_at_heartbeat: list[bool] = []

@@ -152,6 +152,8 @@ async def _collect_until_offline(
 ) -> None:
     """Append (routing_key, event) for events from *nodename* until its worker-offline."""
     async for message in sub:
+        if message.headers.get("hostname") != nodename:
+            continue  # not from our worker
         events, errors = decode_message(message)
         assert not errors
         for event in events:
@@ -178,10 +180,20 @@ async def test_real_worker_events_reach_aiocelev(amqp_url: str) -> None:
     """Every event type a real ``celery worker -E`` sends arrives, with Celery's fields."""
     raw: list[tuple[str, dict[str, Any]]] = []
     typed: list[Any] = []
-    async with from_url(amqp_url) as broker:
+    # A private event exchange: the shared celeryev carries other people's
+    # events (and, in some test runs, deliberately malformed messages).
+    exchange = f"aiocelev-test-ev-{uuid.uuid4().hex[:8]}"
+    env = {"AIOCELEV_CELERY_EVENT_EXCHANGE": exchange}
+    async with (
+        private_exchanges(amqp_url, exchange),
+        from_url(amqp_url, exchange=exchange) as broker,
+    ):
         sub = await broker.subscribe(["#"])
         client = _client(amqp_url)
-        async with EventReceiver(broker) as receiver, celery_worker(amqp_url) as worker:
+        async with (
+            EventReceiver(broker) as receiver,
+            celery_worker(amqp_url, env=env) as worker,
+        ):
             node = worker.nodename
 
             async def typed_until_offline() -> None:
@@ -272,12 +284,20 @@ async def test_real_worker_events_reach_aiocelev(amqp_url: str) -> None:
 
 @asynccontextmanager
 async def celery_state_probe(
-    broker_url: str, nodename: str, timeout: float = 30
+    broker_url: str, nodename: str, exchange: str, timeout: float = 30
 ) -> AsyncIterator[Callable[[], Any]]:
     """Celery's EventReceiver + State in a subprocess; yields a coroutine function
     returning its JSON report (once it saw worker-offline from *nodename*)."""
     proc = await anyio.open_process(
-        [sys.executable, "-m", "tests.interop._celery_probe", broker_url, nodename, str(timeout)],
+        [
+            sys.executable,
+            "-m",
+            "tests.interop._celery_probe",
+            broker_url,
+            nodename,
+            str(timeout),
+            exchange,
+        ],
         cwd=ROOT,
     )
     try:
@@ -317,8 +337,14 @@ async def test_aiocelev_events_understood_by_celery_state(amqp_url: str) -> None
         "sw_ver": "0.1.0",
         "sw_sys": "Linux",
     }
-    async with celery_state_probe(amqp_url, node) as report:
-        async with EventDispatcher(amqp_url, hostname=node) as dispatcher:
+    exchange = f"aiocelev-test-ev-{uuid.uuid4().hex[:8]}"  # away from other traffic
+    async with (
+        private_exchanges(amqp_url, exchange),
+        celery_state_probe(amqp_url, node, exchange) as report,
+    ):
+        async with EventDispatcher(
+            amqp_url, hostname=node, broker_options={"exchange": exchange}
+        ) as dispatcher:
             await dispatcher.send("worker-online", **worker_fields)
             await dispatcher.send("worker-heartbeat", **worker_fields)
             for state, task_id in ids.items():
@@ -385,16 +411,20 @@ async def test_broadcast_enable_events_turns_on_task_events(amqp_url: str) -> No
     # A private control namespace: a Flower running elsewhere on this broker
     # would otherwise enable task events on our worker before we do.
     namespace = f"aiocelev-test-{uuid.uuid4().hex[:8]}"
-    cleanup = (f"{namespace}.pidbox", f"reply.{namespace}.pidbox")
+    exchange = f"aiocelev-test-ev-{uuid.uuid4().hex[:8]}"  # private event exchange too
+    cleanup = (f"{namespace}.pidbox", f"reply.{namespace}.pidbox", exchange)
     async with (
         private_exchanges(amqp_url, *cleanup),
-        from_url(amqp_url, control_exchange=namespace) as broker,
+        from_url(amqp_url, control_exchange=namespace, exchange=exchange) as broker,
     ):
         assert isinstance(broker, AmqpBroker)
         sub = await broker.subscribe(["#"])
         client = _client(amqp_url)
         client.conf.control_exchange = namespace
-        env = {"AIOCELEV_CELERY_CONTROL_EXCHANGE": namespace}
+        env = {
+            "AIOCELEV_CELERY_CONTROL_EXCHANGE": namespace,
+            "AIOCELEV_CELERY_EVENT_EXCHANGE": exchange,
+        }
         async with celery_worker(amqp_url, events=False, env=env) as worker:
             node = worker.nodename
             async with anyio.create_task_group() as tg:
@@ -520,10 +550,12 @@ async def test_flower_shows_aiocelev_worker_and_tasks(amqp_url: str, tmp_path: P
     base = f"http://127.0.0.1:{port}"
     node = f"aiocelev-{uuid.uuid4().hex[:10]}@flower"
     ids = {state: str(uuid.uuid4()) for state in ("SUCCESS", "FAILURE")}
+    exchange = f"aiocelev-test-ev-{uuid.uuid4().hex[:8]}"  # away from other traffic
     env = {
         **os.environ,
         "AIOCELEV_CELERY_BROKER": amqp_url,
         "FLOWER_UNAUTHENTICATED_API": "true",
+        "AIOCELEV_CELERY_EVENT_EXCHANGE": exchange,
     }
     log = (tmp_path / "flower.log").open("wb")
     proc = subprocess.Popen(
@@ -550,7 +582,9 @@ async def test_flower_shows_aiocelev_worker_and_tasks(amqp_url: str, tmp_path: P
                 return {}
             return {w["hostname"]: w for w in data}
 
-        async with EventDispatcher(amqp_url, hostname=node) as dispatcher:
+        async with EventDispatcher(
+            amqp_url, hostname=node, broker_options={"exchange": exchange}
+        ) as dispatcher:
             await dispatcher.send("worker-online", **WORKER_FIELDS)
             await _beat_until(dispatcher, lambda: node in workers(), 60)
             assert workers()[node]["status"] is True  # alive while heartbeats flow
@@ -611,6 +645,7 @@ async def test_flower_shows_aiocelev_worker_and_tasks(amqp_url: str, tmp_path: P
             proc.kill()
             proc.wait()
         log.close()
+        await delete_exchanges(amqp_url, exchange)
 
 
 async def test_celery_events_dump_prints_aiocelev_events(amqp_url: str, tmp_path: Path) -> None:
@@ -619,7 +654,13 @@ async def test_celery_events_dump_prints_aiocelev_events(amqp_url: str, tmp_path
     task_id = str(uuid.uuid4())
     out_path = tmp_path / "dump.txt"
     out = out_path.open("wb")
-    env = {**os.environ, "AIOCELEV_CELERY_BROKER": amqp_url, "PYTHONUNBUFFERED": "1"}
+    exchange = f"aiocelev-test-ev-{uuid.uuid4().hex[:8]}"  # away from other traffic
+    env = {
+        **os.environ,
+        "AIOCELEV_CELERY_BROKER": amqp_url,
+        "AIOCELEV_CELERY_EVENT_EXCHANGE": exchange,
+        "PYTHONUNBUFFERED": "1",
+    }
     proc = subprocess.Popen(
         [CELERY, "-A", "tests.interop.celery_app", "events", "--dump"],
         cwd=ROOT,
@@ -628,7 +669,9 @@ async def test_celery_events_dump_prints_aiocelev_events(amqp_url: str, tmp_path
         stderr=subprocess.STDOUT,
     )
     try:
-        async with EventDispatcher(amqp_url, hostname=node) as dispatcher:
+        async with EventDispatcher(
+            amqp_url, hostname=node, broker_options={"exchange": exchange}
+        ) as dispatcher:
             await _beat_until(dispatcher, lambda: node in out_path.read_text(errors="replace"), 60)
             await dispatcher.send(
                 "task-received",
@@ -658,6 +701,7 @@ async def test_celery_events_dump_prints_aiocelev_events(amqp_url: str, tmp_path
             proc.kill()
             proc.wait()
         out.close()
+        await delete_exchanges(amqp_url, exchange)
     text = out_path.read_text(errors="replace")
     assert f"{node} [" in text and "heartbeat" in text
     assert f"demo.add({task_id}) args=(2, 3) kwargs={{}}" in text
