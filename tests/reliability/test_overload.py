@@ -1,0 +1,143 @@
+"""Overload: a producer far faster than the consumer, on both real brokers.
+
+Under each receiver overflow policy the receiver's memory stays bounded:
+``statistics().buffered`` never exceeds ``buffer_size``; ``drop_oldest`` /
+``drop_newest`` count (and log) every drop; ``pause`` loses nothing and lets the
+broker hold the backlog (Redis: the subscriber's output buffer; RabbitMQ: the
+queue, when consuming with acknowledgements and a prefetch limit).
+
+The dispatcher's own overflow policies are tested in tests/test_dispatcher.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import tracemalloc
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+from aiocelev import EventDispatcher, EventReceiver
+
+from ..brokers._rabbitmq import delete_exchanges
+from ..brokers._redis import redis_processes
+from ._helpers import unique
+
+pytestmark = pytest.mark.timeout(60)
+
+EVENTS = 1000
+CHUNK = 50
+FAT = "x" * 32768  # 32 KiB per event: 32 MiB in all, far more than the bound below
+BUFFER = 20
+BOUND = 12 * 1024 * 1024  # loose: the whole stream would need about three times that
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("amqp", marks=pytest.mark.amqp),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
+async def setup(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
+    """(kind, url, broker options) of a broker nobody else publishes to."""
+    if request.param == "amqp":
+        url = request.getfixturevalue("amqp_url")
+        exchange = unique("ex")
+        try:
+            yield "amqp", url, {"exchange": exchange}
+        finally:
+            await delete_exchanges(url, exchange)
+    else:
+        request.getfixturevalue("redis_url")
+        with redis_processes() as spawn:
+            # Room for the whole backlog in the subscriber's output buffer, so that
+            # ``pause`` loses nothing (tests/brokers/test_redis.py::
+            # test_slow_subscriber_cut_off_by_output_buffer_limit shows the cut-off).
+            server = spawn("--client-output-buffer-limit", "pubsub 256mb 128mb 60")
+            yield "redis", server.url, {}
+
+
+@pytest.mark.parametrize("policy", ["pause", "drop_oldest", "drop_newest"])
+async def test_fast_producer_slow_consumer_memory_stays_bounded(
+    setup: tuple[str, str, dict[str, Any]], policy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    kind, url, options = setup
+    caplog.set_level(logging.WARNING, logger="aiocelev.receiver")
+    consumer = dict(options)
+    if kind == "amqp" and policy == "pause":
+        # Backpressure reaches RabbitMQ only with acknowledgements and a prefetch
+        # limit; in no-ack mode the adapter would keep reading (docs/brokers/amqp.md).
+        consumer.update(no_ack=False, prefetch_count=50, message_ttl=None)
+    node = f"rel-{uuid.uuid4().hex[:8]}@overload"
+    received: list[int] = []
+    max_buffered = 0
+    producer_done = anyio.Event()
+
+    tracemalloc.start()
+    try:
+        async with (
+            EventReceiver(
+                url,
+                routing_keys=["task.#"],
+                buffer_size=BUFFER,
+                overflow=policy,
+                broker_options=consumer,
+            ) as receiver,
+            EventDispatcher(
+                url, hostname=node, batch_groups=(), broker_options=options
+            ) as dispatcher,
+        ):
+            tracemalloc.reset_peak()
+            baseline = tracemalloc.get_traced_memory()[0]
+
+            async def produce() -> None:
+                for start in range(0, EVENTS, CHUNK):
+                    for n in range(start, start + CHUNK):
+                        await dispatcher.send("task-progress", uuid=f"e{n}", n=n, blob=FAT)
+                    await dispatcher.flush()
+                producer_done.set()
+
+            async def consume() -> None:
+                nonlocal max_buffered
+                while True:
+                    if producer_done.is_set() and not receiver.statistics().buffered:
+                        # drained: anything still in flight arrives within a moment
+                        with anyio.move_on_after(0.3):
+                            event = await receiver.receive()
+                            received.append(event["n"])
+                            continue
+                        return
+                    with anyio.move_on_after(1.0):
+                        event = await receiver.receive()
+                        received.append(event["n"])
+                    max_buffered = max(max_buffered, receiver.statistics().buffered)
+                    if not producer_done.is_set():
+                        await anyio.sleep(0.001)  # a slow consumer
+
+            with anyio.fail_after(50):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(produce)
+                    tg.start_soon(consume)
+            peak = tracemalloc.get_traced_memory()[1] - baseline
+            stats = receiver.statistics()
+    finally:
+        tracemalloc.stop()
+
+    assert max_buffered <= BUFFER
+    assert received == sorted(received)  # whatever arrives, in order
+    assert stats.delivered == len(received)
+    assert stats.events == stats.delivered + stats.dropped
+    assert peak < BOUND, f"peak {peak / 2**20:.1f} MiB"
+    if policy == "pause":
+        assert stats.dropped == 0
+        assert received == list(range(EVENTS))
+    else:
+        assert stats.dropped > 0
+        assert any("receiver buffer full" in r.getMessage() for r in caplog.records)
+        if policy == "drop_newest":
+            assert received[0] == 0  # the oldest were kept
+        else:
+            assert received[-1] == EVENTS - 1  # the newest were kept
