@@ -74,7 +74,7 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
             "publish",
             Variant(
                 "aiocelev (defaults)",
-                {"impl": "aiocelev", "batched": True, "n": size(100_000, 300)},
+                {"impl": "aiocelev", "batched": True, "n": size(60_000, 300)},
             ),
             [
                 Variant(
@@ -83,7 +83,7 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
                         "impl": "celery",
                         "batched": True,
                         "buffer_limit": 24,
-                        "n": size(100_000, 300),
+                        "n": size(60_000, 300),
                     },
                 ),
                 Variant(
@@ -92,7 +92,7 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
                         "impl": "celery",
                         "batched": True,
                         "buffer_limit": 100,
-                        "n": size(100_000, 300),
+                        "n": size(60_000, 300),
                     },
                 ),
             ],
@@ -106,11 +106,11 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
             "publish",
             Variant(
                 "aiocelev batch_groups=()",
-                {"impl": "aiocelev", "batched": False, "n": size(20_000, 300)},
+                {"impl": "aiocelev", "batched": False, "n": size(12_000, 300)},
             ),
             [
                 Variant(
-                    "celery unbatched", {"impl": "celery", "batched": False, "n": size(20_000, 300)}
+                    "celery unbatched", {"impl": "celery", "batched": False, "n": size(12_000, 300)}
                 )
             ],
             "rate",
@@ -121,8 +121,8 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
         Case(
             "receive_batched",
             "receive",
-            Variant("aiocelev", {"impl": "aiocelev", "stream": "batched", "n": size(60_000, 600)}),
-            [Variant("celery", {"impl": "celery", "stream": "batched", "n": size(60_000, 600)})],
+            Variant("aiocelev", {"impl": "aiocelev", "stream": "batched", "n": size(40_000, 600)}),
+            [Variant("celery", {"impl": "celery", "stream": "batched", "n": size(40_000, 600)})],
             "rate",
             True,
             {("celery", "*"): 2.5},
@@ -131,8 +131,8 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
         Case(
             "receive_single",
             "receive",
-            Variant("aiocelev", {"impl": "aiocelev", "stream": "single", "n": size(15_000, 600)}),
-            [Variant("celery", {"impl": "celery", "stream": "single", "n": size(15_000, 600)})],
+            Variant("aiocelev", {"impl": "aiocelev", "stream": "single", "n": size(12_000, 600)}),
+            [Variant("celery", {"impl": "celery", "stream": "single", "n": size(12_000, 600)})],
             "rate",
             True,
             {("celery", "*"): 1.5},
@@ -143,12 +143,12 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
             "receive",
             Variant(
                 "aiocelev + ClusterState",
-                {"impl": "aiocelev", "stream": "batched", "state": True, "n": size(60_000, 600)},
+                {"impl": "aiocelev", "stream": "batched", "state": True, "n": size(40_000, 600)},
             ),
             [
                 Variant(
                     "celery + State",
-                    {"impl": "celery", "stream": "batched", "state": True, "n": size(60_000, 600)},
+                    {"impl": "celery", "stream": "batched", "state": True, "n": size(40_000, 600)},
                 )
             ],
             "rate",
@@ -157,7 +157,7 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
             extra_metrics=("cpu_rate",),
         ),
     ]
-    for rate, duration in ((200, 2.5 * dur), (5000, 1.5 * dur)):
+    for rate, duration in ((200, 2.0 * dur), (5000, 1.2 * dur)):
         cases.append(
             Case(
                 f"latency_{rate}",
