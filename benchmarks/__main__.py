@@ -35,6 +35,8 @@ class Variant:
 
     label: str
     spec: dict[str, Any]
+    #: Only on these brokers (``None``: all).
+    only: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -209,6 +211,19 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
         )
         for p in ("pause", "drop_oldest", "drop_newest")
     ]
+    policies.append(
+        Variant(
+            "overflow=pause, acks+prefetch",
+            {
+                "kind": "overload",
+                "overflow": "pause",
+                "consume_rate": consume,
+                "duration": duration,
+                "broker_options": {"no_ack": False, "prefetch_count": 100},
+            },
+            only=("amqp",),
+        )
+    )
     cases.append(
         Case(
             "memory_overload",
@@ -253,6 +268,7 @@ def run_case(case: Case, broker: str, rounds: int, log: Any) -> dict[str, Any]:
     if broker == "memory":
         # Celery shares no in-process broker with aiocelev: A only.
         variants = [case.a]
+    variants = [v for v in variants if v.only is None or broker in v.only]
     raw: dict[str, list[dict[str, Any]]] = {v.label: [] for v in variants}
     for r in range(rounds):
         order = variants if r % 2 == 0 else [*variants[1:], variants[0]]

@@ -122,6 +122,7 @@ def _overload(spec: dict[str, Any]) -> dict[str, Any]:
         stream,
         handle,
         receiver_options={"overflow": spec["overflow"]},
+        broker_options=spec.get("broker_options"),
         idle=0.5,
         stats=stats,
         hard_stop=True,
