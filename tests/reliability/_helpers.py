@@ -195,6 +195,10 @@ class StallProxy:
                 client.close()
                 continue
             with self._lock:
+                if self._closed:
+                    client.close()
+                    upstream.close()
+                    return
                 self._sockets += [client, upstream]
                 self.connections += 1
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
@@ -220,6 +224,7 @@ class StallProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            sock.close()
 
     def stall(self) -> None:
         self.forwarding.clear()
@@ -228,12 +233,14 @@ class StallProxy:
         self.forwarding.set()
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
         self.forwarding.set()
         self.listener.close()
         with self._lock:
             for sock in self._sockets:
-                try:
-                    sock.close()
+                try:  # shutdown wakes a thread blocked in recv() and sends the FIN
+                    sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+                sock.close()

@@ -13,8 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -25,58 +24,13 @@ import redis.asyncio as aioredis
 from aiocelev import BrokerConnectionError, EventDispatcher, EventReceiver
 
 from ..brokers._rabbitmq import delete_exchanges, need_rabbitmqctl, rabbitmq_stopped
-from ..brokers._redis import RedisProcess, free_port, redis_processes
+from ..brokers._redis import free_port, redis_processes
 from ._helpers import StallProxy, unique, wait_until
+from .conftest import Target
 
 pytestmark = pytest.mark.timeout(90)
 
 SECRET = "Sup3rS3cretPw"
-
-
-@dataclass
-class Target:
-    """A real broker nobody else publishes to: an own redis-server, or a private AMQP exchange."""
-
-    kind: str
-    port: int
-    options: dict[str, Any] = field(default_factory=dict)
-    server: RedisProcess | None = None
-
-    def url(self, port: int | None = None, password: str | None = None) -> str:
-        port = self.port if port is None else port
-        if self.kind == "amqp":
-            return f"amqp://guest:{password or 'guest'}@127.0.0.1:{port}//"
-        auth = f":{password}@" if password else ""
-        return f"redis://{auth}127.0.0.1:{port}/0"
-
-    def fast(self, **extra: Any) -> dict[str, Any]:
-        """Broker options with quick reconnects (and *extra*)."""
-        if self.kind == "amqp":
-            base = {"reconnect_delay": 0.1, "reconnect_max_delay": 0.5, "connect_timeout": 2}
-        else:
-            base = {"reconnect_delay": 0.05, "reconnect_max_delay": 0.5, "socket_timeout": 2}
-        return {**self.options, **base, **extra}
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("amqp", marks=pytest.mark.amqp),
-        pytest.param("redis", marks=pytest.mark.redis),
-    ]
-)
-async def target(request: pytest.FixtureRequest) -> AsyncIterator[Target]:
-    if request.param == "amqp":
-        amqp_url = request.getfixturevalue("amqp_url")
-        exchange = unique("ex")
-        try:
-            yield Target("amqp", 5672, {"exchange": exchange})
-        finally:
-            await delete_exchanges(amqp_url, exchange)
-    else:
-        request.getfixturevalue("redis_url")
-        with redis_processes() as spawn:
-            server = spawn()
-            yield Target("redis", server.port, server=server)
 
 
 def _uuids(events: list[Any]) -> list[str]:
