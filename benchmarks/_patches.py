@@ -14,6 +14,10 @@ library.  Nothing here changes aiocelev itself.
 * ``amqp-pipelined``: the AMQP adapter publishes a batch through aiormq with
   ``wait=False`` for every message but the last (one socket drain per batch)
   and builds pamqp properties directly instead of ``aio_pika.Message``.
+* ``amqp-frames``: the AMQP adapter encodes a whole batch of ``basic.publish``
+  frames itself (the properties of identical headers marshalled once) and
+  hands them to aiormq's writer as one buffer, drained once (a prototype: no
+  confirms, no channel-flow handling).
 """
 
 from __future__ import annotations
@@ -134,7 +138,88 @@ def _amqp_pipelined() -> None:
     amqp.AmqpBroker.publish = publish  # type: ignore[method-assign]
 
 
+def _amqp_frames() -> None:
+    import struct
+
+    from pamqp import commands
+
+    from aiocelev._exceptions import BrokerConnectionError, BrokerError, ClosedError
+    from aiocelev.brokers import amqp
+    from aiocelev.brokers._amqp_errors import map_errors
+
+    original = amqp.AmqpBroker.publish
+    props_cache: dict[tuple[Any, ...], bytes] = {}
+
+    def frame(kind: int, channel: int, payload: bytes) -> bytes:
+        return struct.pack(">BHI", kind, channel, len(payload)) + payload + b"\xce"
+
+    def shortstr(text: str) -> bytes:
+        raw = text.encode()
+        return bytes((len(raw),)) + raw
+
+    async def publish(self: Any, messages: Sequence[Any]) -> None:
+        if self._opts.confirm_publish:
+            await original(self, messages)
+            return
+        if self._closed:
+            raise ClosedError("the AMQP broker is closed")
+        exchange = await self._publisher_exchange()
+        where = f"publishing to {self._current_masked()}"
+        try:
+            with map_errors(where, publish=True):
+                channel = await exchange.channel.get_underlay_channel()
+                number = channel.number
+                chunk = channel.max_content_size
+                exchange_name = shortstr(exchange.name)
+                parts: list[bytes] = []
+                for m in messages:
+                    key = (
+                        m.content_type,
+                        m.content_encoding,
+                        tuple(m.headers.items()),
+                        m.delivery_mode,
+                        m.priority,
+                    )
+                    props = props_cache.get(key)
+                    if props is None:
+                        props = commands.Basic.Properties(
+                            content_type=m.content_type,
+                            content_encoding=m.content_encoding,
+                            headers=dict(m.headers),
+                            delivery_mode=m.delivery_mode,
+                            priority=m.priority,
+                        ).marshal()
+                        props_cache[key] = props
+                    method = (
+                        b"\x00\x3c\x00\x28\x00\x00"
+                        + exchange_name
+                        + shortstr(m.routing_key)
+                        + b"\x00"
+                    )
+                    parts.append(frame(1, number, method))
+                    body = m.body
+                    parts.append(frame(2, number, struct.pack(">HHQ", 60, 0, len(body)) + props))
+                    for i in range(0, len(body), chunk):
+                        parts.append(frame(3, number, body[i : i + chunk]))
+                from aiormq.abc import ChannelFrame
+
+                drained = channel.create_future()
+                await channel.connection.write_queue.put(
+                    ChannelFrame(payload=b"".join(parts), should_close=False, drain_future=drained)
+                )
+                await drained
+        except BrokerError as exc:
+            if isinstance(exc, BrokerConnectionError) or not self._connection_alive():
+                await self._drop_connection()
+                if not isinstance(exc, BrokerConnectionError):
+                    raise BrokerConnectionError(str(exc)) from exc
+            raise
+
+    amqp.AmqpBroker.publish = publish  # type: ignore[method-assign]
+
+
 PATCHES: dict[str, Callable[[], None]] = {
+    "amqp-frames": _amqp_frames,
     "fast-loads": _fast_loads,
     "orjson-encode": _orjson_encode,
     "amqp-pipelined": _amqp_pipelined,
