@@ -11,9 +11,6 @@ library.  Nothing here changes aiocelev itself.
   of scanning every body for 19-digit runs with a regular expression first.
 * ``orjson-encode``: encode each event with orjson in the dispatcher (compact
   separators: the same JSON value, not kombu's exact bytes).
-* ``amqp-pipelined``: the AMQP adapter publishes a batch through aiormq with
-  ``wait=False`` for every message but the last (one socket drain per batch)
-  and builds pamqp properties directly instead of ``aio_pika.Message``.
 * ``amqp-frames``: the AMQP adapter encodes a whole batch of ``basic.publish``
   frames itself (the properties of identical headers marshalled once) and
   hands them to aiormq's writer as one buffer, drained once (a prototype: no
@@ -90,52 +87,6 @@ def _orjson_encode() -> None:
             return orjson.dumps(obj).decode()
 
     _dispatcher._encoder = _Encoder()  # type: ignore[assignment]
-
-
-def _amqp_pipelined() -> None:
-    from pamqp import commands
-
-    from aiocelev._exceptions import BrokerConnectionError, BrokerError, ClosedError
-    from aiocelev.brokers import amqp
-    from aiocelev.brokers._amqp_errors import map_errors
-
-    original = amqp.AmqpBroker.publish
-
-    async def publish(self: Any, messages: Sequence[Any]) -> None:
-        if self._opts.confirm_publish:
-            await original(self, messages)
-            return
-        if self._closed:
-            raise ClosedError("the AMQP broker is closed")
-        exchange = await self._publisher_exchange()
-        where = f"publishing to {self._current_masked()}"
-        try:
-            with map_errors(where, publish=True):
-                channel = await exchange.channel.get_underlay_channel()
-                last = len(messages) - 1
-                for i, m in enumerate(messages):
-                    properties = commands.Basic.Properties(
-                        content_type=m.content_type,
-                        content_encoding=m.content_encoding,
-                        headers=dict(m.headers),
-                        delivery_mode=m.delivery_mode,
-                        priority=m.priority,
-                    )
-                    await channel.basic_publish(
-                        m.body,
-                        exchange=exchange.name,
-                        routing_key=m.routing_key,
-                        properties=properties,
-                        wait=i == last,
-                    )
-        except BrokerError as exc:
-            if isinstance(exc, BrokerConnectionError) or not self._connection_alive():
-                await self._drop_connection()
-                if not isinstance(exc, BrokerConnectionError):
-                    raise BrokerConnectionError(str(exc)) from exc
-            raise
-
-    amqp.AmqpBroker.publish = publish  # type: ignore[method-assign]
 
 
 def _amqp_frames() -> None:
@@ -222,7 +173,6 @@ PATCHES: dict[str, Callable[[], None]] = {
     "amqp-frames": _amqp_frames,
     "fast-loads": _fast_loads,
     "orjson-encode": _orjson_encode,
-    "amqp-pipelined": _amqp_pipelined,
 }
 
 
