@@ -1,0 +1,161 @@
+"""Property tests beyond tests/test_fuzz.py: the receiver pump fed kombu envelopes
+(valid and broken), absurd clocks, lone surrogates, deep nesting and size limits.
+Nothing but DecodeError ever escapes decoding, and the pump never dies."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+import anyio
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from aiocelev import DecodeError, EventReceiver, IncomingMessage, OutgoingMessage
+from aiocelev._clock import MAX_CLOCK
+from aiocelev._codec import decode_envelope, decode_message, dumps, encode_envelope
+from aiocelev._message import KOMBU_ENVELOPE
+from aiocelev.brokers.memory import MemoryBroker
+from aiocelev.cli._events import EventFormatter
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+clocks = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+)
+# JSON string escapes for lone surrogates, which JSON allows and Python keeps.
+surrogate_strings = st.integers(0xD800, 0xDFFF).map(lambda c: f"x\\u{c:04x}y")
+
+
+def _envelope(body: bytes, content_type: str = "application/json") -> OutgoingMessage:
+    inner = OutgoingMessage("task.multi", body, content_type=content_type)
+    return OutgoingMessage(
+        "task.multi", encode_envelope(inner, "celeryev"), content_type=KOMBU_ENVELOPE
+    )
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[tuple[OutgoingMessage, list[str], int, int]]:
+    """Messages with (tags of valid events, bad count, invalid clock count)."""
+    out: list[tuple[OutgoingMessage, list[str], int, int]] = []
+    for n in range(draw(st.integers(0, 10))):
+        kind = draw(st.sampled_from(["envelope", "broken", "pickle", "clock", "surrogate", "b64"]))
+        tag = f"m{n}"
+        base = {"hostname": "h", "uuid": tag, "timestamp": 1.0, "type": "task-started"}
+        if kind in ("envelope", "clock"):
+            clock = draw(clocks) if kind == "clock" else n + 1
+            body = json.dumps({**base, "clock": clock}).encode()
+            invalid = int(not (type(clock) is int and 0 <= clock < MAX_CLOCK))
+            out.append((_envelope(body), [tag], 0, invalid))
+        elif kind == "broken":
+            payload = draw(
+                st.sampled_from(
+                    [
+                        b"",
+                        b"{",
+                        b"[]",
+                        b"{}",
+                        b'{"body": 1, "properties": {}}',
+                        b'{"body": "%%%", "properties": {"body_encoding": "base64"}}',
+                    ]  # fmt: skip
+                )
+                | st.binary(max_size=50)
+            )
+            out.append(
+                (OutgoingMessage("task.multi", payload, content_type=KOMBU_ENVELOPE), [], 1, 0)
+            )
+        elif kind == "pickle":
+            body = draw(st.binary(max_size=40))
+            ctype = draw(st.sampled_from(["application/x-python-serialize", "application/x-yaml",
+                                          "application/x-msgpack", "application/data"]))  # fmt: skip
+            out.append((_envelope(body, ctype), [], 1, 0))
+        elif kind == "surrogate":
+            text = draw(surrogate_strings)
+            head = '{"hostname": "h", "uuid": "' + tag + '", "note": "' + text
+            body = (head + '", "timestamp": 1.0, "type": "task-started"}').encode()
+            out.append((_envelope(body), [tag], 0, 0))
+        else:  # raw base64 body of a valid event inside a hand-made envelope
+            env = {
+                "body": base64.b64encode(json.dumps({**base, "clock": 1}).encode()).decode(),
+                "content-type": "application/json",
+                "properties": {
+                    "body_encoding": "base64",
+                    "delivery_info": {"routing_key": "task.x"},
+                },
+            }
+            out.append(
+                (
+                    OutgoingMessage(
+                        "task.x", json.dumps(env).encode(), content_type=KOMBU_ENVELOPE
+                    ),
+                    [tag],
+                    0,
+                    0,
+                )
+            )
+    return out
+
+
+@FUZZ
+@given(streams())
+def test_receiver_pump_on_envelopes_with_absurd_clocks_never_dies(
+    stream: list[tuple[OutgoingMessage, list[str], int, int]],
+) -> None:
+    expected = [tag for _, tags, _, _ in stream for tag in tags] + ["end"]
+    end = json.dumps({"hostname": "h", "uuid": "end", "timestamp": 1.0, "type": "task-started"})
+
+    async def main() -> None:
+        broker = MemoryBroker(f"memory://fuzz-more-{uuid.uuid4().hex}")
+        formatter = EventFormatter()
+        async with EventReceiver(broker) as receiver:
+            await broker.publish([message for message, *_ in stream])
+            await broker.publish([_envelope(end.encode())])
+            got = []
+            with anyio.fail_after(10):
+                for _ in expected:
+                    event = await receiver.receive()
+                    assert type(event.clock) is int and 0 <= event.clock < MAX_CLOCK
+                    formatter.format(event)  # what `aiocelev events` prints
+                    dumps(event.to_dict())  # what `aiocelev events --json` prints
+                    got.append(event["uuid"])
+            stats = receiver.statistics()
+        await broker.aclose()
+        assert got == expected
+        assert sum(stats.malformed.values()) == sum(bad for _, _, bad, _ in stream)
+        assert stats.invalid_clocks == sum(invalid for *_, invalid in stream)
+        assert receiver.clock.value < MAX_CLOCK + len(expected) + 1
+
+    anyio.run(main)
+
+
+@FUZZ
+@given(st.binary(max_size=300), st.integers(0, 400))
+def test_size_limit_is_exact(body: bytes, limit: int) -> None:
+    message = IncomingMessage("task.multi", body)
+    try:
+        decode_message(message, max_size=limit)
+    except DecodeError as exc:
+        assert (exc.reason == "too-large") == (len(body) > limit)
+    else:
+        assert len(body) <= limit
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 200_000), st.sampled_from(["[", '{"a":']), st.booleans())
+def test_any_nesting_depth_is_a_decode_error_or_a_value(
+    depth: int, opener: str, envelope: bool
+) -> None:
+    closer = "]" if opener == "[" else "}"
+    body = (opener * depth + "1" + closer * depth).encode()
+    try:
+        if envelope:
+            decode_envelope(body)
+        else:
+            decode_message(IncomingMessage("task.multi", body))
+    except DecodeError as exc:
+        assert exc.reason in ("json", "not-an-event", "envelope")
