@@ -336,6 +336,78 @@ def run_case(case: Case, broker: str, rounds: int, log: Any) -> dict[str, Any]:
     return summary
 
 
+_NOISE_NAMES = frozenset(
+    {
+        "<method 'poll' of 'select.epoll' objects>",
+        "<built-in method marshal.loads>",
+        "<built-in method builtins.compile>",
+        "<built-in method _imp.create_dynamic>",
+        "<built-in method _imp.exec_dynamic>",
+        "<built-in method posix.stat>",
+        "<built-in method io.open_code>",
+        "<method 'read' of '_io.BufferedReader' objects>",
+    }
+)
+
+
+def _profile_noise(key: tuple[str, int, str]) -> bool:
+    filename, _line, name = key
+    return name in _NOISE_NAMES or filename.startswith("<frozen")
+
+
+def profile_case(case: Case, broker: str, top: int = 15) -> str:
+    """Run aiocelev's side of *case* once under cProfile; the top functions by own time."""
+    import io
+    import pstats
+    import subprocess
+    import tempfile
+
+    from ._common import _child_env
+
+    spec = dict(case.a.spec, module=case.module, broker=broker)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "profile")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cProfile",
+                "-o",
+                out,
+                "-m",
+                "benchmarks._child",
+                json.dumps(spec),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=case.timeout,
+            env=_child_env(),
+            check=False,
+        )
+        stats = pstats.Stats(out)
+    # Time blocked in the selector is waiting, not work; imports are set-up.
+    # Both are left out of the total and of the table.
+    entries = {
+        k: v
+        for k, v in stats.stats.items()  # type: ignore[attr-defined]
+        if not _profile_noise(k)
+    }
+    total = sum(v[2] for v in entries.values())
+    rows = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)
+    buf = io.StringIO()
+    print(
+        f"{case.name} [{broker}] {case.a.label}: {total:.2f}s of CPU under the profiler", file=buf
+    )
+    print(f"{'own %':>6} {'cum %':>6} {'calls':>9}  function", file=buf)
+    for (filename, line, name), (_cc, calls, tottime, cumtime, _callers) in rows[:top]:
+        where = filename.split("site-packages/")[-1].split("/work/main/")[-1]
+        print(
+            f"{100 * tottime / total:6.1f} {100 * cumtime / total:6.1f} {calls:9d}  {where}:{line}({name})",
+            file=buf,
+        )
+    return buf.getvalue()
+
+
 def print_table(summaries: list[dict[str, Any]], out: Any) -> None:
     """A plain-text results table."""
     head = f"{'case':<16} {'broker':<6} {'aiocelev (A)':>26} {'vs':>3} {'celery (B)':>28} {'ratio':>7} {'target':>7}"
@@ -453,6 +525,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="write every raw result to FILE")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of measuring, run aiocelev's side of each case once under cProfile",
+    )
+    parser.add_argument(
         "--patch",
         action="append",
         default=[],
@@ -480,6 +557,16 @@ def main(argv: list[str] | None = None) -> int:
     for kind in brokers:
         if kind != "memory":
             print(f"{kind}: {mask_url(URLS[kind])}", flush=True)
+    if args.profile:
+        for case in cases:
+            targets = (
+                ["none"] if case.brokers == ("none",) else [b for b in brokers if b in case.brokers]
+            )
+            for broker in targets:
+                print(profile_case(case, broker), flush=True)
+        for kind in brokers:
+            delete_exchange(kind)
+        return 0
     started = time.monotonic()
     summaries = []
     for case in cases:
