@@ -500,6 +500,7 @@ def machine_info() -> dict[str, Any]:
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "python": platform.python_version(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
         "versions": versions,
     }
 
@@ -551,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(
         f"{info['date']}  nproc={info['nproc']}  {info['cpu']}  Python {info['python']}  "
+        f"load {info['loadavg'][0]}  "
         + "  ".join(f"{k} {v}" for k, v in info["versions"].items() if v),
         flush=True,
     )
@@ -578,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             summaries.append(run_case(case, broker, rounds, sys.stderr))
     for kind in brokers:
         delete_exchange(kind)
+    info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(file=sys.stdout)
     print_table(summaries, sys.stdout)
     print(
