@@ -188,6 +188,7 @@ class RedisSubscription:
         self._buffer: deque[IncomingMessage] = deque()
         self._closed = False
         self._reading = False
+        self._reconnect_scope: anyio.CancelScope | None = None
         self._idle = anyio.Event()
         self._idle.set()
         self._backoff = Backoff(broker.options.reconnect_delay, broker.options.reconnect_max_delay)
@@ -411,7 +412,10 @@ class RedisSubscription:
                 return self._buffer.popleft()
             conn = self._conn
             if conn is None:
-                await self._reconnect()
+                # aclose() from another task cancels a reconnect in progress
+                with anyio.CancelScope() as self._reconnect_scope:
+                    await self._reconnect()
+                self._reconnect_scope = None
                 continue
             self._reading = True
             self._idle = anyio.Event()
@@ -433,6 +437,8 @@ class RedisSubscription:
             return
         self._closed = True
         self._buffer.clear()
+        if self._reconnect_scope is not None:
+            self._reconnect_scope.cancel()
         if self._reading:
             with anyio.move_on_after(_POLL_INTERVAL * 10), anyio.CancelScope(shield=True):
                 await self._idle.wait()

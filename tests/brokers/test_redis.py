@@ -619,6 +619,8 @@ async def test_closing_or_cancelling_while_reconnecting_leaves_no_connection() -
                         await anyio.sleep(0.05)
                     server.start()  # reconnects may now succeed at any moment
                     await closed_sub.aclose()
+                    while "closed" not in ended:  # the iteration ends promptly
+                        await anyio.sleep(0.01)
                     while not cancelled_sub.connected:
                         await anyio.sleep(0.05)
                     tg.cancel_scope.cancel()
