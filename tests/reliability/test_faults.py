@@ -394,3 +394,51 @@ async def test_rabbitmq_restart_with_durable_queue_and_confirms(amqp_url: str) -
         await delete_exchanges(amqp_url, exchange)
     assert got == [f"d{i}" for i in range(10)] + ["t0", "t1", "t2"]  # s0..s2: discarded
     assert stats.dropped == 0
+
+
+@pytest.mark.amqp
+async def test_amqp_heartbeat_detects_a_stalled_receiver_connection(
+    amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver whose path to RabbitMQ silently stalls: with ``heartbeat`` set, the
+    dead connection is detected (after a few missed heartbeats), the subscription is
+    re-created once the path flows again, and events arrive again.  (On Redis the
+    same is done by ``health_check_interval``: tests/brokers/test_redis.py::
+    test_health_check_detects_a_silent_server.)"""
+    caplog.set_level(logging.WARNING, logger="aiocelev.brokers.amqp")
+    exchange = unique("ex")
+    node = f"rel-{uuid.uuid4().hex[:8]}@hb"
+    options = {"exchange": exchange, "heartbeat": 1, "reconnect_delay": 0.1,
+               "reconnect_max_delay": 0.5, "connect_timeout": 1}  # fmt: skip
+    try:
+        with proxy_to(5672) as proxy:
+            async with (
+                EventReceiver(
+                    f"amqp://guest:guest@127.0.0.1:{proxy.port}//",
+                    routing_keys=["worker.#"],
+                    broker_options=options,
+                ) as receiver,
+                EventDispatcher(
+                    amqp_url, hostname=node, broker_options={"exchange": exchange}
+                ) as dispatcher,
+            ):
+                await dispatcher.send("worker-heartbeat", freq=2.0, n=0)
+                assert (await _take(receiver, 1))[0]["n"] == 0
+                proxy.stall()
+                with anyio.move_on_after(20):
+                    while "lost its channel" not in caplog.text:
+                        with anyio.move_on_after(0.2):
+                            await receiver.receive()
+                assert "lost its channel" in caplog.text
+                proxy.resume()
+                with anyio.fail_after(20):
+                    n = 1
+                    while True:
+                        await dispatcher.send("worker-heartbeat", freq=2.0, n=n)
+                        with anyio.move_on_after(0.2):
+                            if (await receiver.receive())["n"] >= 1:
+                                break
+                        n += 1
+    finally:
+        await delete_exchanges(amqp_url, exchange)
+    assert "re-created" in caplog.text
