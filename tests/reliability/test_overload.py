@@ -70,9 +70,15 @@ class Outcome:
 
 
 async def _overload(
-    url: str, options: dict[str, Any], consumer: dict[str, Any], policy: str
+    url: str,
+    options: dict[str, Any],
+    consumer: dict[str, Any],
+    policy: str,
+    *,
+    stalled_consumer: bool = False,
 ) -> Outcome:
-    """Run a fast producer against a slow consumer; trace the memory allocated meanwhile."""
+    """Run a fast producer against a slow consumer (with *stalled_consumer*: one that
+    reads nothing until the producer is done); trace the memory allocated meanwhile."""
     node = f"rel-{uuid.uuid4().hex[:8]}@overload"
     received: list[int] = []
     max_buffered = 0
@@ -104,6 +110,9 @@ async def _overload(
 
             async def consume() -> None:
                 nonlocal max_buffered
+                if stalled_consumer:
+                    await producer_done.wait()
+                    await anyio.sleep(0.3)  # let whatever the broker pushes arrive
                 while True:
                     if producer_done.is_set() and not receiver.statistics().buffered:
                         # drained: anything still in flight arrives within a moment
@@ -177,7 +186,7 @@ async def test_amqp_default_no_ack_pause_bounds_memory(amqp_url: str) -> None:
     exchange = unique("ex")
     options = {"exchange": exchange}
     try:
-        outcome = await _overload(amqp_url, options, options, "pause")
+        outcome = await _overload(amqp_url, options, options, "pause", stalled_consumer=True)
     finally:
         await delete_exchanges(amqp_url, exchange)
     assert outcome.received == list(range(EVENTS))  # nothing lost...
