@@ -94,9 +94,12 @@ class EventReceiver:
 
     Decoded events wait in a bounded buffer (``buffer_size``).  When it is full,
     ``overflow`` decides: ``pause`` (default) stops reading from the broker, so
-    backpressure reaches it (RabbitMQ holds messages up to the queue's TTL; Redis
-    eventually disconnects a slow subscriber); ``drop_oldest`` / ``drop_newest``
-    keep reading and drop (counted in ``statistics().dropped``).
+    backpressure reaches it (Redis buffers for the subscriber up to its
+    ``client-output-buffer-limit``, then disconnects it; RabbitMQ holds messages
+    in the queue, up to its TTL, only when consuming with acknowledgements,
+    ``no_ack=False``: in the default no-ack mode the AMQP adapter keeps reading
+    into its own memory); ``drop_oldest`` / ``drop_newest`` keep reading and
+    drop (counted in ``statistics().dropped``).
 
     :param broker: a :class:`~aiocelev.brokers.Broker`, or a URL (then owned and closed).
     :param routing_keys: binding keys (AMQP topic syntax), e.g. ``["task.#"]``.
