@@ -2,10 +2,10 @@
 
 Encoding reproduces what Celery (kombu's JSON serializer) puts on the wire:
 ``json.dumps`` with its default ``", "`` / ``": "`` separators, ASCII escaping,
-keys in insertion order.  Decoding uses orjson on the hot path, falling back to
-the standard library only for what orjson refuses but JSON allows (integers
-beyond 64 bits).  Only JSON is ever deserialised: any other content type is
-refused with :class:`~aiocelev.DecodeError` before its body is looked at.
+keys in insertion order.  Decoding uses msgspec's JSON decoder on the hot path:
+as fast as any, and exact for integers of any size, as Celery's decoder is.
+Only JSON is ever deserialised: any other content type is refused with
+:class:`~aiocelev.DecodeError` before its body is looked at.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ import binascii
 import datetime
 import decimal
 import json
-import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import orjson
+import msgspec
 
 from ._events import Event, _wrap, routing_key_of
 from ._exceptions import DecodeError
@@ -120,40 +119,34 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-# 19 or more digits in a row may be an integer beyond 64 bits, which orjson
-# either refuses or silently turns into a float (losing precision).  Mapping
-# every digit to "0" and everything else to " " makes the test one fast
-# substring search.
-_DIGITS_ONLY = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
-_LONG_RUN = b"0" * 19
-_LONG_DIGITS_STR = re.compile(r"[0-9]{19}")
-
-
-def _may_hold_long_integer(body: bytes | str) -> bool:
-    if isinstance(body, str):
-        return _LONG_DIGITS_STR.search(body) is not None
-    return _LONG_RUN in body.translate(_DIGITS_ONLY)
+_decode = msgspec.json.Decoder().decode
 
 
 def loads(body: bytes | str) -> Any:
-    """Parse JSON (only JSON), raising :class:`DecodeError` with reason ``json`` or ``encoding``."""
-    first_error = "integer beyond 64 bits"
-    if not _may_hold_long_integer(body):
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            first_error = str(exc)
-    # Integers beyond 64 bits are valid JSON, and exact in Celery's (standard
-    # library) decoder: parse those with the standard library too, so they keep
-    # their value and one absurd clock does not sink a whole batch.
+    """Parse JSON (only JSON), raising :class:`DecodeError` with reason ``json`` or ``encoding``.
+
+    Integers of any size keep their exact value, as in Celery's decoder.
+    """
     try:
-        text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
+        return _decode(body)
     except UnicodeDecodeError as exc:
         raise DecodeError("encoding", f"body is not valid UTF-8: {exc}") from None
+    except RecursionError:
+        raise DecodeError("json", "body is not valid JSON: nested too deeply") from None
+    except msgspec.ValidationError:
+        pass  # a number beyond float range (1e400): valid JSON, let the standard library decide
+    except msgspec.DecodeError as exc:
+        if isinstance(body, (bytes, bytearray)):
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as uexc:
+                raise DecodeError("encoding", f"body is not valid UTF-8: {uexc}") from None
+        raise DecodeError("json", f"body is not valid JSON: {exc}") from None
     try:
+        text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
         return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise DecodeError("json", f"body is not valid JSON: {first_error}") from None
+    except (ValueError, RecursionError) as exc:
+        raise DecodeError("json", f"body is not valid JSON: {exc}") from None
 
 
 def validate_event(obj: Any) -> str | None:
