@@ -355,12 +355,12 @@ def _check_indexes(s: ClusterState) -> None:
         for t in s.tasks_by_state(state):
             assert tasks[t.uuid] is t and t.state == state
     named = [t for name in s.task_names() for t in s.tasks_by_name(name)]
-    assert sorted(t.uuid for t in named) == sorted(u for u, t in tasks.items() if t.name)
+    assert sorted(t.uuid for t in named) == sorted(u for u, t in tasks.items() if t.name is not None)
     for host in s.worker_task_counts():
         for t in s.tasks_by_worker(host):
             assert tasks[t.uuid] is t and t.worker == host
     by_worker = sum(s.worker_task_counts().values())
-    assert by_worker == sum(1 for t in tasks.values() if t.worker)
+    assert by_worker == sum(1 for t in tasks.values() if t.worker is not None)
     assert len(s.ready_tasks()) + len(s.unready_tasks()) == len(tasks)
     assert all(t.ready for t in s.ready_tasks())
     assert not any(t.ready for t in s.unready_tasks())
