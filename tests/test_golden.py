@@ -46,9 +46,7 @@ from aiocelev._codec import (
 from aiocelev._message import KOMBU_ENVELOPE
 from aiocelev.brokers.memory import MemoryBroker
 
-FIXTURES = Path("/work/shared/fixtures/celery-5.7.0")
-if not FIXTURES.is_dir():  # pragma: no cover - the suite's own copy, if any
-    FIXTURES = Path(__file__).parent / "fixtures" / "celery-5.7.0"
+FIXTURES = Path(__file__).parent / "fixtures" / "celery-5.7.0"
 
 EXPECTED_COUNTS = {
     "worker-online": 1,

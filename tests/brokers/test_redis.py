@@ -29,9 +29,7 @@ from aiocelev.testing import check_broker, unwrap
 
 from ._redis import redis_processes, wait_port
 
-FIXTURES = Path("/work/shared/fixtures/celery-5.7.0")
-if not FIXTURES.exists():  # pragma: no cover - repository copy
-    FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "celery-5.7.0"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "celery-5.7.0"
 
 pytestmark = pytest.mark.timeout(60)
 
