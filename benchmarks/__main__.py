@@ -255,6 +255,8 @@ def _pair_ratio(
     """Median over rounds of A/B (``higher``) or B/A of *metric*."""
     ratios = []
     for a_res, b_res in zip(a_results, b_results, strict=False):
+        if "error" in a_res or "error" in b_res:
+            continue
         a, b = a_res.get(metric), b_res.get(metric)
         if a and b:
             ratios.append(a / b if higher else b / a)
@@ -276,6 +278,9 @@ def run_case(case: Case, broker: str, rounds: int, log: Any) -> dict[str, Any]:
             spec = dict(v.spec, module=case.module, broker=broker)
             t0 = time.monotonic()
             result = run_child(spec, case.timeout)
+            if "publisher_error" in result:
+                # The stream was cut short (e.g. the broker restarted): not a measurement.
+                result["error"] = "publisher failed: " + result["publisher_error"][-300:]
             raw[v.label].append(result)
             shown = (
                 result.get("error") or _fmt(result.get(case.metric), case.unit) + " " + case.unit
@@ -287,9 +292,13 @@ def run_case(case: Case, broker: str, rounds: int, log: Any) -> dict[str, Any]:
                 flush=True,
             )
     summary: dict[str, Any] = {"case": case.name, "broker": broker, "unit": case.unit, "rows": []}
-    a_values = [res.get(case.metric) for res in raw[case.a.label]]
+
+    def value(res: dict[str, Any], metric: str) -> Any:
+        return None if "error" in res else res.get(metric)
+
+    a_values = [value(res, case.metric) for res in raw[case.a.label]]
     for v in variants[1:] if not case.a_only else []:
-        b_values = [res.get(case.metric) for res in raw[v.label]]
+        b_values = [value(res, case.metric) for res in raw[v.label]]
         ratios = []
         for a, b in zip(a_values, b_values, strict=False):
             if a and b:
@@ -309,8 +318,8 @@ def run_case(case: Case, broker: str, rounds: int, log: Any) -> dict[str, Any]:
                 "met": None if target is None or ratio is None else ratio >= target,
                 "extra": {
                     m: (
-                        median([res[m] for res in raw[case.a.label] if m in res]),
-                        median([res[m] for res in raw[v.label] if m in res]),
+                        median([res[m] for res in raw[case.a.label] if value(res, m) is not None]),
+                        median([res[m] for res in raw[v.label] if value(res, m) is not None]),
                         _pair_ratio(raw[case.a.label], raw[v.label], m, case.higher_is_better),
                     )
                     for m in case.extra_metrics
@@ -319,7 +328,7 @@ def run_case(case: Case, broker: str, rounds: int, log: Any) -> dict[str, Any]:
         )
     if case.a_only or broker == "memory":
         for v in variants:
-            values = [res.get(case.metric) for res in raw[v.label]]
+            values = [value(res, case.metric) for res in raw[v.label]]
             summary["rows"].append(
                 {
                     "a": v.label,
@@ -327,7 +336,7 @@ def run_case(case: Case, broker: str, rounds: int, log: Any) -> dict[str, Any]:
                     "metric": case.metric,
                     "a_median": median([x for x in values if x]),
                     "extra": {
-                        m: median([res[m] for res in raw[v.label] if res.get(m) is not None])
+                        m: median([res[m] for res in raw[v.label] if value(res, m) is not None])
                         for m in case.extra_metrics
                     },
                 }
