@@ -204,10 +204,17 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
     )
     duration = 0.5 if quick else 4.0
     consume = 1_000 if quick else 2_000
+    buffer = 1_000 if quick else 10_000
     policies = [
         Variant(
             f"overflow={p}",
-            {"kind": "overload", "overflow": p, "consume_rate": consume, "duration": duration},
+            {
+                "kind": "overload",
+                "overflow": p,
+                "consume_rate": consume,
+                "duration": duration,
+                "buffer_size": buffer,
+            },
         )
         for p in ("pause", "drop_oldest", "drop_newest")
     ]
@@ -219,6 +226,7 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
                 "overflow": "pause",
                 "consume_rate": consume,
                 "duration": duration,
+                "buffer_size": buffer,
                 "broker_options": {"no_ack": False, "prefetch_count": 100},
             },
             only=("amqp",),

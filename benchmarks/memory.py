@@ -121,7 +121,10 @@ def _overload(spec: dict[str, Any]) -> dict[str, Any]:
         dict(spec, n=n),
         stream,
         handle,
-        receiver_options={"overflow": spec["overflow"]},
+        receiver_options={
+            "overflow": spec["overflow"],
+            "buffer_size": spec.get("buffer_size", 10_000),
+        },
         broker_options=spec.get("broker_options"),
         idle=0.5,
         stats=stats,
