@@ -252,7 +252,7 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
 def _fmt(value: float | None, unit: str = "") -> str:
     if value is None or value != value:  # None or NaN
         return "-"
-    if unit == "ev/s" or abs(value) >= 1000:
+    if unit == "ev/s" or abs(value) >= 1000 or float(value).is_integer():
         return f"{value:,.0f}"
     return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
 
