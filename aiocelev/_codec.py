@@ -122,6 +122,13 @@ def _reject_constant(name: str) -> Any:
 _decode = msgspec.json.Decoder().decode
 
 
+def _may_have_surrogate_escape(body: bytes | bytearray | str) -> bool:
+    """Whether *body* contains a ``\\uD...`` escape (a UTF-16 surrogate, maybe a lone one)."""
+    if isinstance(body, str):
+        return "\\ud" in body or "\\uD" in body
+    return b"\\ud" in body or b"\\uD" in body
+
+
 def loads(body: bytes | str) -> Any:
     """Parse JSON (only JSON), raising :class:`DecodeError` with reason ``json`` or ``encoding``.
 
@@ -141,7 +148,10 @@ def loads(body: bytes | str) -> Any:
                 body.decode("utf-8")
             except UnicodeDecodeError as uexc:
                 raise DecodeError("encoding", f"body is not valid UTF-8: {uexc}") from None
-        raise DecodeError("json", f"body is not valid JSON: {exc}") from None
+        if not _may_have_surrogate_escape(body):
+            raise DecodeError("json", f"body is not valid JSON: {exc}") from None
+        # Lone surrogate escapes ("\ud800") are valid JSON that msgspec refuses;
+        # Celery's decoder keeps them (e.g. file names decoded with surrogateescape).
     try:
         text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
         return json.loads(text, parse_constant=_reject_constant)
