@@ -159,3 +159,23 @@ def test_any_nesting_depth_is_a_decode_error_or_a_value(
             decode_message(IncomingMessage("task.multi", body))
     except DecodeError as exc:
         assert exc.reason in ("json", "not-an-event", "envelope")
+
+
+def test_lone_surrogate_escapes_decode_as_in_celery() -> None:
+    """A task argument holding a file name decoded with ``surrogateescape`` is sent by
+    Celery as a lone surrogate escape (``"\\udcff"``): valid JSON that Celery's receiver
+    accepts, so a whole batch must not be refused because of it."""
+    from kombu.utils.json import dumps as kombu_dumps, loads as kombu_loads
+
+    name = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
+    events = [
+        {"hostname": "h", "uuid": "a", "args": f"('{name}',)", "timestamp": 1.0,
+         "type": "task-received"},
+        {"hostname": "h", "uuid": "b", "timestamp": 2.0, "type": "task-started"},
+    ]  # fmt: skip
+    body = kombu_dumps(events).encode()
+    assert b"\\udce9" in body
+    decoded, errors = decode_message(IncomingMessage("task.multi", body))
+    assert (decoded, errors) == (kombu_loads(body), [])
+    envelope = encode_envelope(OutgoingMessage("task.multi", body), "celeryev")
+    assert decode_message(IncomingMessage("", envelope, content_type=KOMBU_ENVELOPE))[0] == decoded
