@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 from .._exceptions import ConfigurationError
 from .._url import mask_url, split_urls
+from ._options import to_bool, to_opt_float, to_opt_int
 
 __all__ = ["AmqpOptions", "Endpoint", "parse_options", "replace"]
 
@@ -54,47 +55,22 @@ class AmqpOptions:
     connection_name: str = "aiocelev"
 
 
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-def _opt_float(value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return None
-    return float(value)
-
-
-def _opt_int(value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return None
-    return int(value)
-
-
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "exchange": str,
     "queue_prefix": str,
     "queue_name": lambda v: None if v is None else str(v),
-    "durable": _bool,
-    "message_ttl": _opt_float,
-    "expires": _opt_float,
-    "no_ack": _bool,
-    "prefetch_count": _opt_int,
-    "confirm_publish": _bool,
+    "durable": to_bool,
+    "message_ttl": to_opt_float,
+    "expires": to_opt_float,
+    "no_ack": to_bool,
+    "prefetch_count": to_opt_int,
+    "confirm_publish": to_bool,
     "publish_timeout": float,
     "connect_timeout": float,
-    "heartbeat": _opt_int,
+    "heartbeat": to_opt_int,
     "reconnect_delay": float,
     "reconnect_max_delay": float,
-    "max_retries": _opt_int,
+    "max_retries": to_opt_int,
     "control_exchange": str,
     "connection_name": str,
 }

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .._exceptions import ConfigurationError
 from .._url import mask_url, split_urls
+from ._options import to_bool, to_opt_float, to_opt_str
 
 __all__ = ["Endpoint", "RedisOptions", "glob_escape", "parse_redis_url"]
 
@@ -113,37 +114,12 @@ class ParsedUrl:
         return self.scheme == "rediss" or bool(self.options.ssl)
 
 
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-def _opt_float(value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return None
-    return float(value)
-
-
-def _opt_str(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return str(value)
-
-
 def _fanout_prefix(value: Any) -> bool | str:
     if isinstance(value, bool):
         return value
     if isinstance(value, str):
         try:
-            return _bool(value)
+            return to_bool(value)
         except ValueError:
             return value
     return bool(value)
@@ -160,20 +136,20 @@ def _mapping(value: Any) -> Mapping[str, Any] | None:
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "exchange": str,
     "fanout_prefix": _fanout_prefix,
-    "fanout_patterns": _bool,
+    "fanout_patterns": to_bool,
     "global_keyprefix": lambda v: "" if v is None else str(v),
     "control_exchange": str,
-    "master_name": _opt_str,
+    "master_name": to_opt_str,
     "min_other_sentinels": int,
     "sentinel_kwargs": _mapping,
-    "socket_timeout": _opt_float,
-    "socket_connect_timeout": _opt_float,
-    "socket_keepalive": _bool,
+    "socket_timeout": to_opt_float,
+    "socket_connect_timeout": to_opt_float,
+    "socket_keepalive": to_bool,
     "health_check_interval": float,
     "sentinel_check_interval": float,
     "reconnect_delay": float,
     "reconnect_max_delay": float,
-    "client_name": _opt_str,
+    "client_name": to_opt_str,
 }
 
 
