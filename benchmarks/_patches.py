@@ -15,6 +15,9 @@ library.  Nothing here changes aiocelev itself.
   frames itself (the properties of identical headers marshalled once) and
   hands them to aiormq's writer as one buffer, drained once (a prototype: no
   confirms, no channel-flow handling).
+* ``redis-fast-drain``: a ``read_response(timeout=0)`` (the Redis adapter's
+  drain of what already arrived) takes a complete reply straight from the
+  hiredis reader's buffer, without entering ``asyncio.timeout()``.
 """
 
 from __future__ import annotations
@@ -169,7 +172,30 @@ def _amqp_frames() -> None:
     amqp.AmqpBroker.publish = publish  # type: ignore[method-assign]
 
 
+def _redis_fast_drain() -> None:
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+    from redis.asyncio.connection import AbstractConnection
+
+    original = AbstractConnection.read_response
+
+    async def read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+        parser = getattr(self, "_parser", None)
+        if kwargs.get("timeout") == 0 and not args and isinstance(parser, _AsyncHiredisParser):
+            reader = getattr(parser, "_reader", None)
+            if reader is not None:
+                reply = reader.gets()
+                if reply is not NOT_ENOUGH_DATA:
+                    if isinstance(reply, list) and reply and not isinstance(reply[0], Exception):
+                        return reply
+                    # Anything unusual: hand it back the slow way.
+                    raise RuntimeError("unexpected reply in the fast drain what-if")
+        return await original(self, *args, **kwargs)
+
+    AbstractConnection.read_response = read_response  # type: ignore[method-assign]
+
+
 PATCHES: dict[str, Callable[[], None]] = {
+    "redis-fast-drain": _redis_fast_drain,
     "amqp-frames": _amqp_frames,
     "fast-loads": _fast_loads,
     "orjson-encode": _orjson_encode,
