@@ -221,10 +221,10 @@ def delete_exchange(broker: str) -> None:
     """Remove this run's durable exchange from RabbitMQ (best effort)."""
     if broker != "amqp":
         return
-    from kombu import Connection
+    from kombu.connection import Connection
 
     try:
-        with Connection(URLS["amqp"], connect_timeout=5) as conn:
+        with Connection(URLS["amqp"], connect_timeout=5) as conn:  # type: ignore[no-untyped-call]
             conn.default_channel.exchange_delete(EXCHANGE)
     except Exception:
         pass

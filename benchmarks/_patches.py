@@ -34,7 +34,7 @@ _BIG = float(2**63)
 def _deep_big(obj: Any) -> bool:
     t = type(obj)
     if t is float:
-        return obj >= _BIG or obj <= -_BIG
+        return bool(obj >= _BIG or obj <= -_BIG)
     if t is dict:
         return any(_deep_big(v) for v in obj.values())
     if t is list:
@@ -89,7 +89,7 @@ def _orjson_encode() -> None:
         def encode(self, obj: Any) -> str:
             return orjson.dumps(obj).decode()
 
-    _dispatcher._encoder = _Encoder()  # type: ignore[assignment]
+    _dispatcher._encoder = _Encoder()  # type: ignore[attr-defined,assignment]
 
 
 def _amqp_frames() -> None:

@@ -40,7 +40,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         mode = "celery-batched" if spec.get("batched") else "celery-single"
         stream = {"mode": mode, "n": n, "rate": rate}
 
-        def handle(event: Any) -> None:  # type: ignore[misc]
+        def handle(event: Any) -> None:
             latencies.append(time.time() - event["sent_at"])
 
         result = run_celery(spec, stream, handle, idle=2.0)
