@@ -505,6 +505,7 @@ def machine_info() -> dict[str, Any]:
         "aiormq",
         "redis",
         "hiredis",
+        "msgspec",
         "orjson",
         "anyio",
     ):
