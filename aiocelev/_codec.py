@@ -238,13 +238,18 @@ def encode_envelope(
     return _encoder.encode(envelope).encode("ascii")
 
 
+_MAX_DISTINCT_ERRORS = 64
+_MORE_ERRORS = "batch element is not an event (many elements of this batch are not events)"
+
+
 def decode_message(
     message: IncomingMessage, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE
 ) -> tuple[list[dict[str, Any]], list[DecodeError]]:
     """Decode a message into wire dicts.
 
     Returns the valid event dicts in order, and one :class:`DecodeError` per
-    element of a batch that is not an event (the valid ones are still returned).
+    element of a batch that is not an event (the valid ones are still returned;
+    elements failing for the same reason share one error object).
 
     :raises DecodeError: when the message as a whole cannot be decoded.
     """
@@ -273,12 +278,22 @@ def decode_message(
     if type(obj) is list:
         good: list[dict[str, Any]] = []
         bad: list[DecodeError] = []
+        # One error object per distinct reason, and a shared one past a few dozen:
+        # a hostile batch of millions of scalars must not cost an object each.
+        errors: dict[str, DecodeError] = {}
         for item in obj:
             why = validate_event(item)
             if why is None:
                 good.append(item)
-            else:
-                bad.append(DecodeError("not-an-event", why))
+                continue
+            error = errors.get(why)
+            if error is None:
+                if len(errors) >= _MAX_DISTINCT_ERRORS:
+                    why = _MORE_ERRORS
+                    error = errors.get(why)
+                if error is None:
+                    error = errors[why] = DecodeError("not-an-event", why)
+            bad.append(error)
         return good, bad
     raise DecodeError("not-an-event", f"expected a JSON object or array, got {type(obj).__name__}")
 
