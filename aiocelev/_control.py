@@ -25,12 +25,15 @@ delivery mode 2 and routing key ``""``.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._codec import dumps
+from ._clock import LamportClock
+from ._codec import dumps, loads
+from ._exceptions import DecodeError
 
 __all__ = [
     "DEFAULT_CONTROL_EXCHANGE",
@@ -43,6 +46,8 @@ __all__ = [
     "reply_queue_name",
     "reply_to_mapping",
     "match_reply",
+    "accept_reply",
+    "reply_limit",
 ]
 
 #: Celery's ``control_exchange`` setting default (the pidbox namespace).
@@ -164,3 +169,34 @@ def match_reply(
     if headers.get("ticket", ticket) != ticket:
         return None
     return body
+
+
+def accept_reply(
+    body: bytes,
+    headers: Mapping[str, Any],
+    ticket: str,
+    clock: LamportClock,
+    log: logging.Logger,
+) -> dict[str, Any] | None:
+    """Take in one raw reply as a broadcasting client does.
+
+    Merges the reply's ``clock`` header into *clock*, decodes *body* and
+    returns it if it answers *ticket* (see :func:`match_reply`); an
+    undecodable body is logged on *log* and ignored (``None``).
+    """
+    value = headers.get("clock")
+    if isinstance(value, int):
+        clock.adjust(value)
+    try:
+        decoded = loads(body)
+    except DecodeError:
+        log.warning("ignoring an undecodable remote-control reply")
+        return None
+    return match_reply(decoded, headers, ticket)
+
+
+def reply_limit(limit: int | None, destination: Sequence[str] | None) -> int | None:
+    """How many replies to wait for: *limit*, else one per *destination* node."""
+    if limit is None and destination:
+        return len(destination)
+    return limit

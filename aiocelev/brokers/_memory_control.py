@@ -28,11 +28,12 @@ import anyio.lowlevel
 from .._clock import LamportClock
 from .._codec import dumps, loads
 from .._control import (
+    accept_reply,
     build_control_body,
     encode_control_body,
-    match_reply,
     new_reply_key,
     new_ticket,
+    reply_limit,
     reply_to_mapping,
 )
 from .._exceptions import (
@@ -236,8 +237,7 @@ class MemoryControl:
             await anyio.lowlevel.checkpoint()
             if replies_box is None or ticket is None:
                 return []
-            if limit is None and destination:
-                limit = len(destination)
+            limit = reply_limit(limit, destination)
             replies: list[dict[str, Any]] = []
             with anyio.move_on_after(timeout):
                 while limit is None or len(replies) < limit:
@@ -245,15 +245,7 @@ class MemoryControl:
                     if message is None:  # pragma: no cover - only closed below
                         break
                     reply_body, reply_headers = message
-                    clock = reply_headers.get("clock")
-                    if type(clock) is int:
-                        self.clock.adjust(clock)
-                    try:
-                        decoded = loads(reply_body)
-                    except DecodeError:
-                        logger.warning("ignoring an undecodable remote-control reply")
-                        continue
-                    got = match_reply(decoded, reply_headers, ticket)
+                    got = accept_reply(reply_body, reply_headers, ticket, self.clock, logger)
                     if got is not None:
                         replies.append(got)
             return replies

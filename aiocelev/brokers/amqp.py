@@ -57,18 +57,18 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from .._clock import LamportClock
-from .._codec import loads
 from .._control import (
     REPLY_QUEUE_EXPIRES,
     REPLY_QUEUE_TTL,
     REQUEST_DELIVERY_MODE,
+    accept_reply,
     build_control_body,
     encode_control_body,
-    match_reply,
     new_reply_key,
     new_ticket,
     pidbox_exchange,
     reply_exchange,
+    reply_limit,
     reply_queue_name,
     reply_to_mapping,
 )
@@ -78,7 +78,6 @@ from .._exceptions import (
     BrokerError,
     ClosedError,
     ConfigurationError,
-    DecodeError,
     PublishError,
 )
 from .._message import IncomingMessage, OutgoingMessage
@@ -706,15 +705,9 @@ class AmqpBroker:
 
                     async def on_reply(message: AbstractIncomingMessage) -> None:
                         headers = dict(message.headers or {})
-                        clock = headers.get("clock")
-                        if isinstance(clock, int):
-                            self._control_clock.adjust(clock)
-                        try:
-                            body = loads(message.body)
-                        except DecodeError:
-                            logger.warning("ignoring an undecodable remote-control reply")
-                            return
-                        got = match_reply(body, headers, wanted)
+                        got = accept_reply(
+                            message.body, headers, wanted, self._control_clock, logger
+                        )
                         if got is not None:
                             replies.append(got)
                             arrived.set()
@@ -743,8 +736,7 @@ class AmqpBroker:
                 )
             if not reply:
                 return []
-            if limit is None and destination:
-                limit = len(destination)
+            limit = reply_limit(limit, destination)
             with anyio.move_on_after(timeout):
                 while limit is None or len(replies) < limit:
                     await arrived.wait()

@@ -72,6 +72,7 @@ from .._control import (
     new_ticket,
     pidbox_exchange,
     reply_exchange,
+    reply_limit,
     reply_queue_name,
     reply_to_mapping,
 )
@@ -815,8 +816,7 @@ class RedisBroker:
         """
         client = self._client_or_raise()
         namespace = self.options.control_exchange
-        if limit is None and destination:
-            limit = len(destination)
+        limit = reply_limit(limit, destination)
         gk = self.options.global_keyprefix
         ticket = reply_key = queue = binding_key = member = None
         if reply:
