@@ -270,3 +270,37 @@ def test_event_helper_is_valid() -> None:
     from aiocelev._codec import validate_event
 
     assert validate_event(event(0)) is None
+
+
+async def test_a_batch_of_half_a_million_non_events_costs_no_more_than_its_parse(
+    broker_kind: str, real_url: str
+) -> None:
+    """A 1 MB array of 500,000 scalars: every element is counted (and reported), but
+    decoding it does not allocate an error object per element (that cost ~250 MiB)."""
+    import tracemalloc
+
+    body = b"[" + b",".join([b"1"] * 500_000) + b"]"
+    reported = 0
+
+    def on_error(error: DecodeError, message: IncomingMessage) -> None:
+        nonlocal reported
+        reported += 1
+
+    async with (
+        raw_publisher(broker_kind, real_url) as raw,
+        EventReceiver(real_url, broker_options=raw.options, on_error=on_error) as receiver,
+    ):
+        tracemalloc.start()
+        try:
+            baseline = tracemalloc.get_traced_memory()[0]
+            await raw.publish("task.multi", body)
+            await raw.publish("task.started", valid_body(0))
+            got = await _collect(receiver, 1)
+            peak = tracemalloc.get_traced_memory()[1] - baseline
+        finally:
+            tracemalloc.stop()
+        stats = receiver.statistics()
+    assert got[0]["uuid"] == "v0"
+    assert stats.malformed == {"not-an-event": 500_000}
+    assert reported == 500_000
+    assert peak < 40 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
