@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,93 +26,38 @@ import anyio.to_thread
 import pytest
 
 from aiocelev import EventDispatcher, EventReceiver
-from aiocelev._codec import decode_message
 from aiocelev.brokers.amqp import AmqpBroker, from_url
 
 from ..brokers._rabbitmq import delete_exchanges
+from ._common import (
+    CELERY,
+    ROOT,
+    TASK_TYPES,
+    WORKER_FIELDS,
+    Worker,
+    assert_celery_routing,
+    call,
+    celery_state_probe,
+    celery_worker as _celery_worker,
+    collect_until_offline,
+    events_by_type,
+    outcomes_seen,
+    send_outcome_tasks,
+    send_received,
+    send_task_states,
+    stop_process,
+    typed_until_offline,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.amqp, pytest.mark.celery]
 
-ROOT = Path(__file__).resolve().parents[2]
-CELERY = str(Path(sys.executable).with_name("celery"))
 
-TASK_TYPES = {
-    "task-received",
-    "task-started",
-    "task-succeeded",
-    "task-failed",
-    "task-retried",
-    "task-revoked",
-}
-
-
-class Worker:
-    """A real Celery worker subprocess with its own node name and queue."""
-
-    def __init__(self, broker_url: str, *, events: bool, env: dict[str, str] | None = None) -> None:
-        tag = uuid.uuid4().hex[:10]
-        self.nodename = f"aiocelev-{tag}@interop"
-        self.queue = f"aiocelev-interop-{tag}"
-        self.broker_url = broker_url
-        self.events = events
-        self.extra_env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by celery_worker()
-
-    def start(self) -> None:
-        cmd = [
-            CELERY,
-            "-A",
-            "tests.interop.celery_app",
-            "worker",
-            "-P",
-            "solo",
-            "--without-mingle",
-            "--without-gossip",
-            "-n",
-            self.nodename,
-            "-Q",
-            self.queue,
-            "--loglevel",
-            "INFO",
-        ]
-        if self.events:
-            cmd.append("-E")
-        env = {**os.environ, "AIOCELEV_CELERY_BROKER": self.broker_url, **self.extra_env}
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-
-    def stop(self, timeout: float = 15) -> None:
-        """Warm shutdown (SIGTERM, sends worker-offline); SIGKILL if it hangs."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-4000:]
-
-
-@asynccontextmanager
-async def celery_worker(
+def celery_worker(
     broker_url: str, *, events: bool = True, env: dict[str, str] | None = None
-) -> AsyncIterator[Worker]:
-    worker = Worker(broker_url, events=events, env=env)
-    worker.start()
-    try:
-        yield worker
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(worker.stop)
-            worker.log.close()
-            await _delete_queue(broker_url, worker.queue)
+) -> AbstractAsyncContextManager[Worker]:
+    """A real Celery worker on RabbitMQ; its durable task queue is deleted afterwards."""
+    return _celery_worker(broker_url, _delete_queue, events=events, env=env)
 
 
 @asynccontextmanager
@@ -143,39 +86,6 @@ def _client(broker_url: str) -> Any:
     return Celery("aiocelev_interop_client", broker=broker_url)
 
 
-async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
-
-
-async def _collect_until_offline(
-    sub: Any, nodename: str, into: list[tuple[str, dict[str, Any]]]
-) -> None:
-    """Append (routing_key, event) for events from *nodename* until its worker-offline."""
-    async for message in sub:
-        if message.headers.get("hostname") != nodename:
-            continue  # not from our worker
-        events, errors = decode_message(message)
-        assert not errors
-        for event in events:
-            if event.get("hostname") == nodename:
-                into.append((message.routing_key, event))
-                if event["type"] == "worker-offline":
-                    return
-
-
-async def _wait_for(
-    predicate: Callable[[], bool], timeout: float, what: str, worker: Worker
-) -> None:
-    try:
-        with anyio.fail_after(timeout):
-            while not predicate():
-                await anyio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(
-            f"timed out waiting for {what}; worker output:\n{worker.output()}"
-        ) from None
-
-
 async def test_real_worker_events_reach_aiocelev(amqp_url: str) -> None:
     """Every event type a real ``celery worker -E`` sends arrives, with Celery's fields."""
     raw: list[tuple[str, dict[str, Any]]] = []
@@ -196,62 +106,38 @@ async def test_real_worker_events_reach_aiocelev(amqp_url: str) -> None:
         ):
             node = worker.nodename
 
-            async def typed_until_offline() -> None:
-                async for event in receiver:
-                    if event.hostname == node:
-                        typed.append(event)
-                        if event.type == "worker-offline":
-                            return
-
             def types() -> set[str]:
                 return {e["type"] for _, e in raw}
 
             with anyio.fail_after(90):
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_collect_until_offline, sub, node, raw)
-                    tg.start_soon(typed_until_offline)
-                    await _wait_for(lambda: "worker-online" in types(), 30, "worker-online", worker)
+                    tg.start_soon(partial(collect_until_offline, sub, node, raw, check_header=True))
+                    tg.start_soon(typed_until_offline, receiver, node, typed)
+                    await wait_for(lambda: "worker-online" in types(), 30, "worker-online", worker)
 
                     q = worker.queue
-                    ok = (await _call(client.send_task, "interop.add", args=(2, 3), queue=q)).id
-                    bad = (await _call(client.send_task, "interop.boom", args=(7,), queue=q)).id
-                    retried = (
-                        await _call(client.send_task, "interop.flaky", args=(9,), queue=q)
-                    ).id
+                    ok, bad, retried = await send_outcome_tasks(client, q)
                     revoked = str(uuid.uuid4())
-                    replies = await _call(
+                    replies = await call(
                         client.control.revoke, revoked, destination=[node], reply=True, timeout=10
                     )
                     assert replies and node in replies[0]
-                    await _call(
+                    await call(
                         client.send_task, "interop.add", args=(1, 1), queue=q, task_id=revoked
                     )
 
-                    def done() -> bool:
-                        seen = {(e["type"], e.get("uuid")) for _, e in raw}
-                        return {
-                            ("task-succeeded", ok),
-                            ("task-failed", bad),
-                            ("task-retried", retried),
-                            ("task-succeeded", retried),
-                            ("task-revoked", revoked),
-                        } <= seen and "worker-heartbeat" in types()
-
-                    await _wait_for(done, 40, "the task events", worker)
+                    await wait_for(
+                        lambda: outcomes_seen(raw, ok, bad, retried, revoked),
+                        40, "the task events", worker,
+                    )  # fmt: skip
                     await anyio.to_thread.run_sync(worker.stop)
                     # both collectors end on worker-offline
 
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for _, event in raw:
-        by_type.setdefault(event["type"], []).append(event)
+    by_type = events_by_type(raw)
     assert {"worker-online", "worker-heartbeat", "worker-offline"} | TASK_TYPES <= set(by_type)
 
     # routing: worker events one per message, task events batched on task.multi
-    for key, event in raw:
-        if event["type"].startswith("worker-"):
-            assert key == event["type"].replace("-", ".")
-        else:
-            assert key in ("task.multi", event["type"].replace("-", "."))
+    assert_celery_routing(raw)
 
     online = by_type["worker-online"][0]
     assert online["sw_ident"] == "py-celery" and online["freq"] == 2.0
@@ -282,61 +168,10 @@ async def test_real_worker_events_reach_aiocelev(amqp_url: str) -> None:
     assert typed_succeeded and typed_succeeded[0].result == "5"
 
 
-@asynccontextmanager
-async def celery_state_probe(
-    broker_url: str, nodename: str, exchange: str, timeout: float = 30
-) -> AsyncIterator[Callable[[], Any]]:
-    """Celery's EventReceiver + State in a subprocess; yields a coroutine function
-    returning its JSON report (once it saw worker-offline from *nodename*)."""
-    proc = await anyio.open_process(
-        [
-            sys.executable,
-            "-m",
-            "tests.interop._celery_probe",
-            broker_url,
-            nodename,
-            str(timeout),
-            exchange,
-        ],
-        cwd=ROOT,
-    )
-    try:
-        assert proc.stdout is not None
-        buffer = b""
-        with anyio.fail_after(30):
-            while b"READY\n" not in buffer:
-                buffer += await proc.stdout.receive()
-
-        async def report() -> Any:
-            nonlocal buffer
-            assert proc.stdout is not None
-            with anyio.fail_after(timeout + 10):
-                while not buffer.rstrip().endswith(b"}"):
-                    buffer += await proc.stdout.receive()
-            return json.loads(buffer.split(b"READY\n", 1)[1])
-
-        yield report
-    finally:
-        with anyio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            await proc.aclose()
-
-
 async def test_aiocelev_events_understood_by_celery_state(amqp_url: str) -> None:
     """Celery's own receiver and State turn aiocelev's events into task states and a live worker."""
     node = f"aiocelev-{uuid.uuid4().hex[:10]}@pub"
     ids = {state: str(uuid.uuid4()) for state in ("SUCCESS", "FAILURE", "RETRY", "REVOKED")}
-    worker_fields = {
-        "freq": 2.0,
-        "active": 0,
-        "processed": 0,
-        "loadavg": [0.1, 0.1, 0.1],
-        "sw_ident": "aiocelev",
-        "sw_ver": "0.1.0",
-        "sw_sys": "Linux",
-    }
     exchange = f"aiocelev-test-ev-{uuid.uuid4().hex[:8]}"  # away from other traffic
     async with (
         private_exchanges(amqp_url, exchange),
@@ -345,47 +180,12 @@ async def test_aiocelev_events_understood_by_celery_state(amqp_url: str) -> None
         async with EventDispatcher(
             amqp_url, hostname=node, broker_options={"exchange": exchange}
         ) as dispatcher:
-            await dispatcher.send("worker-online", **worker_fields)
-            await dispatcher.send("worker-heartbeat", **worker_fields)
-            for state, task_id in ids.items():
-                await dispatcher.send(
-                    "task-received",
-                    uuid=task_id,
-                    name="demo.add",
-                    args="(2, 3)",
-                    kwargs="{}",
-                    root_id=task_id,
-                    parent_id=None,
-                    retries=0,
-                    eta=None,
-                    expires=None,
-                )
-                if state == "REVOKED":
-                    await dispatcher.send(
-                        "task-revoked", uuid=task_id, terminated=False, signum=None, expired=False
-                    )
-                    continue
-                await dispatcher.send("task-started", uuid=task_id)
-                if state == "SUCCESS":
-                    await dispatcher.send("task-succeeded", uuid=task_id, result="5", runtime=0.01)
-                elif state == "FAILURE":
-                    await dispatcher.send(
-                        "task-failed",
-                        uuid=task_id,
-                        exception="ValueError('x')",
-                        traceback="Traceback (most recent call last):\n",
-                        runtime=0.01,
-                    )
-                else:
-                    await dispatcher.send(
-                        "task-retried",
-                        uuid=task_id,
-                        exception="RuntimeError('again')",
-                        traceback="Traceback (most recent call last):\n",
-                    )
-            await dispatcher.send("worker-heartbeat", **{**worker_fields, "processed": 3})
+            await dispatcher.send("worker-online", **WORKER_FIELDS)
+            await dispatcher.send("worker-heartbeat", **WORKER_FIELDS)
+            await send_task_states(dispatcher, ids)
+            await dispatcher.send("worker-heartbeat", **{**WORKER_FIELDS, "processed": 3})
             await dispatcher.flush()
-            await dispatcher.send("worker-offline", **worker_fields)
+            await dispatcher.send("worker-offline", **WORKER_FIELDS)
         seen = await report()
 
     assert seen["tasks"] == {task_id: state for state, task_id in ids.items()}
@@ -428,8 +228,10 @@ async def test_broadcast_enable_events_turns_on_task_events(amqp_url: str) -> No
         async with celery_worker(amqp_url, events=False, env=env) as worker:
             node = worker.nodename
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_collect_until_offline, sub, node, collected)
-                await _wait_for(
+                tg.start_soon(
+                    partial(collect_until_offline, sub, node, collected, check_header=True)
+                )
+                await wait_for(
                     lambda: any(e["type"] == "worker-online" for _, e in collected),
                     30,
                     "worker-online",
@@ -447,9 +249,9 @@ async def test_broadcast_enable_events_turns_on_task_events(amqp_url: str) -> No
                 assert pong == [{node: {"ok": "pong"}}]
 
                 task_id = (
-                    await _call(client.send_task, "interop.add", args=(4, 4), queue=worker.queue)
+                    await call(client.send_task, "interop.add", args=(4, 4), queue=worker.queue)
                 ).id
-                await _wait_for(
+                await wait_for(
                     lambda: (
                         ("task-succeeded", task_id)
                         in {(e["type"], e.get("uuid")) for _, e in collected}
@@ -492,10 +294,10 @@ async def test_celery_control_reaches_an_aiocelev_node(amqp_url: str) -> None:
         client.conf.control_exchange = namespace
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve)
-            replies = await _call(client.control.ping, destination=[node], timeout=10)
+            replies = await call(client.control.ping, destination=[node], timeout=10)
             assert replies == [{node: {"ok": "pong"}}]
             # a broadcast to another node is not ours
-            await _call(client.control.broadcast, "enable_events", destination=["someone@else"])
+            await call(client.control.broadcast, "enable_events", destination=["someone@else"])
             # and our own broadcast() reaches the node too
             ours = await broker.broadcast("ping", destination=[node], reply=True, timeout=10)
             assert ours == [{node: {"ok": "pong"}}]
@@ -517,17 +319,6 @@ def _http_json(url: str) -> Any:
 
     with urllib.request.urlopen(url, timeout=5) as response:  # loopback only
         return json.loads(response.read())
-
-
-WORKER_FIELDS = {
-    "freq": 2.0,
-    "active": 0,
-    "processed": 0,
-    "loadavg": [0.1, 0.1, 0.1],
-    "sw_ident": "aiocelev",
-    "sw_ver": "0.1.0",
-    "sw_sys": "Linux",
-}
 
 
 async def _beat_until(
@@ -588,30 +379,7 @@ async def test_flower_shows_aiocelev_worker_and_tasks(amqp_url: str, tmp_path: P
             await dispatcher.send("worker-online", **WORKER_FIELDS)
             await _beat_until(dispatcher, lambda: node in workers(), 60)
             assert workers()[node]["status"] is True  # alive while heartbeats flow
-            for state, task_id in ids.items():
-                await dispatcher.send(
-                    "task-received",
-                    uuid=task_id,
-                    name="demo.add",
-                    args="(2, 3)",
-                    kwargs="{}",
-                    root_id=task_id,
-                    parent_id=None,
-                    retries=0,
-                    eta=None,
-                    expires=None,
-                )
-                await dispatcher.send("task-started", uuid=task_id)
-                if state == "SUCCESS":
-                    await dispatcher.send("task-succeeded", uuid=task_id, result="5", runtime=0.01)
-                else:
-                    await dispatcher.send(
-                        "task-failed",
-                        uuid=task_id,
-                        exception="ValueError('x')",
-                        traceback="Traceback (most recent call last):\n",
-                        runtime=0.01,
-                    )
+            await send_task_states(dispatcher, ids)
             await dispatcher.flush()
 
             def task_states() -> dict[str, str]:
@@ -638,12 +406,7 @@ async def test_flower_shows_aiocelev_worker_and_tasks(amqp_url: str, tmp_path: P
             while (await anyio.to_thread.run_sync(workers))[node]["status"] is not False:
                 await anyio.sleep(0.2)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
         await delete_exchanges(amqp_url, exchange)
 
@@ -673,18 +436,7 @@ async def test_celery_events_dump_prints_aiocelev_events(amqp_url: str, tmp_path
             amqp_url, hostname=node, broker_options={"exchange": exchange}
         ) as dispatcher:
             await _beat_until(dispatcher, lambda: node in out_path.read_text(errors="replace"), 60)
-            await dispatcher.send(
-                "task-received",
-                uuid=task_id,
-                name="demo.add",
-                args="(2, 3)",
-                kwargs="{}",
-                root_id=task_id,
-                parent_id=None,
-                retries=0,
-                eta=None,
-                expires=None,
-            )
+            await send_received(dispatcher, task_id)
             await dispatcher.send("task-succeeded", uuid=task_id, result="5", runtime=0.01)
             await dispatcher.flush()
             with anyio.fail_after(20):
@@ -694,12 +446,7 @@ async def test_celery_events_dump_prints_aiocelev_events(amqp_url: str, tmp_path
                 ):
                     await anyio.sleep(0.1)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         out.close()
         await delete_exchanges(amqp_url, exchange)
     text = out_path.read_text(errors="replace")

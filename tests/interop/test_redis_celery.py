@@ -14,16 +14,9 @@ assuming it listens as soon as it started.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -34,61 +27,24 @@ from aiocelev import EventDispatcher, EventReceiver
 from aiocelev._codec import decode_message
 from aiocelev.brokers.redis import RedisBroker, from_url
 
+from ._common import (
+    TASK_TYPES,
+    WORKER_FIELDS,
+    Worker,
+    assert_celery_routing,
+    call,
+    celery_state_probe,
+    celery_worker,
+    collect_until_offline,
+    events_by_type,
+    outcomes_seen,
+    send_outcome_tasks,
+    send_task_states,
+    typed_until_offline,
+    wait_for,
+)
+
 pytestmark = [pytest.mark.redis, pytest.mark.celery, pytest.mark.timeout(120)]
-
-ROOT = Path(__file__).resolve().parents[2]
-CELERY = str(Path(sys.executable).with_name("celery"))
-
-TASK_TYPES = {
-    "task-received",
-    "task-started",
-    "task-succeeded",
-    "task-failed",
-    "task-retried",
-    "task-revoked",
-}
-
-
-class _Worker:
-    """A real Celery worker subprocess (solo pool) with its own node name and queue."""
-
-    def __init__(self, broker_url: str, *, events: bool) -> None:
-        tag = uuid.uuid4().hex[:10]
-        self.nodename = f"aiocelev-redis-{tag}@interop"
-        self.queue = f"aiocelev-redis-interop-{tag}"
-        self.broker_url = broker_url
-        self.events = events
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by redis_worker()
-
-    def start(self) -> None:
-        cmd = [
-            CELERY, "-A", "tests.interop.celery_app", "worker", "-P", "solo",
-            "--without-mingle", "--without-gossip", "-n", self.nodename, "-Q", self.queue,
-            "--loglevel", "INFO",
-        ]  # fmt: skip
-        if self.events:
-            cmd.append("-E")
-        env = {**os.environ, "AIOCELEV_CELERY_BROKER": self.broker_url}
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-
-    def stop(self, timeout: float = 15) -> None:
-        """Warm shutdown (SIGTERM: the worker sends worker-offline); SIGKILL if it hangs."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-4000:]
 
 
 async def _forget_queue(broker_url: str, queue: str) -> None:
@@ -103,16 +59,11 @@ async def _forget_queue(broker_url: str, queue: str) -> None:
 
 
 @asynccontextmanager
-async def redis_worker(broker_url: str, *, events: bool = True) -> AsyncIterator[_Worker]:
-    worker = _Worker(broker_url, events=events)
-    worker.start()
-    try:
+async def redis_worker(broker_url: str, *, events: bool = True) -> AsyncIterator[Worker]:
+    async with celery_worker(
+        broker_url, _forget_queue, events=events, prefix="aiocelev-redis"
+    ) as worker:
         yield worker
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(worker.stop)
-            worker.log.close()
-            await _forget_queue(broker_url, worker.queue)
 
 
 def _client(broker_url: str) -> Any:
@@ -123,37 +74,7 @@ def _client(broker_url: str) -> Any:
     return app
 
 
-async def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
-
-
-async def _collect_until_offline(
-    sub: Any, nodename: str, into: list[tuple[str, dict[str, Any]]]
-) -> None:
-    async for message in sub:
-        events, errors = decode_message(message)
-        assert not errors
-        for event in events:
-            if event.get("hostname") == nodename:
-                into.append((message.routing_key, event))
-                if event["type"] == "worker-offline":
-                    return
-
-
-async def _wait_for(
-    predicate: Callable[[], bool], timeout: float, what: str, worker: _Worker
-) -> None:
-    try:
-        with anyio.fail_after(timeout):
-            while not predicate():
-                await anyio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(
-            f"timed out waiting for {what}; worker output:\n{worker.output()}"
-        ) from None
-
-
-async def _until_pong(broker: RedisBroker, worker: _Worker, timeout: float = 30) -> None:
+async def _until_pong(broker: RedisBroker, worker: Worker, timeout: float = 30) -> None:
     """Ping until the worker answers: its pidbox subscription is then live."""
     node = worker.nodename
     try:
@@ -179,29 +100,18 @@ async def test_real_worker_events_reach_aiocelev(redis_url: str) -> None:
         async with EventReceiver(broker) as receiver, redis_worker(redis_url) as worker:
             node = worker.nodename
 
-            async def typed_until_offline() -> None:
-                async for event in receiver:
-                    if event.hostname == node:
-                        typed.append(event)
-                        if event.type == "worker-offline":
-                            return
-
             def types() -> set[str]:
                 return {e["type"] for _, e in raw}
 
             with anyio.fail_after(100):
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_collect_until_offline, sub, node, raw)
-                    tg.start_soon(typed_until_offline)
-                    await _wait_for(lambda: "worker-online" in types(), 30, "worker-online", worker)
+                    tg.start_soon(collect_until_offline, sub, node, raw)
+                    tg.start_soon(typed_until_offline, receiver, node, typed)
+                    await wait_for(lambda: "worker-online" in types(), 30, "worker-online", worker)
                     await _until_pong(broker, worker)
 
                     q = worker.queue
-                    ok = (await _call(client.send_task, "interop.add", args=(2, 3), queue=q)).id
-                    bad = (await _call(client.send_task, "interop.boom", args=(7,), queue=q)).id
-                    retried = (
-                        await _call(client.send_task, "interop.flaky", args=(9,), queue=q)
-                    ).id
+                    ok, bad, retried = await send_outcome_tasks(client, q)
                     revoked = str(uuid.uuid4())
                     # revoke through our own broadcast (reply collected from kombu's reply list)
                     replies = await broker.broadcast(
@@ -209,32 +119,19 @@ async def test_real_worker_events_reach_aiocelev(redis_url: str) -> None:
                         destination=[node], reply=True, timeout=10,
                     )  # fmt: skip
                     assert replies and node in replies[0]
-                    await _call(
+                    await call(
                         client.send_task, "interop.add", args=(1, 1), queue=q, task_id=revoked
                     )
 
-                    def done() -> bool:
-                        seen = {(e["type"], e.get("uuid")) for _, e in raw}
-                        return {
-                            ("task-succeeded", ok),
-                            ("task-failed", bad),
-                            ("task-retried", retried),
-                            ("task-succeeded", retried),
-                            ("task-revoked", revoked),
-                        } <= seen and "worker-heartbeat" in types()
-
-                    await _wait_for(done, 40, "the task events", worker)
+                    await wait_for(
+                        lambda: outcomes_seen(raw, ok, bad, retried, revoked),
+                        40, "the task events", worker,
+                    )  # fmt: skip
                     await anyio.to_thread.run_sync(worker.stop)
 
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for _, event in raw:
-        by_type.setdefault(event["type"], []).append(event)
+    by_type = events_by_type(raw)
     assert {"worker-online", "worker-heartbeat", "worker-offline"} | TASK_TYPES <= set(by_type)
-    for key, event in raw:  # routing keys come from the channel names
-        if event["type"].startswith("worker-"):
-            assert key == event["type"].replace("-", ".")
-        else:
-            assert key in ("task.multi", event["type"].replace("-", "."))
+    assert_celery_routing(raw)  # routing keys come from the channel names
     online = by_type["worker-online"][0]
     assert online["sw_ident"] == "py-celery" and online["freq"] == 2.0
     succeeded = {e["uuid"]: e for e in by_type["task-succeeded"]}
@@ -252,7 +149,7 @@ async def test_task_sent_events_from_a_celery_client(redis_url: str) -> None:
         sub = await broker.subscribe(["task.sent"])
         client = _client(redis_url)
         queue = f"aiocelev-nobody-{uuid.uuid4().hex[:8]}"
-        task_id = (await _call(client.send_task, "interop.add", args=(1, 2), queue=queue)).id
+        task_id = (await call(client.send_task, "interop.add", args=(1, 2), queue=queue)).id
         with anyio.fail_after(10):
             async for message in sub:
                 events, _ = decode_message(message)
@@ -263,53 +160,10 @@ async def test_task_sent_events_from_a_celery_client(redis_url: str) -> None:
         await _forget_queue(redis_url, queue)  # the never-consumed task message
 
 
-@asynccontextmanager
-async def celery_state_probe(
-    broker_url: str, nodename: str, timeout: float = 30
-) -> AsyncIterator[Callable[[], Any]]:
-    """Celery's EventReceiver + State in a subprocess; yields a coroutine function
-    returning its JSON report (once it saw worker-offline from *nodename*)."""
-    proc = await anyio.open_process(
-        [sys.executable, "-m", "tests.interop._celery_probe", broker_url, nodename, str(timeout)],
-        cwd=ROOT,
-    )
-    try:
-        assert proc.stdout is not None
-        buffer = b""
-        with anyio.fail_after(30):
-            while b"READY\n" not in buffer:
-                buffer += await proc.stdout.receive()
-
-        async def report() -> Any:
-            nonlocal buffer
-            assert proc.stdout is not None
-            with anyio.fail_after(timeout + 10):
-                while not buffer.rstrip().endswith(b"}"):
-                    buffer += await proc.stdout.receive()
-            return json.loads(buffer.split(b"READY\n", 1)[1])
-
-        yield report
-    finally:
-        with anyio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.kill()
-            await proc.wait()
-            await proc.aclose()
-
-
 async def test_aiocelev_events_understood_by_celery_state(redis_url: str) -> None:
     """Celery's own receiver and State (on Redis) turn aiocelev's events into task states."""
     node = f"aiocelev-{uuid.uuid4().hex[:10]}@redis-pub"
     ids = {state: str(uuid.uuid4()) for state in ("SUCCESS", "FAILURE", "RETRY", "REVOKED")}
-    worker_fields = {
-        "freq": 2.0,
-        "active": 0,
-        "processed": 0,
-        "loadavg": [0.1, 0.1, 0.1],
-        "sw_ident": "aiocelev",
-        "sw_ver": "0.1.0",
-        "sw_sys": "Linux",
-    }
     async with celery_state_probe(redis_url, node) as report:
         async with EventDispatcher(redis_url, hostname=node) as dispatcher:
             # kombu PSUBSCRIBEs on its first poll, just after READY: a moment of
@@ -317,37 +171,15 @@ async def test_aiocelev_events_understood_by_celery_state(redis_url: str) -> Non
             warmup = EventDispatcher(dispatcher._broker, hostname=f"warmup-{node}")
             async with warmup:
                 for _ in range(10):
-                    await warmup.send("worker-heartbeat", **worker_fields)
+                    await warmup.send("worker-heartbeat", **WORKER_FIELDS)
                     await warmup.flush()
                     await anyio.sleep(0.1)
-            await dispatcher.send("worker-online", **worker_fields)
-            await dispatcher.send("worker-heartbeat", **worker_fields)
-            for state, task_id in ids.items():
-                await dispatcher.send(
-                    "task-received", uuid=task_id, name="demo.add", args="(2, 3)", kwargs="{}",
-                    root_id=task_id, parent_id=None, retries=0, eta=None, expires=None,
-                )  # fmt: skip
-                if state == "REVOKED":
-                    await dispatcher.send(
-                        "task-revoked", uuid=task_id, terminated=False, signum=None, expired=False
-                    )
-                    continue
-                await dispatcher.send("task-started", uuid=task_id)
-                if state == "SUCCESS":
-                    await dispatcher.send("task-succeeded", uuid=task_id, result="5", runtime=0.01)
-                elif state == "FAILURE":
-                    await dispatcher.send(
-                        "task-failed", uuid=task_id, exception="ValueError('x')",
-                        traceback="Traceback (most recent call last):\n", runtime=0.01,
-                    )  # fmt: skip
-                else:
-                    await dispatcher.send(
-                        "task-retried", uuid=task_id, exception="RuntimeError('again')",
-                        traceback="Traceback (most recent call last):\n",
-                    )  # fmt: skip
-            await dispatcher.send("worker-heartbeat", **{**worker_fields, "processed": 3})
+            await dispatcher.send("worker-online", **WORKER_FIELDS)
+            await dispatcher.send("worker-heartbeat", **WORKER_FIELDS)
+            await send_task_states(dispatcher, ids)
+            await dispatcher.send("worker-heartbeat", **{**WORKER_FIELDS, "processed": 3})
             await dispatcher.flush()
-            await dispatcher.send("worker-offline", **worker_fields)
+            await dispatcher.send("worker-offline", **WORKER_FIELDS)
         seen = await report()
 
     assert seen["tasks"] == {task_id: state for state, task_id in ids.items()}
@@ -368,8 +200,8 @@ async def test_broadcast_enable_events_turns_on_task_events(redis_url: str) -> N
         async with redis_worker(redis_url, events=False) as worker:
             node = worker.nodename
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_collect_until_offline, sub, node, collected)
-                await _wait_for(
+                tg.start_soon(collect_until_offline, sub, node, collected)
+                await wait_for(
                     lambda: any(e["type"] == "worker-online" for _, e in collected),
                     30, "worker-online", worker,
                 )  # fmt: skip
@@ -384,9 +216,9 @@ async def test_broadcast_enable_events_turns_on_task_events(redis_url: str) -> N
                 assert again == [{node: {"ok": "task events already enabled"}}]
 
                 task_id = (
-                    await _call(client.send_task, "interop.add", args=(4, 4), queue=worker.queue)
+                    await call(client.send_task, "interop.add", args=(4, 4), queue=worker.queue)
                 ).id
-                await _wait_for(
+                await wait_for(
                     lambda: ("task-succeeded", task_id) in {(e["type"], e.get("uuid")) for _, e in collected},
                     30, "task-succeeded after enable_events", worker,
                 )  # fmt: skip
@@ -415,9 +247,9 @@ async def test_celery_control_reaches_an_aiocelev_node(redis_url: str) -> None:
         client = _client(redis_url)
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve)
-            replies = await _call(client.control.ping, destination=[node], timeout=10)
+            replies = await call(client.control.ping, destination=[node], timeout=10)
             assert replies == [{node: {"ok": "pong"}}]
-            await _call(client.control.broadcast, "enable_events", destination=["someone@else"])
+            await call(client.control.broadcast, "enable_events", destination=["someone@else"])
             ours = await broker.broadcast("ping", destination=[node], reply=True, timeout=10)
             assert ours == [{node: {"ok": "pong"}}]
             tg.cancel_scope.cancel()
@@ -438,9 +270,9 @@ async def test_worker_events_node_answers_celery_control(redis_url: str) -> None
     ):
         with anyio.fail_after(10):
             await worker.wait_control_ready()
-        pong = await _call(client.control.ping, destination=[node], timeout=10)
+        pong = await call(client.control.ping, destination=[node], timeout=10)
         assert pong == [{node: {"ok": "pong"}}]
-        replies = await _call(
+        replies = await call(
             client.control.broadcast, "enable_events", destination=[node], reply=True, timeout=10
         )
         assert replies == [{node: {"ok": "task events enabled"}}]

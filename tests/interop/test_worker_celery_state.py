@@ -28,6 +28,8 @@ from aiocelev import EventDispatcher, EventReceiver
 from aiocelev._saferepr import saferepr
 from aiocelev._worker import WorkerInstrument, worker_events
 
+from ..brokers._rabbitmq import delete_exchanges
+
 celery = pytest.importorskip("celery")
 
 from celery import Celery  # noqa: E402
@@ -186,20 +188,6 @@ async def celery_monitor(app: Celery, node: str) -> AsyncIterator[CeleryMonitor]
             monitor.stop()
 
 
-async def delete_amqp_exchanges(url: str, *names: str) -> None:
-    import aio_pika
-
-    from aiocelev.brokers.amqp import from_url
-
-    with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-        connection = await aio_pika.connect(from_url(url)._endpoints[0].url)
-        async with connection:
-            for name in names:
-                channel = await connection.channel()
-                await channel.exchange_delete(name)
-                await channel.close()
-
-
 @pytest.mark.parametrize(
     "kind",
     [pytest.param("amqp", marks=pytest.mark.amqp), pytest.param("redis", marks=pytest.mark.redis)],
@@ -241,7 +229,7 @@ async def test_celery_sees_a_live_worker_and_task_states(
             await wait_for(monitor.offline, "worker-offline seen by Celery")
     finally:
         if kind == "amqp":
-            await delete_amqp_exchanges(url, f"{namespace}.pidbox", f"reply.{namespace}.pidbox")
+            await delete_exchanges(url, f"{namespace}.pidbox", f"reply.{namespace}.pidbox")
     assert monitor.error is None, monitor.error
     assert monitor.types[0] == "worker-online"
     assert monitor.types[-1] == "worker-offline"
