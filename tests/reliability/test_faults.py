@@ -442,3 +442,44 @@ async def test_amqp_heartbeat_detects_a_stalled_receiver_connection(
     finally:
         await delete_exchanges(amqp_url, exchange)
     assert "re-created" in caplog.text
+
+
+@pytest.mark.amqp
+async def test_amqp_without_confirms_loses_what_was_written_to_a_dying_connection(
+    amqp_url: str,
+) -> None:
+    """The documented limit of the default (no publisher confirms): ``publish`` returns
+    once the frames are written to the socket, so events written to a connection whose
+    path then dies are counted as sent and never arrive.  With ``confirm_publish=True``
+    they are retried instead (see the stalled-connection test above)."""
+    exchange = unique("ex")
+    node = f"rel-{uuid.uuid4().hex[:8]}@noconfirm"
+    try:
+        with proxy_to(5672) as proxy:
+            async with (
+                EventReceiver(
+                    amqp_url, routing_keys=["task.#"], broker_options={"exchange": exchange}
+                ) as receiver,
+                EventDispatcher(
+                    f"amqp://guest:guest@127.0.0.1:{proxy.port}//",
+                    hostname=node,
+                    close_timeout=0.5,
+                    broker_options={"exchange": exchange, "connect_timeout": 1},
+                ) as dispatcher,
+            ):
+                await dispatcher.send("task-started", uuid="e0")
+                assert _uuids(await _take(receiver, 1)) == ["e0"]
+                proxy.stall()
+                for i in range(1, 21):
+                    await dispatcher.send("task-started", uuid=f"e{i}")
+                with anyio.fail_after(10):
+                    await dispatcher.flush()  # "sent": written to the socket
+                assert dispatcher.statistics().sent == 21
+                proxy.close()  # the path dies with the frames still in it
+                with anyio.move_on_after(1.0):
+                    late = await receiver.receive()
+                    raise AssertionError(f"unexpected {late['uuid']}")
+            stats = dispatcher.statistics()
+    finally:
+        await delete_exchanges(amqp_url, exchange)
+    assert (stats.sent, stats.dropped) == (21, 0)  # 20 of them silently lost
