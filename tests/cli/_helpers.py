@@ -37,6 +37,37 @@ def run_cli(*args: str, timeout: float = 30, **env: str) -> subprocess.Completed
     )
 
 
+def run_demo(broker_url: str, name: str) -> subprocess.CompletedProcess[str]:
+    """Run a 2-second ``aiocelev demo --no-ui`` with workers ``<name>-1`` and ``<name>-2``."""
+    return run_cli(
+        "demo", "--no-ui", "--duration", "2", "--workers", "2", "--name", name,
+        "--broker", broker_url, timeout=60,
+    )  # fmt: skip
+
+
+def run_cli_without_rich(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``aiocelev ARGS`` in a Python where importing ``rich`` fails (as if not installed)."""
+    code = (
+        "import sys, builtins\n"
+        "real = builtins.__import__\n"
+        "def guard(name, *a, **k):\n"
+        "    if name == 'rich' or name.startswith('rich.'):\n"
+        "        raise ImportError('No module named ' + repr(name))\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = guard\n"
+        "from aiocelev.cli import main\n"
+        f"sys.exit(main({list(args)!r}))\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 class Background:
     """``aiocelev ARGS`` running in the background, output kept in files."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ._helpers import Background, assert_no_traceback, run_cli, wait_for_events
+from ._helpers import Background, assert_no_traceback, run_cli, run_demo, wait_for_events
 
 
 @pytest.fixture(
@@ -105,19 +105,7 @@ def test_record_from_a_demo_then_replay(broker_url: str, tmp_path: Path) -> None
     ) as rec:
         rec.wait_for_stderr("recording")
         name = f"rec{uuid.uuid4().hex[:8]}"
-        demo = run_cli(
-            "demo",
-            "--no-ui",
-            "--duration",
-            "2",
-            "--workers",
-            "2",
-            "--name",
-            name,
-            "--broker",
-            broker_url,
-            timeout=60,
-        )
+        demo = run_demo(broker_url, name)
         assert demo.returncode == 0, demo.stderr
         host = socket.gethostname()
         ours = {f"{name}-1@{host}", f"{name}-2@{host}"}

@@ -7,7 +7,6 @@ name, so concurrent runs on the same broker do not interfere.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from ._helpers import ROOT, Background, assert_no_traceback, run_cli, wait_for_events
+from ..interop._common import Worker
+from ._helpers import ROOT, Background, assert_no_traceback, run_cli, run_demo, wait_for_events
 
 pytestmark = pytest.mark.celery
 
@@ -43,43 +43,15 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 def celery_worker(broker_url: str, *, events: bool) -> Iterator[tuple[str, str]]:
     """A real ``celery worker`` subprocess; yields (node name, queue)."""
     tag = uuid.uuid4().hex[:10]
-    nodename, queue = f"cli-{tag}@interop", f"aiocelev-cli-{tag}"
-    cmd = [
-        CELERY,
-        "-A",
-        "tests.interop.celery_app",
-        "worker",
-        "-P",
-        "solo",
-        "--without-mingle",
-        "--without-gossip",
-        "-n",
-        nodename,
-        "-Q",
-        queue,
-        "--loglevel",
-        "INFO",
-    ]
-    if events:
-        cmd.append("-E")
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env={**os.environ, "AIOCELEV_CELERY_BROKER": broker_url},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    worker = Worker(
+        broker_url, events=events, nodename=f"cli-{tag}@interop", queue=f"aiocelev-cli-{tag}"
     )
+    worker.start()
     try:
-        yield nodename, queue
+        yield worker.nodename, worker.queue
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        worker.stop(20)
+        worker.log.close()
 
 
 def send(broker_url: str, queue: str, name: str, *args: Any) -> str:
@@ -254,19 +226,7 @@ def test_celery_events_dump_sees_the_demo_workers(broker_url: str) -> None:
             assert time.monotonic() < deadline, output()[-3000:]
             run_cli("replay", str(probe_file), "--broker", broker_url, "--speed", "0")
             time.sleep(0.5)
-        demo = run_cli(
-            "demo",
-            "--no-ui",
-            "--duration",
-            "2",
-            "--workers",
-            "2",
-            "--name",
-            name,
-            "--broker",
-            broker_url,
-            timeout=60,
-        )
+        demo = run_demo(broker_url, name)
         assert demo.returncode == 0, demo.stderr
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from ._helpers import Background, assert_no_traceback, run_cli
+from ._helpers import Background, assert_no_traceback, run_cli, run_cli_without_rich
 
 
 def test_demo_no_ui_prints_a_summary_and_exits_0() -> None:
@@ -24,59 +24,13 @@ def test_demo_no_ui_prints_a_summary_and_exits_0() -> None:
 
 def test_demo_without_ui_needs_no_terminal_and_no_rich_import() -> None:
     # --no-ui must work where rich is not installed: it must not even import it.
-    code = (
-        "import sys, builtins\n"
-        "real = builtins.__import__\n"
-        "def guard(name, *a, **k):\n"
-        "    if name == 'rich' or name.startswith('rich.'):\n"
-        "        raise ImportError('No module named ' + repr(name))\n"
-        "    return real(name, *a, **k)\n"
-        "builtins.__import__ = guard\n"
-        "from aiocelev.cli import main\n"
-        "sys.exit(main(['demo', '--no-ui', '--duration', '1']))\n"
-    )
-    import subprocess
-    import sys
-
-    from ._helpers import ROOT, cli_env
-
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli_without_rich("demo", "--no-ui", "--duration", "1")
     assert result.returncode == 0, result.stderr
     assert "tasks by state" in result.stdout
 
 
 def test_top_without_rich_says_what_to_install() -> None:
-    code = (
-        "import sys, builtins\n"
-        "real = builtins.__import__\n"
-        "def guard(name, *a, **k):\n"
-        "    if name == 'rich' or name.startswith('rich.'):\n"
-        "        raise ImportError('No module named ' + repr(name))\n"
-        "    return real(name, *a, **k)\n"
-        "builtins.__import__ = guard\n"
-        "from aiocelev.cli import main\n"
-        "sys.exit(main(['top', '--broker', 'memory://', '--once']))\n"
-    )
-    import subprocess
-    import sys
-
-    from ._helpers import ROOT, cli_env
-
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli_without_rich("top", "--broker", "memory://", "--once")
     assert result.returncode == 1
     assert "pip install 'aiocelev[cli]'" in result.stderr
     assert_no_traceback(result.stderr)

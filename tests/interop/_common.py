@@ -58,7 +58,8 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
 class Worker:
     """A real Celery worker subprocess (solo pool) with its own node name and queue.
 
-    The node is ``<prefix>-<tag>@interop`` and its queue ``<prefix>-interop-<tag>``.
+    The node is ``<prefix>-<tag>@interop`` and its queue ``<prefix>-interop-<tag>``
+    unless *nodename* and *queue* are given.
     """
 
     def __init__(
@@ -68,10 +69,12 @@ class Worker:
         events: bool,
         env: Mapping[str, str] | None = None,
         prefix: str = "aiocelev",
+        nodename: str | None = None,
+        queue: str | None = None,
     ) -> None:
         tag = uuid.uuid4().hex[:10]
-        self.nodename = f"{prefix}-{tag}@interop"
-        self.queue = f"{prefix}-interop-{tag}"
+        self.nodename = nodename or f"{prefix}-{tag}@interop"
+        self.queue = queue or f"{prefix}-interop-{tag}"
         self.broker_url = broker_url
         self.events = events
         self.extra_env = dict(env or {})
