@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -27,27 +25,7 @@ from aiocelev._dispatcher import anon_nodename, utcoffset
 from aiocelev.brokers import Subscription
 from aiocelev.brokers.memory import MemoryBroker, MemoryHub, memory_hub
 
-
-def _url(request: pytest.FixtureRequest) -> str:
-    return "memory://" + re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)
-
-
-@pytest.fixture
-def url(request: pytest.FixtureRequest) -> str:
-    return _url(request)
-
-
-@pytest.fixture
-async def broker(url: str) -> AsyncIterator[MemoryBroker]:
-    b = MemoryBroker(url)
-    await b.connect()
-    yield b
-    await b.aclose()
-
-
-@pytest.fixture
-def hub(url: str, broker: MemoryBroker) -> MemoryHub:
-    return memory_hub(url)
+from ._helpers import broker_fixture, hub_fixture, url_fixture, wait_until  # noqa: F401
 
 
 async def take(sub: Subscription, count: int, timeout: float = 5.0) -> list[IncomingMessage]:
@@ -69,12 +47,6 @@ async def take_events(sub: Subscription, count: int, timeout: float = 5.0) -> li
         while len(events) < count:
             events.extend(expand([await sub.__anext__()]))
     return events
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.002)
 
 
 # -- stamping ------------------------------------------------------------------

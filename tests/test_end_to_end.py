@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import re
-
 import anyio
 import pytest
 
 from aiocelev import EventDispatcher, EventReceiver, TaskStarted, WorkerHeartbeat
 
+from ._helpers import memory_url
+
 TOTAL = 100_000
 
 
-def _url(request: pytest.FixtureRequest) -> str:
-    return "memory://" + re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)
-
-
 async def test_100k_events_none_lost_in_order(request: pytest.FixtureRequest) -> None:
-    url = _url(request)
+    url = memory_url(request)
     received: list[int] = []
     heartbeats = 0
     async with EventReceiver(url, buffer_size=1000) as receiver:
@@ -62,7 +58,7 @@ async def test_100k_events_none_lost_in_order(request: pytest.FixtureRequest) ->
 
 
 async def test_clocks_increase_along_one_stream(request: pytest.FixtureRequest) -> None:
-    url = _url(request)
+    url = memory_url(request)
     async with EventReceiver(url) as receiver:
         async with EventDispatcher(url, hostname="a@host") as d:
             for i in range(500):

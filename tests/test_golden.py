@@ -4,7 +4,6 @@ aiocelev sends is understood by Celery's own receiver and ``State``."""
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +44,8 @@ from aiocelev._codec import (
 )
 from aiocelev._message import KOMBU_ENVELOPE
 from aiocelev.brokers.memory import MemoryBroker
+
+from ._helpers import memory_url
 
 FIXTURES = Path(__file__).parent / "fixtures" / "celery-5.7.0"
 
@@ -265,10 +266,6 @@ def celery_receiver() -> Iterator[CeleryReceiverHarness]:
     harness.close()
 
 
-def _url(request: pytest.FixtureRequest) -> str:
-    return "memory://" + re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)
-
-
 async def _collect(sub: Any, total_events: int) -> list[IncomingMessage]:
     messages: list[IncomingMessage] = []
     seen = 0
@@ -284,7 +281,7 @@ async def _collect(sub: Any, total_events: int) -> list[IncomingMessage]:
 async def test_celery_receiver_and_state_accept_what_aiocelev_sends(
     request: pytest.FixtureRequest, celery_receiver: CeleryReceiverHarness
 ) -> None:
-    broker = MemoryBroker(_url(request))
+    broker = MemoryBroker(memory_url(request))
     sub = await broker.subscribe(["#"])
     worker = "celery@aio"
     async with (
@@ -412,7 +409,7 @@ async def test_fixture_replayed_by_aiocelev_gives_celery_the_same_state(
         original.close()
     # ... equals what it makes of the same events replayed through aiocelev.
     events = _fixture_events()
-    broker = MemoryBroker(_url(request))
+    broker = MemoryBroker(memory_url(request))
     sub = await broker.subscribe(["#"])
     async with EventDispatcher(broker, hostname="replayer@host") as d:
         for data in events:
@@ -437,7 +434,7 @@ async def test_fixture_round_trip_through_dispatcher_and_receiver(
     request: pytest.FixtureRequest,
 ) -> None:
     originals = _fixture_events()
-    broker = MemoryBroker(_url(request))
+    broker = MemoryBroker(memory_url(request))
     async with EventReceiver(broker) as receiver:
         async with EventDispatcher(broker, hostname="replayer@host") as d:
             for data in originals:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
-import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -32,23 +31,7 @@ from aiocelev._dispatcher import utcoffset
 from aiocelev._message import KOMBU_ENVELOPE
 from aiocelev.brokers.memory import MemoryBroker, MemoryHub, memory_hub
 
-
-@pytest.fixture
-def url(request: pytest.FixtureRequest) -> str:
-    return "memory://" + re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)
-
-
-@pytest.fixture
-async def broker(url: str) -> AsyncIterator[MemoryBroker]:
-    b = MemoryBroker(url)
-    await b.connect()
-    yield b
-    await b.aclose()
-
-
-@pytest.fixture
-def hub(url: str, broker: MemoryBroker) -> MemoryHub:
-    return memory_hub(url)
+from ._helpers import broker_fixture, hub_fixture, url_fixture, wait_until  # noqa: F401
 
 
 def ev(type_: str = "task-started", **extra: Any) -> dict[str, Any]:
@@ -70,12 +53,6 @@ def batch(events: list[Any]) -> OutgoingMessage:
 async def take(receiver: EventReceiver, count: int, timeout: float = 5.0) -> list[Event]:
     with anyio.fail_after(timeout):
         return [await receiver.receive() for _ in range(count)]
-
-
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.002)
 
 
 # -- basics ----------------------------------------------------------------------
