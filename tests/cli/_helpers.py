@@ -12,8 +12,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = [sys.executable, "-m", "aiocelev"]
+
+
+@pytest.fixture(
+    name="broker_url",
+    params=[
+        pytest.param("amqp", marks=pytest.mark.amqp),
+        pytest.param("redis", marks=pytest.mark.redis),
+    ],
+)
+def broker_url_fixture(request: pytest.FixtureRequest) -> str:
+    """Each real broker's URL in turn (``amqp_url``, then ``redis_url``)."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -15,20 +15,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from ._helpers import Background, assert_no_traceback, run_cli, run_demo, wait_for_events
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("amqp", marks=pytest.mark.amqp),
-        pytest.param("redis", marks=pytest.mark.redis),
-    ]
+from ._helpers import (
+    Background,
+    assert_no_traceback,
+    broker_url_fixture,  # noqa: F401
+    run_cli,
+    run_demo,
+    wait_for_events,
 )
-def broker_url(request: pytest.FixtureRequest) -> str:
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    return url
 
 
 def recording(hostname: str) -> list[dict[str, Any]]:

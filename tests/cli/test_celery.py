@@ -21,22 +21,19 @@ from typing import Any
 import pytest
 
 from ..interop._common import Worker
-from ._helpers import ROOT, Background, assert_no_traceback, run_cli, run_demo, wait_for_events
+from ._helpers import (
+    ROOT,
+    Background,
+    assert_no_traceback,
+    broker_url_fixture,  # noqa: F401
+    run_cli,
+    run_demo,
+    wait_for_events,
+)
 
 pytestmark = pytest.mark.celery
 
 CELERY = str(Path(sys.executable).with_name("celery"))
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("amqp", marks=pytest.mark.amqp),
-        pytest.param("redis", marks=pytest.mark.redis),
-    ]
-)
-def broker_url(request: pytest.FixtureRequest) -> str:
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    return url
 
 
 @contextmanager
