@@ -370,6 +370,16 @@ async def _publish_until_seen(
             await anyio.sleep(0.05)
 
 
+async def _publish_tail(broker: AmqpBroker, key: str, received: list[bytes]) -> list[bytes]:
+    """Publish ``tail-0`` .. ``tail-19`` and wait until the last one was received; their bodies."""
+    tail = [f'"tail-{i}"'.encode() for i in range(20)]
+    await broker.publish([OutgoingMessage(key, b) for b in tail])
+    with anyio.fail_after(10):
+        while received[-1:] != tail[-1:]:
+            await anyio.sleep(0.02)
+    return tail
+
+
 @pytest.mark.amqp
 async def test_recovers_from_server_side_connection_kill(amqp_url: str) -> None:
     """Connections closed by the server: publisher and subscription recover by themselves.
@@ -401,11 +411,7 @@ async def test_recovers_from_server_side_connection_kill(amqp_url: str) -> None:
                 await _publish_until_seen(
                     pub_broker, key, lambda: len(received), published, tag="gap"
                 )
-                tail = [f'"tail-{i}"'.encode() for i in range(20)]
-                await pub_broker.publish([OutgoingMessage(key, b) for b in tail])
-                with anyio.fail_after(10):
-                    while received[-1:] != tail[-1:]:
-                        await anyio.sleep(0.02)
+                tail = await _publish_tail(pub_broker, key, received)
                 tg.cancel_scope.cancel()
         finally:
             await sub_broker.aclose()
@@ -456,11 +462,7 @@ async def test_recovers_from_rabbitmq_restart(amqp_url: str) -> None:
                 await _publish_until_seen(
                     pub_broker, key, lambda: len(received), published, tag="gap"
                 )
-                tail = [f'"tail-{i}"'.encode() for i in range(20)]
-                await pub_broker.publish([OutgoingMessage(key, b) for b in tail])
-                with anyio.fail_after(10):
-                    while received[-1:] != tail[-1:]:
-                        await anyio.sleep(0.02)
+                tail = await _publish_tail(pub_broker, key, received)
                 tg.cancel_scope.cancel()
         finally:
             await sub_broker.aclose()
