@@ -345,10 +345,7 @@ class RedisSubscription:
         """One bounded read (runs shielded: a partial read is never abandoned)."""
         try:
             response = await conn.read_response(timeout=_POLL_INTERVAL)
-        except _CONNECTION_ERRORS as exc:
-            await self._drop(_describe(exc))
-            return
-        except redis_exc.RedisError as exc:
+        except _REDIS_ERRORS as exc:
             await self._drop(_describe(exc))
             return
         now = time.monotonic()
@@ -376,10 +373,7 @@ class RedisSubscription:
         for _ in range(_DRAIN_MAX):
             try:
                 response = await conn.read_response(timeout=0)
-            except _CONNECTION_ERRORS as exc:
-                await self._drop(_describe(exc))
-                return
-            except redis_exc.RedisError as exc:
+            except _REDIS_ERRORS as exc:
                 await self._drop(_describe(exc))
                 return
             if response is None:
