@@ -29,7 +29,8 @@ from ._exceptions import (
 from ._lifecycle import Lifecycle
 from ._message import OutgoingMessage
 from ._url import mask_url
-from .brokers import Broker, open_broker
+from .brokers import Broker
+from .brokers._registry import resolve_broker
 
 __all__ = ["DispatcherStatistics", "EventDispatcher", "Overflow", "anon_nodename", "utcoffset"]
 
@@ -53,6 +54,17 @@ class Overflow(str, Enum):
     DROP_NEWEST = "drop_newest"
     PAUSE = "pause"
     ERROR = "error"
+
+
+def parse_overflow(value: Overflow | str) -> Overflow:
+    """The :class:`Overflow` policy *value* names.
+
+    :raises ConfigurationError: not a policy name.
+    """
+    try:
+        return Overflow(value)
+    except ValueError:
+        raise ConfigurationError(f"unknown overflow policy {value!r}") from None
 
 
 class DispatcherStatistics(NamedTuple):
@@ -147,18 +159,10 @@ class EventDispatcher:
             raise ConfigurationError("max_batch must be at least 1")
         if buffer_size < 1:
             raise ConfigurationError("buffer_size must be at least 1")
-        try:
-            self._overflow = Overflow(overflow)
-        except ValueError:
-            raise ConfigurationError(f"unknown overflow policy {overflow!r}") from None
+        self._overflow = parse_overflow(overflow)
         if self._overflow is Overflow.PAUSE:
             raise ConfigurationError("'pause' is a receiver policy; dispatchers use 'block'")
-        if isinstance(broker, str):
-            self._broker: Broker = open_broker(broker, **(broker_options or {}))
-            self._owns_broker = True
-        else:
-            self._broker = broker
-            self._owns_broker = False
+        self._broker, self._owns_broker = resolve_broker(broker, broker_options)
         self.hostname = hostname or anon_nodename()
         self.groups: set[str] | None = set(groups) if groups is not None else None
         self.batch_groups = frozenset(batch_groups)

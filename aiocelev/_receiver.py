@@ -16,7 +16,7 @@ import anyio.abc
 from ._backoff import Backoff
 from ._clock import LamportClock, valid_clock
 from ._codec import DEFAULT_MAX_MESSAGE_SIZE, decode_message
-from ._dispatcher import Overflow, utcoffset
+from ._dispatcher import Overflow, parse_overflow, utcoffset
 from ._events import Event, _wrap
 from ._exceptions import (
     AiocelevError,
@@ -29,7 +29,8 @@ from ._exceptions import (
 from ._lifecycle import Lifecycle
 from ._message import IncomingMessage
 from ._url import mask_url
-from .brokers import Broker, Subscription, open_broker
+from .brokers import Broker, Subscription
+from .brokers._registry import resolve_broker
 
 __all__ = ["ErrorCallback", "EventReceiver", "Handler", "ReceiverStatistics"]
 
@@ -136,18 +137,10 @@ class EventReceiver:
             raise ConfigurationError("routing_keys must name at least one binding key")
         if buffer_size < 1:
             raise ConfigurationError("buffer_size must be at least 1")
-        try:
-            self._overflow = Overflow(overflow)
-        except ValueError:
-            raise ConfigurationError(f"unknown overflow policy {overflow!r}") from None
+        self._overflow = parse_overflow(overflow)
         if self._overflow is Overflow.BLOCK:
             self._overflow = Overflow.PAUSE
-        if isinstance(broker, str):
-            self._broker: Broker = open_broker(broker, **(broker_options or {}))
-            self._owns_broker = True
-        else:
-            self._broker = broker
-            self._owns_broker = False
+        self._broker, self._owns_broker = resolve_broker(broker, broker_options)
         self.routing_keys = tuple(routing_keys)
         self.clock = clock if clock is not None else LamportClock()
         self.localize = localize

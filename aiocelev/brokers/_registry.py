@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._exceptions import ConfigurationError, MissingDependencyError, UnknownSchemeError
@@ -88,3 +88,16 @@ def open_broker(url: str, **options: Any) -> Broker:
             f"{mask_url(url)!r} is not a broker URL; known schemes: {', '.join(known_schemes())}"
         )
     return _factory_for(scheme, url)(url, **options)
+
+
+def resolve_broker(
+    broker: Broker | str, options: Mapping[str, Any] | None = None
+) -> tuple[Broker, bool]:
+    """The broker a dispatcher or receiver uses, and whether it owns it.
+
+    A URL is opened with :func:`open_broker` (*options* as keyword options) and
+    is owned (closed with its user); a broker instance is used as it is.
+    """
+    if isinstance(broker, str):
+        return open_broker(broker, **(options or {})), True
+    return broker, False
