@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from ..brokers._rabbitmq import connection_pids, delete_exchanges
+from ..brokers._rabbitmq import connection_pids, delete_exchanges, need_rabbitmqctl
 from ..brokers._redis import RedisProcess, redis_processes
 from ._helpers import unique
 
@@ -46,6 +46,7 @@ class Target:
     def connections(self, name: str) -> int:
         """How many connections named *name* the server has open (blocking call)."""
         if self.kind == "amqp":
+            need_rabbitmqctl()
             return len(connection_pids(name))
         admin = redis.Redis(port=self.port)
         try:
