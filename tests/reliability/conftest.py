@@ -13,6 +13,15 @@ from ..brokers._rabbitmq import connection_pids, delete_exchanges, need_rabbitmq
 from ..brokers._redis import RedisProcess, redis_processes
 from ._helpers import unique
 
+_RABBITMQCTL_OK: list[bool] = []
+
+
+def _need_rabbitmqctl_once() -> None:
+    """``need_rabbitmqctl`` (skip without it), probing the node only once per session."""
+    if not _RABBITMQCTL_OK:
+        need_rabbitmqctl()
+        _RABBITMQCTL_OK.append(True)
+
 
 @dataclass
 class Target:
@@ -45,8 +54,11 @@ class Target:
 
     def connections(self, name: str) -> int:
         """How many connections named *name* the server has open (blocking call)."""
+        if self.kind == "amqp" and name == "":
+            _need_rabbitmqctl_once()
+            return 0
         if self.kind == "amqp":
-            need_rabbitmqctl()
+            _need_rabbitmqctl_once()
             return len(connection_pids(name))
         admin = redis.Redis(port=self.port)
         try:

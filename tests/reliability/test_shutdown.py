@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def _name(target: Target) -> str:
     """A unique connection name; counting connections on RabbitMQ needs rabbitmqctl."""
-    target.connections("nobody")  # skips the test early when it cannot count
+    target.connections("")  # skips the test early when it cannot count
     return f"aiocelev-rel-{uuid.uuid4().hex[:8]}"
 
 
