@@ -355,7 +355,9 @@ def _check_indexes(s: ClusterState) -> None:
         for t in s.tasks_by_state(state):
             assert tasks[t.uuid] is t and t.state == state
     named = [t for name in s.task_names() for t in s.tasks_by_name(name)]
-    assert sorted(t.uuid for t in named) == sorted(u for u, t in tasks.items() if t.name is not None)
+    assert sorted(t.uuid for t in named) == sorted(
+        u for u, t in tasks.items() if t.name is not None
+    )
     for host in s.worker_task_counts():
         for t in s.tasks_by_worker(host):
             assert tasks[t.uuid] is t and t.worker == host
