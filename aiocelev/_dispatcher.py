@@ -17,7 +17,7 @@ import anyio.abc
 
 from ._backoff import Backoff
 from ._clock import LamportClock, valid_clock
-from ._codec import _encoder
+from ._codec import dumps
 from ._events import Event, group_of, routing_key_of
 from ._exceptions import (
     AiocelevError,
@@ -250,7 +250,7 @@ class EventDispatcher:
         data.update(fields)
         data["timestamp"] = timestamp if timestamp is not None else time.time()
         data["type"] = type
-        await self._accept(group, type, _encoder.encode(data))
+        await self._accept(group, type, dumps(data))
 
     async def send_event(self, event: Event | Mapping[str, Any]) -> None:
         """Buffer an already complete event (e.g. one being replayed) unchanged.
@@ -270,7 +270,7 @@ class EventDispatcher:
         clock = data.get("clock")
         if valid_clock(clock):  # an absurd clock must not drag the local one along
             self.clock.adjust(clock)
-        await self._accept(group, type_, _encoder.encode(data))
+        await self._accept(group, type_, dumps(data))
 
     async def flush(self) -> None:
         """Return once every event accepted so far was handed to the broker (or dropped)."""
