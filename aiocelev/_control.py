@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._clock import LamportClock
+from ._clock import LamportClock, valid_clock
 from ._codec import dumps, loads
 from ._exceptions import DecodeError
 
@@ -185,7 +185,7 @@ def accept_reply(
     undecodable body is logged on *log* and ignored (``None``).
     """
     value = headers.get("clock")
-    if isinstance(value, int):
+    if valid_clock(value):
         clock.adjust(value)
     try:
         decoded = loads(body)

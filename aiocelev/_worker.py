@@ -42,6 +42,7 @@ import anyio
 import anyio.abc
 
 from ._backoff import Backoff
+from ._clock import valid_clock
 from ._dispatcher import EventDispatcher
 from ._exceptions import AiocelevError, BrokerError, ClosedError, ConfigurationError
 from ._saferepr import saferepr
@@ -169,7 +170,7 @@ class ControlRequest:
             matcher=matcher if isinstance(matcher, str) else None,
             ticket=ticket if isinstance(ticket, str) else None,
             reply_to=MappingProxyType(dict(reply_to)) if reply_to is not None else None,
-            clock=clock if type(clock) is int else None,
+            clock=clock if valid_clock(clock) else None,
             expires=float(expires) if isinstance(expires, (int, float)) and expires else None,
             context=context,
         )

@@ -61,7 +61,7 @@ except ImportError as _exc:  # pragma: no cover - exercised without the extra
     ) from _exc
 
 from .._backoff import Backoff
-from .._clock import LamportClock
+from .._clock import LamportClock, valid_clock
 from .._codec import decode_envelope, encode_envelope, loads
 from .._control import (
     REQUEST_DELIVERY_MODE,
@@ -956,7 +956,7 @@ class RedisBroker:
                 logger.warning("Redis %s: ignoring a malformed control reply: %s", self._url, exc)
                 continue
             clock = msg.headers.get("clock")
-            if isinstance(clock, int):
+            if valid_clock(clock):
                 self._clock.adjust(clock)
             matched = match_reply(reply_body, msg.headers, ticket)
             if matched is not None:
