@@ -44,6 +44,7 @@ class AmqpOptions:
     expires: float | None = 60.0
     no_ack: bool = True
     prefetch_count: int | None = None
+    max_buffer: int = 10_000
     confirm_publish: bool = False
     publish_timeout: float = 10.0
     connect_timeout: float = 5.0
@@ -64,6 +65,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "expires": to_opt_float,
     "no_ack": to_bool,
     "prefetch_count": to_opt_int,
+    "max_buffer": int,
     "confirm_publish": to_bool,
     "publish_timeout": float,
     "connect_timeout": float,
@@ -194,6 +196,8 @@ def _validate(opts: AmqpOptions) -> None:
         raise ConfigurationError("expires must be positive (RabbitMQ refuses x-expires=0)")
     if opts.prefetch_count is not None and not 0 <= opts.prefetch_count <= 65535:
         raise ConfigurationError("prefetch_count must be between 0 and 65535")
+    if opts.max_buffer < 1:
+        raise ConfigurationError("max_buffer must be at least 1")
     if opts.max_retries is not None and opts.max_retries < 0:
         raise ConfigurationError("max_retries must not be negative")
     if not opts.exchange:

@@ -131,6 +131,7 @@ class _AmqpSubscription:
         self._pending_acks: list[tuple[aiormq.abc.AbstractChannel, int]] = []
         self._closed = False
         self._reconnects = 0
+        self._dropped = 0
         #: Name of the queue currently consumed (changes after a reconnect
         #: unless a fixed ``queue_name`` is configured).
         self.queue_name: str | None = None
@@ -138,6 +139,11 @@ class _AmqpSubscription:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("live" if self._alive() else "reconnecting")
         return f"<AmqpSubscription {self.queue_name!r} keys={list(self._keys)!r} {state}>"
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped in no-ack mode because ``max_buffer`` were already waiting."""
+        return self._dropped
 
     @property
     def reconnects(self) -> int:
@@ -222,6 +228,19 @@ class _AmqpSubscription:
 
         properties = message.header.properties
         headers = properties.headers
+        if self._opts.no_ack and len(self._buffer) >= self._opts.max_buffer:
+            # No-ack consumption cannot slow RabbitMQ down: keep memory bounded by
+            # dropping the oldest waiting message (it would soon expire by TTL anyway).
+            self._buffer.popleft()
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                logger.warning(
+                    "subscription %s: consumer too slow, %d messages dropped so far "
+                    "(max_buffer=%d; use no_ack=False for backpressure)",
+                    self.queue_name,
+                    self._dropped,
+                    self._opts.max_buffer,
+                )
         self._buffer.append(
             IncomingMessage(
                 routing_key=message.routing_key or "",
@@ -239,13 +258,18 @@ class _AmqpSubscription:
         if not self._pending_acks:
             return
         pending, self._pending_acks = self._pending_acks, []
+        # Acks are requested in delivery order: one multiple-ack of the highest
+        # tag per channel acknowledges everything before it too.
+        last: dict[aiormq.abc.AbstractChannel, int] = {}
         for channel, tag in pending:
+            last[channel] = max(tag, last.get(channel, 0))
+        for channel, tag in last.items():
             if channel.is_closed:
                 # Its channel is gone: the broker requeues it, nothing to do.
                 continue
             try:
                 with map_errors("acknowledging a message"):
-                    await channel.basic_ack(tag)
+                    await channel.basic_ack(tag, multiple=True)
             except BrokerError as exc:
                 logger.warning("could not acknowledge a message (it will be redelivered): %s", exc)
                 return
