@@ -150,8 +150,11 @@ class EventReceiver:
         self._connect_timeout = connect_timeout
 
         self._buffer: deque[_Item] = deque()
+        # Wake-ups cost an Event only when the other side is actually waiting.
         self._readable = anyio.Event()
         self._writable = anyio.Event()
+        self._reader_waiting = False
+        self._pump_waiting = False
         self._messages = 0
         self._events = 0
         self._delivered = 0
@@ -191,7 +194,7 @@ class EventReceiver:
         while True:
             if buffer:
                 item = buffer.popleft()
-                if not self._writable.is_set():
+                if self._pump_waiting:
                     self._writable.set()
                 if type(item) is _Ack:
                     self._acknowledge(item)
@@ -204,9 +207,12 @@ class EventReceiver:
                 raise StopAsyncIteration
             if not self._lifecycle.is_open:
                 self._lifecycle.check_open()
-            if self._readable.is_set():
-                self._readable = anyio.Event()
-            await self._readable.wait()
+            self._readable = anyio.Event()
+            self._reader_waiting = True
+            try:
+                await self._readable.wait()
+            finally:
+                self._reader_waiting = False
 
     async def receive(self) -> Event:
         """The next event (what ``async for`` yields).
@@ -395,9 +401,12 @@ class EventReceiver:
             if len(buffer) >= limit:
                 if policy is Overflow.PAUSE:
                     while len(buffer) >= limit:
-                        if self._writable.is_set():
-                            self._writable = anyio.Event()
-                        await self._writable.wait()
+                        self._writable = anyio.Event()
+                        self._pump_waiting = True
+                        try:
+                            await self._writable.wait()
+                        finally:
+                            self._pump_waiting = False
                 elif policy is Overflow.DROP_OLDEST:
                     self._drop_oldest()
                 elif policy is Overflow.DROP_NEWEST:
@@ -409,7 +418,7 @@ class EventReceiver:
                     )
                     raise self._pump_error
             buffer.append(event)
-            if not self._readable.is_set():
+            if self._reader_waiting:
                 self._readable.set()
         if message.ack is not None:
             buffer.append(_Ack(message.ack))
