@@ -85,11 +85,19 @@ def _orjson_encode() -> None:
 
     from aiocelev import _dispatcher
 
-    class _Encoder:
-        def encode(self, obj: Any) -> str:
-            return orjson.dumps(obj).decode()
+    def dumps(obj: Any) -> str:
+        return orjson.dumps(obj).decode()
 
-    _dispatcher._encoder = _Encoder()  # type: ignore[attr-defined,assignment]
+    # The dispatcher encodes each event with ``dumps`` (older versions: ``_encoder.encode``).
+    if hasattr(_dispatcher, "dumps"):
+        _dispatcher.dumps = dumps
+    else:  # pragma: no cover - older dispatcher
+
+        class _Encoder:
+            def encode(self, obj: Any) -> str:
+                return dumps(obj)
+
+        _dispatcher._encoder = _Encoder()  # type: ignore[attr-defined]
 
 
 def _amqp_frames() -> None:
