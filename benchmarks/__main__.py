@@ -186,6 +186,26 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
                 extra_metrics=("p50_ms",),
             )
         )
+    layers_n = 60 if quick else 400
+    cases.append(
+        Case(
+            "latency_layers",
+            "layers",
+            Variant("adapter publish -> subscribe", {"path": "raw", "rate": 200, "n": layers_n}),
+            [
+                Variant(
+                    "EventDispatcher -> EventReceiver",
+                    {"path": "full", "rate": 200, "n": layers_n},
+                )
+            ],
+            "p50_ms",
+            False,
+            rounds=3,
+            unit="ms",
+            extra_metrics=("p99_ms",),
+            a_only=True,
+        )
+    )
     tasks = size(1_000_000, 2_000)
     cases.append(
         Case(

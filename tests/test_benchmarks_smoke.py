@@ -28,6 +28,7 @@ CASES = {
     "monitor",
     "latency_200",
     "latency_5000",
+    "latency_layers",
     "memory_state",
     "memory_overload",
 }
