@@ -17,7 +17,7 @@ import anyio.abc
 
 from ._backoff import Backoff
 from ._clock import LamportClock, valid_clock
-from ._codec import dumps
+from ._codec import dumps, dumps_plain, plain_event
 from ._events import Event, group_of, routing_key_of
 from ._exceptions import (
     AiocelevError,
@@ -100,9 +100,18 @@ def utcoffset() -> float:
     return time.timezone / 3600
 
 
-# A buffered event: (batch group or None, routing key, encoded JSON object,
-# sequence number: 1-based position among accepted events).
-_Item = tuple[str | None, str, str, int]
+# A buffered event: (batch group or None, routing key, the event as encoded JSON
+# or as a plain dict to encode at publish time, sequence number: 1-based position
+# among accepted events).
+_Item = tuple[str | None, str, "str | dict[str, Any]", int]
+
+
+def _encode_batch(payloads: list[str | dict[str, Any]]) -> bytes:
+    """The JSON array of already encoded events and plain dicts, in order."""
+    if all(type(p) is dict for p in payloads):
+        return dumps_plain(payloads)
+    parts = [p.encode() if isinstance(p, str) else dumps_plain(p) for p in payloads]
+    return b"[" + b", ".join(parts) + b"]"
 
 
 class EventDispatcher:
@@ -114,9 +123,11 @@ class EventDispatcher:
             await dispatcher.send("task-succeeded", uuid=task_id, result="4", runtime=0.01)
 
     ``send`` stamps ``hostname``, ``utcoffset``, ``pid``, ``clock`` (forwarded
-    now) and ``timestamp``, encodes the event (so a value that is not JSON
-    serialisable fails right there) and buffers it; a background publisher hands
-    buffered events to the broker in order.  Events of ``batch_groups`` go out as
+    now) and ``timestamp``, checks that the event is serialisable (a value that
+    is not fails right there) and buffers it; a background publisher encodes
+    buffered events, a whole batch at once, and hands them to the broker in
+    order.  Events of plain values (strings, numbers, lists of them) are encoded
+    at publish time, so do not mutate a list after passing it to ``send``.  Events of ``batch_groups`` go out as
     JSON arrays on ``<group>.multi`` (natural batching: whatever accumulated while
     the previous publish was in flight, up to ``max_batch`` per message); worker
     events are never batched.  While the broker is away, events wait in the
@@ -186,6 +197,7 @@ class EventDispatcher:
         self._publish_errors = 0
         self._connected = True
         self._wakeup = anyio.Event()
+        self._publisher_waiting = False
         self._progress = anyio.Event()
         self._offset = utcoffset()
         self._offset_checked = time.monotonic()
@@ -241,7 +253,7 @@ class EventDispatcher:
             self._filtered += 1
             return
         timestamp = fields.pop("timestamp", None)
-        data = {
+        data: dict[str, Any] = {
             "hostname": self.hostname,
             "utcoffset": self._utcoffset(),
             "pid": self.pid,
@@ -250,7 +262,9 @@ class EventDispatcher:
         data.update(fields)
         data["timestamp"] = timestamp if timestamp is not None else time.time()
         data["type"] = type
-        await self._accept(group, type, dumps(data))
+        # Plain events are encoded later, a whole batch in one call; anything
+        # else is encoded now, so a value that is not serialisable fails here.
+        await self._accept(group, type, data if plain_event(data) else dumps(data))
 
     async def send_event(self, event: Event | Mapping[str, Any]) -> None:
         """Buffer an already complete event (e.g. one being replayed) unchanged.
@@ -352,16 +366,19 @@ class EventDispatcher:
             self._offset_checked = now
         return self._offset
 
-    async def _accept(self, group: str, type_: str, body: str) -> None:
+    async def _accept(self, group: str, type_: str, body: str | dict[str, Any]) -> None:
         if (
             len(self._buffer) + len(self._inflight) >= self._buffer_size
             and not await self._make_room()
         ):
             return
-        batch_group = group if group in self.batch_groups else None
         self._accepted += 1
-        self._buffer.append((batch_group, routing_key_of(type_), body, self._accepted))
-        if not self._wakeup.is_set():
+        if group in self.batch_groups:
+            # Batched events go out on <group>.multi: no routing key of their own.
+            self._buffer.append((group, "", body, self._accepted))
+        else:
+            self._buffer.append((None, routing_key_of(type_), body, self._accepted))
+        if self._publisher_waiting:
             self._wakeup.set()
 
     def _drop_oldest(self) -> bool:
@@ -437,18 +454,20 @@ class EventDispatcher:
         while i < n:
             group, routing_key, body, _ = items[i]
             if group is None:
+                encoded = body.encode() if type(body) is str else dumps_plain(body)
                 messages.append(
-                    OutgoingMessage(routing_key=routing_key, body=body.encode(), headers=headers)
+                    OutgoingMessage(routing_key=routing_key, body=encoded, headers=headers)
                 )
                 i += 1
                 continue
             j = i + 1
             while j < n and j - i < max_batch and items[j][0] == group:
                 j += 1
-            payload = "[" + ", ".join(item[2] for item in items[i:j]) + "]"
             messages.append(
                 OutgoingMessage(
-                    routing_key=f"{group}.multi", body=payload.encode(), headers=headers
+                    routing_key=f"{group}.multi",
+                    body=_encode_batch([item[2] for item in items[i:j]]),
+                    headers=headers,
                 )
             )
             batches += 1
@@ -461,9 +480,12 @@ class EventDispatcher:
         buffer = self._buffer
         while True:
             if not buffer:
-                if self._wakeup.is_set():
-                    self._wakeup = anyio.Event()
-                await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+                self._publisher_waiting = True
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    self._publisher_waiting = False
                 continue
             count = min(take, len(buffer))
             items = [buffer.popleft() for _ in range(count)]

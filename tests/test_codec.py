@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from kombu.serialization import dumps as kombu_serialize
 from kombu.utils.json import dumps as kombu_dumps
 
@@ -488,3 +489,30 @@ def test_integers_beyond_64_bits_keep_their_exact_value(value: int) -> None:
     assert loads(text.encode()) == {"n": value, "nested": [value]}
     assert loads(text) == {"n": value, "nested": [value]}
     assert type(loads(text.encode())["n"]) is int
+
+
+# -- the fast path for plain events ------------------------------------------------
+
+_plain_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        st.one_of(_plain_scalars, st.lists(_plain_scalars, max_size=4)),
+        max_size=8,
+    )
+)
+def test_plain_fast_path_writes_kombus_bytes(data: dict) -> None:
+    from aiocelev._codec import dumps, dumps_plain, plain_event
+
+    if plain_event(data):
+        assert dumps_plain(data) == dumps(data).encode("ascii")
+        assert dumps_plain([data, data]) == dumps([data, data]).encode("ascii")
