@@ -88,7 +88,10 @@ def _orjson_encode() -> None:
     def dumps(obj: Any) -> str:
         return orjson.dumps(obj).decode()
 
-    # The dispatcher encodes each event with ``dumps`` (older versions: ``_encoder.encode``).
+    # The dispatcher encodes with ``dumps`` / ``dumps_plain`` (older versions:
+    # ``_encoder.encode``).
+    if hasattr(_dispatcher, "dumps_plain"):
+        _dispatcher.dumps_plain = orjson.dumps
     if hasattr(_dispatcher, "dumps"):
         _dispatcher.dumps = dumps
     else:  # pragma: no cover - older dispatcher
