@@ -10,7 +10,7 @@ import importlib
 import json
 import sys
 
-from ._common import emit
+from ._common import OWNS_EXCHANGE, delete_exchange, emit
 from ._patches import apply_from_env
 
 
@@ -23,6 +23,9 @@ def main() -> None:
     if patches:
         result["patches"] = patches
     emit(result)
+    if OWNS_EXCHANGE:
+        # Run by hand, not by ``python -m benchmarks``: clean up after ourselves.
+        delete_exchange(spec.get("broker", ""))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ RECEIVE_QUEUE_TTL = 120.0
 #: nothing else on the shared brokers (test suites...) mixes into the streams.
 #: One name per run (the parent picks it and hands it down) so that concurrent
 #: runs never see each other's events.
+OWNS_EXCHANGE = "AIOCELEV_BENCH_EXCHANGE" not in os.environ
 EXCHANGE = os.environ.setdefault("AIOCELEV_BENCH_EXCHANGE", f"celeryev.bench.{os.getpid()}")
 
 RESULT_PREFIX = "BENCH-RESULT "
