@@ -123,34 +123,48 @@ _msgspec_format = msgspec.json.format
 _INT_MIN, _INT_MAX = -(2**63), 2**64
 
 
-def _plain_value(v: Any) -> bool:
-    t = type(v)
-    if t is str or t is bool or v is None:
-        return True
-    if t is int:
-        return _INT_MIN <= v < _INT_MAX  # type: ignore[no-any-return]
-    if t is float:
-        # Inside this range msgspec and repr() write floats identically (no exponent).
-        return v == 0.0 or 1e-4 <= abs(v) < 1e16  # type: ignore[no-any-return]
-    return False
+def plain_values(values: Iterable[Any]) -> bool:
+    """Whether every value is one :func:`dumps_plain` writes exactly as kombu does.
 
-
-def plain_event(data: dict[str, Any]) -> bool:
-    """Whether *data* holds only values that :func:`dumps_plain` writes as kombu does.
-
-    Strings, bools, ``None``, 64-bit integers, floats written without an exponent,
-    and lists or tuples of those.  Anything else (nested objects, datetimes,
-    floats like ``1e-05``) goes through :func:`dumps`.
+    Strings, bools, ``None``, 64-bit integers, floats written without an exponent
+    (zero, or a magnitude in ``[1e-4, 1e16)``), and lists or tuples of those.
+    Anything else (nested objects, datetimes, floats like ``1e-05``) goes through
+    :func:`dumps`.  Inlined type tests: this runs for every event sent.
     """
-    for v in data.values():
+    for v in values:
         t = type(v)
+        if t is str or t is bool or v is None:
+            continue
+        if t is int:
+            if _INT_MIN <= v < _INT_MAX:
+                continue
+            return False
+        if t is float:
+            if v == 0.0 or 1e-4 <= (v if v > 0.0 else -v) < 1e16:
+                continue
+            return False
         if t is list or t is tuple:
             for x in v:
-                if not _plain_value(x):
+                tx = type(x)
+                if tx is str or tx is bool or x is None:
+                    continue
+                if tx is int:
+                    if _INT_MIN <= x < _INT_MAX:
+                        continue
                     return False
-        elif not _plain_value(v):
-            return False
+                if tx is float:
+                    if x == 0.0 or 1e-4 <= (x if x > 0.0 else -x) < 1e16:
+                        continue
+                    return False
+                return False
+            continue
+        return False
     return True
+
+
+def plain_event(data: Mapping[str, Any]) -> bool:
+    """Whether every value of *data* is plain (see :func:`plain_values`)."""
+    return plain_values(data.values())
 
 
 def dumps_plain(obj: Any) -> bytes:

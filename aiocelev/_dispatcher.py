@@ -17,7 +17,7 @@ import anyio.abc
 
 from ._backoff import Backoff
 from ._clock import LamportClock, valid_clock
-from ._codec import dumps, dumps_plain, plain_event
+from ._codec import dumps, dumps_plain, plain_values
 from ._events import Event, group_of, routing_key_of
 from ._exceptions import (
     AiocelevError,
@@ -264,7 +264,9 @@ class EventDispatcher:
         data["type"] = type
         # Plain events are encoded later, a whole batch in one call; anything
         # else is encoded now, so a value that is not serialisable fails here.
-        await self._accept(group, type, data if plain_event(data) else dumps(data))
+        # The stamped fields are plain by construction: check the caller's only.
+        plain = plain_values(fields.values()) and (timestamp is None or plain_values((timestamp,)))
+        await self._accept(group, type, data if plain else dumps(data))
 
     async def send_event(self, event: Event | Mapping[str, Any]) -> None:
         """Buffer an already complete event (e.g. one being replayed) unchanged.
