@@ -162,13 +162,8 @@ def plain_values(values: Iterable[Any]) -> bool:
     return True
 
 
-def plain_event(data: Mapping[str, Any]) -> bool:
-    """Whether every value of *data* is plain (see :func:`plain_values`)."""
-    return plain_values(data.values())
-
-
 def dumps_plain(obj: Any) -> bytes:
-    """Serialise plain values (see :func:`plain_event`) to kombu's exact bytes, fast.
+    """Serialise plain values (see :func:`plain_values`) to kombu's exact bytes, fast.
 
     msgspec's encoder plus its one-line formatter give the standard library's
     ``", "`` / ``": "`` layout at a fraction of the cost; output that is not pure
