@@ -26,17 +26,26 @@ delivery mode 2 and routing key ``""``.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from types import MappingProxyType
 from typing import Any
 
 from ._clock import LamportClock, valid_clock
 from ._codec import dumps, loads
-from ._exceptions import DecodeError
+from ._exceptions import ConfigurationError, DecodeError
 
 __all__ = [
     "DEFAULT_CONTROL_EXCHANGE",
+    "ControlReply",
+    "ControlRequest",
+    "decode_replies",
+    "encode_reply_body",
+    "parse_request",
     "build_control_body",
     "encode_control_body",
     "new_reply_key",
@@ -119,13 +128,15 @@ def build_control_body(
         ``now + timeout``; ``None`` or ``0`` gives ``expires = 0`` (never).
     :param now: the current epoch time (defaults to :func:`time.time`).
     :returns: ``(body, headers)``; serialise the body with :func:`encode_control_body`.
-    :raises ValueError: *destination* is not a list/tuple, or only one of
+    :raises ConfigurationError: *destination* is not a list/tuple, or only one of
         *ticket* / *reply_to* is given.
     """
     if destination is not None and not isinstance(destination, (list, tuple)):
-        raise ValueError(f"destination must be a list or tuple, not {type(destination).__name__}")
+        raise ConfigurationError(
+            f"destination must be a list or tuple of node names, not {type(destination).__name__}"
+        )
     if (ticket is None) != (reply_to is None):
-        raise ValueError("ticket and reply_to go together: give both or neither")
+        raise ConfigurationError("ticket and reply_to go together: give both or neither")
     body: dict[str, Any] = {
         "method": method,
         "arguments": dict(arguments) if arguments else {},
@@ -200,3 +211,187 @@ def reply_limit(limit: int | None, destination: Sequence[str] | None) -> int | N
     if limit is None and destination:
         return len(destination)
     return limit
+
+
+def encode_reply_body(nodename: str, payload: Any) -> bytes:
+    """A node's reply body ``{nodename: payload}`` as kombu's JSON serializer writes it.
+
+    :raises TypeError: *payload* is not JSON serialisable.
+    """
+    return dumps({nodename: payload}).encode("ascii")
+
+
+def reply_headers(ticket: str | None, clock: int) -> dict[str, Any]:
+    """The headers of a reply: the request's ``ticket`` and the node's ``clock``."""
+    return {"ticket": ticket, "clock": clock}
+
+
+# -- the request, as a node sees it --------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """One remote-control request taken from a node's pidbox.
+
+    Build it from a decoded request body and its message headers with
+    :meth:`from_message`; transports may keep what they need to reply
+    (e.g. a channel) in :attr:`context`.
+    """
+
+    method: str
+    """The command, e.g. ``"ping"``."""
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    """Its keyword arguments."""
+    destination: tuple[str, ...] | None = None
+    """Node names it is for; ``None``: every node (unless *pattern* says otherwise)."""
+    pattern: str | None = None
+    """With *matcher*: a pattern node names must match."""
+    matcher: str | None = None
+    """``"glob"`` (default) or ``"pcre"``."""
+    ticket: str | None = None
+    """Ties the reply to the request; set when a reply is wanted."""
+    reply_to: Mapping[str, str] | None = None
+    """``{"exchange": ..., "routing_key": ...}`` when a reply is wanted."""
+    clock: int | None = None
+    """The sender's Lamport clock (header ``clock``)."""
+    expires: float | None = None
+    """Header ``expires`` (epoch seconds; ``0``/``None``: never)."""
+    context: Any = field(default=None, compare=False, repr=False)
+    """Transport-private data."""
+
+    @classmethod
+    def from_message(
+        cls, body: Any, headers: Mapping[str, Any] | None = None, *, context: Any = None
+    ) -> ControlRequest:
+        """Parse a decoded pidbox request body (kombu ``Mailbox`` format).
+
+        :raises ValueError: the body is not a request.
+        """
+        if type(body) is not dict or not isinstance(body.get("method"), str):
+            raise ValueError("a remote-control request is a JSON object with a 'method'")
+        arguments = body.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            raise ValueError("'arguments' must be a JSON object")
+        destination = body.get("destination")
+        if destination is not None:
+            if not isinstance(destination, (list, tuple)):
+                raise ValueError("'destination' must be a list of node names")
+            destination = tuple(str(name) for name in destination)
+        reply_to = body.get("reply_to")
+        if reply_to is not None and not (
+            isinstance(reply_to, dict) and isinstance(reply_to.get("routing_key"), str)
+        ):
+            raise ValueError("'reply_to' must be an object with a 'routing_key'")
+        headers = headers or {}
+        clock = headers.get("clock")
+        expires = headers.get("expires")
+        pattern = body.get("pattern")
+        matcher = body.get("matcher")
+        ticket = body.get("ticket")
+        return cls(
+            method=body["method"],
+            arguments=MappingProxyType(dict(arguments)),
+            destination=destination,
+            pattern=pattern if isinstance(pattern, str) else None,
+            matcher=matcher if isinstance(matcher, str) else None,
+            ticket=ticket if isinstance(ticket, str) else None,
+            reply_to=MappingProxyType(dict(reply_to)) if reply_to is not None else None,
+            clock=clock if valid_clock(clock) else None,
+            expires=float(expires) if isinstance(expires, (int, float)) and expires else None,
+            context=context,
+        )
+
+    @property
+    def wants_reply(self) -> bool:
+        """Whether the sender waits for replies."""
+        return self.reply_to is not None
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether the request's ``expires`` header is in the past."""
+        return bool(self.expires) and (time.time() if now is None else now) > (self.expires or 0)
+
+    def addressed_to(self, nodename: str) -> bool:
+        """Whether node *nodename* should handle this request (kombu's rules).
+
+        A non-empty ``destination`` lists the nodes; otherwise ``pattern`` and
+        ``matcher`` (``glob`` or ``pcre``, matched from the start) select them;
+        otherwise every node does.
+        """
+        if self.destination:
+            return nodename in self.destination
+        if self.pattern and self.matcher:
+            if self.matcher == "glob":
+                return fnmatchcase(nodename, self.pattern)
+            if self.matcher == "pcre":
+                try:
+                    return re.match(self.pattern, nodename) is not None
+                except re.error:
+                    return False
+            return False
+        return True
+
+
+def parse_request(
+    body: bytes, headers: Mapping[str, Any] | None, nodename: str, log: logging.Logger
+) -> ControlRequest | None:
+    """Decode one raw pidbox request for *nodename*; ``None`` (logged) if malformed."""
+    try:
+        return ControlRequest.from_message(loads(body), headers)
+    except (DecodeError, ValueError) as exc:
+        log.warning("%s: ignoring a malformed remote-control request: %s", nodename, exc)
+        return None
+
+
+# -- the replies, as a client sees them ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ControlReply:
+    """One node's answer to a remote-control request.
+
+    Celery workers answer ``{nodename: payload}``; ``payload`` is whatever the
+    command returns: ``{"ok": "pong"}`` for ``ping``, a list of task dicts for
+    ``inspect active``, ``{"error": "..."}`` when the command failed.
+    """
+
+    node: str
+    """The node that answered, e.g. ``"celery@host"``."""
+    payload: Any
+    """The decoded JSON answer."""
+    duplicate: bool = False
+    """Another reply to the same request already came from a node with this name
+    (two workers share a node name; Celery warns ``DuplicateNodenameWarning``)."""
+
+    @property
+    def ok(self) -> bool:
+        """``False`` when the payload is ``{"error": ...}``."""
+        return not (isinstance(self.payload, dict) and "error" in self.payload)
+
+    @property
+    def error(self) -> str | None:
+        """The error a node reported, if any."""
+        if isinstance(self.payload, dict) and "error" in self.payload:
+            return str(self.payload["error"])
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{node: payload}``, the shape Celery's client returns per reply."""
+        return {self.node: self.payload}
+
+
+def decode_replies(
+    body: bytes,
+    headers: Mapping[str, Any],
+    ticket: str,
+    clock: LamportClock,
+    log: logging.Logger,
+) -> list[ControlReply]:
+    """The replies one raw reply message carries for *ticket* (usually one).
+
+    Merges a valid ``clock`` header into *clock*; a reply for another ticket,
+    an expired one or an undecodable one gives ``[]`` (the latter is logged).
+    """
+    matched = accept_reply(body, headers, ticket, clock, log)
+    if matched is None:
+        return []
+    return [ControlReply(str(node), payload) for node, payload in matched.items()]

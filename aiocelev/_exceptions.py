@@ -8,12 +8,14 @@ edge and never reach the caller.
   * ConfigurationError (also ``ValueError``): a bad URL or option.
     * UnknownSchemeError: no adapter registered for a URL scheme.
     * MissingDependencyError (also ``ImportError``): an optional extra is not installed.
+    * DuplicateNodeError: a remote-control node name is already in use.
   * BrokerError: the broker failed.
     * BrokerConnectionError: the broker cannot be reached, or the connection was lost.
     * PublishError: the broker refused or did not confirm a publish.
   * DecodeError: a message is not a valid event message; ``reason`` says why.
   * ClosedError: a dispatcher, receiver or broker was used after it was closed.
   * BufferFullError: a bounded buffer had no room and the policy says to fail.
+  * NotSupportedError (also ``NotImplementedError``): the broker adapter cannot do this.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ __all__ = [
     "ClosedError",
     "ConfigurationError",
     "DecodeError",
+    "DuplicateNodeError",
     "MissingDependencyError",
+    "NotSupportedError",
     "PublishError",
     "UnknownSchemeError",
 ]
@@ -46,6 +50,14 @@ class UnknownSchemeError(ConfigurationError):
 
 class MissingDependencyError(AiocelevError, ImportError):
     """A broker adapter needs an optional extra that is not installed."""
+
+
+class DuplicateNodeError(ConfigurationError):
+    """Another node already consumes the remote-control pidbox of this node name."""
+
+
+class NotSupportedError(AiocelevError, NotImplementedError):
+    """The broker adapter does not support this operation (e.g. remote control)."""
 
 
 class BrokerError(AiocelevError):

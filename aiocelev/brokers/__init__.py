@@ -9,6 +9,14 @@ schemes with :func:`register_broker`.
 from __future__ import annotations
 
 from ._base import Broker as Broker, Subscription as Subscription
+from ._control import (
+    ControlSubscription as ControlSubscription,
+    ControlTransport as ControlTransport,
+    PidboxTransport as PidboxTransport,
+    RawReply as RawReply,
+    Replies as Replies,
+    ReplyQueue as ReplyQueue,
+)
 from ._registry import (
     BrokerFactory as BrokerFactory,
     known_schemes as known_schemes,
@@ -19,6 +27,12 @@ from ._registry import (
 __all__ = [
     "Broker",
     "BrokerFactory",
+    "ControlSubscription",
+    "ControlTransport",
+    "PidboxTransport",
+    "RawReply",
+    "Replies",
+    "ReplyQueue",
     "Subscription",
     "known_schemes",
     "open_broker",

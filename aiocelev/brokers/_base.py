@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .._message import IncomingMessage, OutgoingMessage
+
+if TYPE_CHECKING:
+    from ._control import ControlTransport
 
 __all__ = ["Broker", "Subscription"]
 
@@ -33,8 +36,9 @@ class Subscription(Protocol):
 class Broker(Protocol):
     """A connection to a message broker's event exchange.
 
-    Four async methods over bytes and routing keys; events are serialised above
-    this boundary.  ``aiocelev.testing.check_broker`` verifies an implementation.
+    Four async methods over bytes and routing keys, plus the remote-control hook
+    :meth:`control`; events are serialised above this boundary.
+    ``aiocelev.testing.check_broker`` verifies an implementation.
     """
 
     @property
@@ -65,6 +69,15 @@ class Broker(Protocol):
 
         Binding keys use AMQP topic syntax (``*`` one word, ``#`` zero or more).
         The subscription is live when this returns.
+        """
+        ...
+
+    def control(self) -> ControlTransport:
+        """The remote-control transport over this broker (the same object each call).
+
+        It shares the adapter's connection; see :class:`~aiocelev.brokers.ControlTransport`.
+
+        :raises NotSupportedError: the adapter has no remote control.
         """
         ...
 

@@ -25,6 +25,7 @@ import anyio.lowlevel
 
 from .._exceptions import BrokerConnectionError, ClosedError, ConfigurationError
 from .._message import IncomingMessage, OutgoingMessage
+from ._memory_control import Mailbox, MemoryControl
 from ._topic import compile_bindings
 
 __all__ = ["MemoryBroker", "MemoryHub", "from_url", "memory_hub"]
@@ -38,6 +39,9 @@ class MemoryHub:
         self.available = True
         self.published = 0
         self._subscriptions: list[_MemorySubscription] = []
+        #: Remote control: node pidboxes and client reply queues on this hub.
+        self.pidboxes: dict[str, Mailbox] = {}
+        self.reply_queues: dict[str, Mailbox] = {}
 
     def __repr__(self) -> str:
         return f"<MemoryHub {self.name!r} subscriptions={len(self._subscriptions)}>"
@@ -124,10 +128,17 @@ class MemoryBroker:
         self._hub: MemoryHub | None = None
         self._closed = False
         self._subscriptions: list[_MemorySubscription] = []
+        self._control: MemoryControl | None = None
 
     @property
     def url(self) -> str:
         return self._url
+
+    def control(self) -> MemoryControl:
+        """The remote-control transport over this hub (see :mod:`aiocelev.brokers`)."""
+        if self._control is None:
+            self._control = MemoryControl(self)
+        return self._control
 
     @property
     def hub(self) -> MemoryHub:
