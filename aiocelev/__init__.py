@@ -13,6 +13,8 @@ from ._codec import (
     encode_batch as encode_batch,
     encode_event as encode_event,
 )
+from ._control import ControlReply as ControlReply, ControlRequest as ControlRequest
+from ._control_client import Control as Control
 from ._dispatcher import (
     DispatcherStatistics as DispatcherStatistics,
     EventDispatcher as EventDispatcher,
@@ -42,7 +44,9 @@ from ._exceptions import (
     ClosedError as ClosedError,
     ConfigurationError as ConfigurationError,
     DecodeError as DecodeError,
+    DuplicateNodeError as DuplicateNodeError,
     MissingDependencyError as MissingDependencyError,
+    NotSupportedError as NotSupportedError,
     PublishError as PublishError,
     UnknownSchemeError as UnknownSchemeError,
 )
@@ -51,18 +55,15 @@ from ._receiver import EventReceiver as EventReceiver, ReceiverStatistics as Rec
 from ._saferepr import saferepr as saferepr
 from ._state import ClusterState as ClusterState
 from ._state_models import TaskState as TaskState, WorkerState as WorkerState
+from ._task_scope import TaskRetry as TaskRetry, TaskScope as TaskScope
 from ._version import __version__ as __version__
-from ._worker import (
-    ControlRequest as ControlRequest,
-    ControlSubscription as ControlSubscription,
-    ControlTransport as ControlTransport,
-    TaskRetry as TaskRetry,
-    TaskScope as TaskScope,
-    WorkerInstrument as WorkerInstrument,
-    worker_events as worker_events,
-)
+from ._worker import WorkerInstrument as WorkerInstrument, worker_events as worker_events
+from ._worker_control import ControlHandler as ControlHandler
 from .brokers import (
     Broker as Broker,
+    ControlSubscription as ControlSubscription,
+    ControlTransport as ControlTransport,
+    Replies as Replies,
     open_broker as open_broker,
     register_broker as register_broker,
 )
@@ -76,10 +77,14 @@ __all__ = [
     "ClosedError",
     "ClusterState",
     "ConfigurationError",
+    "Control",
+    "ControlHandler",
+    "ControlReply",
     "ControlRequest",
     "ControlSubscription",
     "ControlTransport",
     "DecodeError",
+    "DuplicateNodeError",
     "DispatcherStatistics",
     "Event",
     "EventDispatcher",
@@ -87,10 +92,12 @@ __all__ = [
     "IncomingMessage",
     "LamportClock",
     "MissingDependencyError",
+    "NotSupportedError",
     "OutgoingMessage",
     "Overflow",
     "PublishError",
     "ReceiverStatistics",
+    "Replies",
     "TaskEvent",
     "TaskFailed",
     "TaskReceived",
