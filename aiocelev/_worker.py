@@ -371,7 +371,11 @@ class WorkerInstrument:
             # cancelled, and swallows only its own cancellation: a remote
             # ``shutdown`` ends here, a cancellation from outside goes on.)
             task_group.cancel_scope.cancel()
-            swallowed = bool(await task_group.__aexit__(exc_type, exc, tb))
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                swallowed = bool(await task_group.__aexit__(exc_type, exc, tb))
+            else:
+                # Any other exception propagates as it is (not in a group).
+                await task_group.__aexit__(None, None, None)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._shield_timeout) as scope:
                 try:

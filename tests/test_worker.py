@@ -9,19 +9,19 @@ from typing import Any
 import anyio
 import pytest
 
-from aiocelev import EventDispatcher, EventReceiver
+from aiocelev import Control, ControlReply, EventDispatcher, EventReceiver
+from aiocelev._control import ControlRequest
 from aiocelev._events import Event
-from aiocelev._exceptions import ClosedError, ConfigurationError
-from aiocelev._saferepr import saferepr
-from aiocelev._worker import (
-    ControlRequest,
-    ControlTransport,
-    TaskScope,
-    WorkerInstrument,
-    control_transport_for,
-    load_average,
-    worker_events,
+from aiocelev._exceptions import (
+    ClosedError,
+    ConfigurationError,
+    DuplicateNodeError,
+    NotSupportedError,
 )
+from aiocelev._saferepr import saferepr
+from aiocelev._task_scope import TaskScope
+from aiocelev._worker import WorkerInstrument, load_average, worker_events
+from aiocelev.brokers import ControlTransport
 from aiocelev.brokers._memory_control import MemoryControl
 from aiocelev.brokers.memory import MemoryBroker
 
@@ -544,17 +544,22 @@ def test_saferepr_never_raises() -> None:
 # -- remote control ---------------------------------------------------------
 
 
-async def test_memory_broker_has_a_control_transport(url: str) -> None:
+async def call(control: Control, method: str, arguments: Any = None, **kw: Any) -> list[Any]:
+    """Replies as Celery's client returns them: ``[{node: payload}, ...]``."""
+    kw.setdefault("timeout", WAIT)
+    return [reply.as_dict() for reply in await control.broadcast(method, arguments, **kw)]
+
+
+async def test_memory_broker_has_one_control_transport(url: str) -> None:
     broker = MemoryBroker(url)
-    transport = control_transport_for(broker)
+    transport = broker.control()
     assert isinstance(transport, MemoryControl)
     assert isinstance(transport, ControlTransport)
-    assert control_transport_for(object()) is None
+    assert broker.control() is transport
 
 
 async def test_ping_and_event_toggles(url: str) -> None:
-    async with EventReceiver(url) as receiver:
-        control = MemoryControl(MemoryBroker(url))
+    async with EventReceiver(url) as receiver, Control(url) as control:
         async with (
             EventDispatcher(url, hostname=NODE, groups={"worker"}) as dispatcher,
             worker_events(dispatcher, freq=60) as worker,
@@ -562,23 +567,21 @@ async def test_ping_and_event_toggles(url: str) -> None:
             assert worker.control_transport is not None
             with anyio.fail_after(WAIT):
                 await worker.wait_control_ready()
-            assert await control.broadcast("ping", reply=True, timeout=WAIT, limit=1) == [
-                {NODE: {"ok": "pong"}}
-            ]
-            assert await control.broadcast("enable_events", reply=True, timeout=WAIT, limit=1) == [
+            assert await call(control, "ping", limit=1) == [{NODE: {"ok": "pong"}}]
+            assert await call(control, "enable_events", limit=1) == [
                 {NODE: {"ok": "task events enabled"}}
             ]
             assert dispatcher.groups == {"worker", "task"}
-            assert await control.broadcast("enable_events", reply=True, timeout=WAIT, limit=1) == [
+            assert await call(control, "enable_events", limit=1) == [
                 {NODE: {"ok": "task events already enabled"}}
             ]
             async with worker.task("id-13", "app.visible"):
                 pass
-            assert await control.broadcast("disable_events", reply=True, timeout=WAIT, limit=1) == [
+            assert await call(control, "disable_events", limit=1) == [
                 {NODE: {"ok": "task events disabled"}}
             ]
             assert dispatcher.groups == {"worker"}
-            assert await control.broadcast("disable_events", reply=True, timeout=WAIT, limit=1) == [
+            assert await call(control, "disable_events", limit=1) == [
                 {NODE: {"ok": "task events already disabled"}}
             ]
             async with worker.task("id-14", "app.hidden"):
@@ -588,106 +591,283 @@ async def test_ping_and_event_toggles(url: str) -> None:
 
 
 async def test_disable_events_on_an_unrestricted_dispatcher(url: str) -> None:
-    control = MemoryControl(MemoryBroker(url))
     async with (
+        Control(url) as control,
         EventDispatcher(url, hostname=NODE) as dispatcher,
         worker_events(dispatcher, freq=60),
     ):
-        assert await control.broadcast("enable_events", reply=True, timeout=WAIT, limit=1) == [
+        assert await call(control, "enable_events", limit=1) == [
             {NODE: {"ok": "task events already enabled"}}
         ]
-        assert await control.broadcast("disable_events", reply=True, timeout=WAIT, limit=1) == [
+        assert await call(control, "disable_events", limit=1) == [
             {NODE: {"ok": "task events disabled"}}
         ]
         assert dispatcher.groups == {"worker"}
 
 
 async def test_heartbeat_command_sends_a_heartbeat_now(url: str) -> None:
-    async with EventReceiver(url) as receiver:
-        control = MemoryControl(MemoryBroker(url))
+    async with EventReceiver(url) as receiver, Control(url) as control:
         async with (
             EventDispatcher(url, hostname=NODE) as dispatcher,
             worker_events(dispatcher, freq=3600),
         ):
             await next_event(receiver, "worker-online")
             # Fire and forget, as receivers do on connect.
-            assert await control.broadcast("heartbeat") == []
+            assert await control.heartbeat(reply=False) == []
             beat = await next_event(receiver, "worker-heartbeat")
             assert wire_keys(beat) == HEARTBEAT_ORDER
             # With a reply wanted, Celery's handler answers null.
-            assert await control.broadcast("heartbeat", reply=True, timeout=WAIT, limit=1) == [
-                {NODE: None}
-            ]
+            assert await call(control, "heartbeat", limit=1) == [{NODE: None}]
 
 
 async def test_destination_pattern_and_unknown_commands(url: str) -> None:
-    control = MemoryControl(MemoryBroker(url))
     async with (
+        Control(url) as control,
         EventDispatcher(url, hostname=NODE) as d1,
         EventDispatcher(url, hostname="other@testhost") as d2,
         worker_events(d1, freq=60),
         worker_events(d2, freq=60),
     ):
-        both = await control.broadcast("ping", reply=True, timeout=WAIT, limit=2)
+        both = await call(control, "ping", limit=2)
         assert sorted(both, key=lambda r: next(iter(r))) == [
             {NODE: {"ok": "pong"}},
             {"other@testhost": {"ok": "pong"}},
         ]
-        assert await control.broadcast(
-            "ping", destination=["other@testhost"], reply=True, timeout=WAIT
-        ) == [{"other@testhost": {"ok": "pong"}}]
-        assert await control.broadcast(
-            "ping", pattern="asyncw@*", matcher="glob", reply=True, timeout=WAIT, limit=1
-        ) == [{NODE: {"ok": "pong"}}]
-        # Commands that would change or stop the worker are not answered.
-        assert await control.broadcast("shutdown", reply=True, timeout=0.1) == []
+        # With a destination, waiting ends when every named node answered:
+        # with a long timeout this returns as soon as the one reply is in.
+        with anyio.fail_after(WAIT):
+            assert await call(control, "ping", destination=["other@testhost"], timeout=3600) == [
+                {"other@testhost": {"ok": "pong"}}
+            ]
+        assert await call(control, "ping", pattern="asyncw@*", matcher="glob", limit=1) == [
+            {NODE: {"ok": "pong"}}
+        ]
+        # A command the node does not implement is not answered.
+        assert await call(control, "pool_restart", timeout=0.1) == []
+
+
+async def test_replies_stream_one_at_a_time(url: str) -> None:
+    release = anyio.Event()
+    answered: list[str] = []
+
+    async def slow(worker: WorkerInstrument) -> Any:
+        if worker.hostname != NODE:
+            await release.wait()
+        answered.append(worker.hostname)
+        return {"ok": worker.hostname}
+
+    async with (
+        Control(url) as control,
+        EventDispatcher(url, hostname=NODE) as d1,
+        EventDispatcher(url, hostname="slow@testhost") as d2,
+        worker_events(d1, freq=60, control_handlers={"slow": slow}),
+        worker_events(d2, freq=60, control_handlers={"slow": slow}),
+    ):
+        async with control.broadcast("slow", timeout=WAIT, limit=2) as replies:
+            first = await replies.__anext__()
+            # The first reply is in our hands while the other node still works.
+            assert first.node == NODE and answered == [NODE]
+            release.set()
+            second = await replies.__anext__()
+            assert second.node == "slow@testhost"
+            with pytest.raises(StopAsyncIteration):
+                await replies.__anext__()
+        assert replies.received == 2 and replies.missing == []
+
+
+async def test_replies_must_be_entered_and_validate_arguments(url: str) -> None:
+    async with Control(url) as control:
+        with pytest.raises(ClosedError, match="async with"):
+            await control.ping().__anext__()
+        with pytest.raises(ConfigurationError):
+            control.ping(timeout=0)
+        with pytest.raises(ConfigurationError):
+            control.ping(limit=0)
+        with pytest.raises(ConfigurationError):
+            control.broadcast("ping", pattern="a*")
+        with pytest.raises(ConfigurationError):
+            control.broadcast("ping", destination=[1])  # type: ignore[list-item]
+
+
+async def test_duplicate_node_name_is_refused(url: str) -> None:
+    async with EventDispatcher(url, hostname=NODE) as dispatcher:
+        transport = dispatcher.broker.control()
+        pidbox = await transport.consume_control(NODE)
+        try:
+            with pytest.raises(DuplicateNodeError):
+                await transport.consume_control(NODE)
+            # Another adapter on the same hub is the same broker.
+            with pytest.raises(DuplicateNodeError):
+                await MemoryBroker(url).control().consume_control(NODE)
+        finally:
+            await pidbox.aclose()
+        # Freed on close.
+        again = await transport.consume_control(NODE)
+        await again.aclose()
+
+
+async def test_duplicate_replies_are_flagged(url: str) -> None:
+    async with Control(url) as control:
+        transport = control.broker.control()
+        pidboxes = [await transport.consume_control(n) for n in ("a@h", "b@h")]
+
+        async def answer(pidbox: Any) -> None:
+            async for request in pidbox:
+                await transport.reply(request, "same@h", {"ok": "pong"})
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for pidbox in pidboxes:
+                    tg.start_soon(answer, pidbox)
+                replies = await control.ping(limit=2)
+                tg.cancel_scope.cancel()
+        finally:
+            for pidbox in pidboxes:
+                await pidbox.aclose()
+    assert [(r.node, r.duplicate) for r in replies] == [("same@h", False), ("same@h", True)]
+
+
+async def test_a_broker_without_remote_control(url: str) -> None:
+    class Plain:
+        def __init__(self, inner: MemoryBroker) -> None:
+            self.inner = inner
+            self.url = inner.url
+            self.connect = inner.connect
+            self.publish = inner.publish
+            self.subscribe = inner.subscribe
+            self.aclose = inner.aclose
+
+        def control(self) -> Any:
+            raise NotSupportedError("no remote control here")
+
+    broker = Plain(MemoryBroker(url))
+    async with EventDispatcher(broker, hostname=NODE) as dispatcher:  # type: ignore[arg-type]
+        async with worker_events(dispatcher, freq=60) as worker:
+            assert worker.control_transport is None
+    with pytest.raises(NotSupportedError):
+        async with Control(broker):  # type: ignore[arg-type]
+            pass
 
 
 async def test_custom_and_removed_control_handlers(url: str) -> None:
-    control = MemoryControl(MemoryBroker(url))
-
     async def queue_depth(worker: WorkerInstrument, *, queue: str) -> Any:
         return {"ok": {"queue": queue, "depth": 7, "node": worker.hostname}}
 
     async with (
+        Control(url) as control,
         EventDispatcher(url, hostname=NODE) as dispatcher,
         worker_events(
             dispatcher, freq=60, control_handlers={"queue_depth": queue_depth, "ping": None}
         ),
     ):
-        assert await control.broadcast(
-            "queue_depth", {"queue": "jobs"}, reply=True, timeout=WAIT, limit=1
-        ) == [{NODE: {"ok": {"queue": "jobs", "depth": 7, "node": NODE}}}]
-        assert await control.broadcast("ping", reply=True, timeout=0.1) == []
-        # A handler that fails answers {"error": ...}, as Celery does.
-        [failed] = await control.broadcast(
-            "queue_depth", {"wrong": 1}, reply=True, timeout=WAIT, limit=1
-        )
-        assert failed[NODE]["error"].startswith("TypeError(")
-        assert "'wrong'" in failed[NODE]["error"]
+        assert await call(control, "queue_depth", {"queue": "jobs"}, limit=1) == [
+            {NODE: {"ok": {"queue": "jobs", "depth": 7, "node": NODE}}}
+        ]
+        assert await call(control, "ping", timeout=0.1) == []
+        # A handler called with the wrong arguments answers {"error": ...}, as Celery does.
+        [failed] = await control.broadcast("queue_depth", {"wrong": 1}, timeout=WAIT, limit=1)
+        assert not failed.ok and failed.error is not None
+        assert "'wrong'" in failed.error
 
 
 async def test_control_false_stays_silent(url: str) -> None:
-    control = MemoryControl(MemoryBroker(url))
     async with (
+        Control(url) as control,
         EventDispatcher(url, hostname=NODE) as dispatcher,
         worker_events(dispatcher, freq=60, control=False) as worker,
     ):
         assert worker.control_transport is None
-        assert await control.broadcast("ping", reply=True, timeout=0.1) == []
+        assert await call(control, "ping", timeout=0.1) == []
 
 
 async def test_pidbox_released_on_exit(url: str) -> None:
-    control = MemoryControl(MemoryBroker(url))
-    async with EventDispatcher(url, hostname=NODE) as dispatcher:
+    async with Control(url) as control, EventDispatcher(url, hostname=NODE) as dispatcher:
         async with worker_events(dispatcher, freq=60):
             pass
-        assert await control.broadcast("ping", reply=True, timeout=0.1) == []
+        assert await call(control, "ping", timeout=0.1) == []
         # The node name is free again.
         async with worker_events(dispatcher, freq=60):
-            assert await control.broadcast("ping", reply=True, timeout=WAIT, limit=1) == [
-                {NODE: {"ok": "pong"}}
-            ]
+            assert await call(control, "ping", limit=1) == [{NODE: {"ok": "pong"}}]
+
+
+async def test_revoke_terminate_cancels_the_running_task(url: str) -> None:
+    started = anyio.Event()
+    async with EventReceiver(url) as receiver, Control(url) as control:
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=60) as worker,
+        ):
+
+            async def run_task() -> None:
+                async with worker.task("id-long", "app.long") as scope:
+                    started.set()
+                    await anyio.sleep_forever()
+                assert scope.state == "REVOKED"
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run_task)
+                with anyio.fail_after(WAIT):
+                    await started.wait()
+                assert await call(control, "query_task", {"ids": ["id-long", "nope"]}, limit=1) == [
+                    {NODE: {"id-long": ["active", worker.running_tasks[0].info()]}}
+                ]
+                # Without terminate the running task goes on, as with Celery.
+                assert await call(control, "revoke", {"task_id": "id-other"}, limit=1) == [
+                    {NODE: {"ok": "tasks id-other flagged as revoked"}}
+                ]
+                assert worker.active == 1
+                replies = await control.revoke("id-long", terminate=True, signal="SIGKILL", limit=1)
+                assert [r.as_dict() for r in replies] == [{NODE: {"ok": "terminate: id-long"}}]
+            assert worker.active == 0
+            assert worker.is_revoked("id-long") and worker.is_revoked("id-other")
+            assert await call(control, "revoked", limit=1) == [{NODE: ["id-long", "id-other"]}]
+        revoked = await next_event(receiver, "task-revoked", uuid="id-long")
+        assert revoked["terminated"] is True and revoked["signum"] == 9
+
+
+async def test_shutdown_leaves_the_block_cleanly(url: str) -> None:
+    async with EventReceiver(url) as receiver, Control(url) as control:
+        async with EventDispatcher(url, hostname=NODE) as dispatcher:
+            with anyio.fail_after(WAIT):
+                async with worker_events(dispatcher, freq=60) as worker:
+                    await worker.wait_control_ready()
+                    # Celery workers do not reply to shutdown.
+                    assert await control.shutdown(timeout=0.2) == []
+                    await anyio.sleep_forever()
+            assert worker.shutdown_requested
+        await next_event(receiver, "worker-offline")
+
+
+async def test_outside_cancellation_still_propagates(url: str) -> None:
+    async with EventDispatcher(url, hostname=NODE) as dispatcher:
+        with anyio.move_on_after(0.05) as scope:
+            async with worker_events(dispatcher, freq=60):
+                await anyio.sleep_forever()
+            pytest.fail("the cancellation was swallowed")  # pragma: no cover
+        assert scope.cancelled_caught
+
+
+async def test_succeeded_is_sent_even_when_cancelled_while_leaving(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        async with (
+            EventDispatcher(url, hostname=NODE) as dispatcher,
+            worker_events(dispatcher, freq=60) as worker,
+        ):
+            with anyio.CancelScope() as outer:
+                async with worker.task("id-done", "app.t"):
+                    # The block is done; a cancellation arrives as the scope reports it.
+                    outer.cancel()
+        succeeded = await next_event(receiver, "task-succeeded", uuid="id-done")
+        assert succeeded["uuid"] == "id-done"
+
+
+async def test_sigterm_style_request_shutdown(url: str) -> None:
+    async with EventDispatcher(url, hostname=NODE) as dispatcher:
+        with anyio.fail_after(WAIT):
+            async with worker_events(dispatcher, freq=60) as worker:
+                worker.request_shutdown()
+                await anyio.sleep_forever()
+        assert worker.shutdown_requested
 
 
 def test_control_request_parsing() -> None:
@@ -720,33 +900,34 @@ def test_control_request_parsing() -> None:
 
 
 async def test_inspection_commands(url: str) -> None:
-    control = MemoryControl(MemoryBroker(url))
     async with (
+        Control(url) as control,
         EventDispatcher(url, hostname=NODE) as dispatcher,
-        worker_events(dispatcher, freq=60) as worker,
+        worker_events(dispatcher, freq=60, task_names=["app.declared"]) as worker,
     ):
         async with worker.task("id-15", "app.first"):
             pass
         async with worker.task("id-16", "app.add", args=(1, 2)):
-            [active] = await control.broadcast(
-                "active", {"safe": True}, reply=True, timeout=WAIT, limit=1
-            )
-            [running] = active[NODE]
+            [active] = await control.active(safe=True, limit=1)
+            [running] = active.payload
             assert running["id"] == "id-16" and running["name"] == "app.add"
             assert running["args"] == "(1, 2)" and running["hostname"] == NODE
             assert running["worker_pid"] == dispatcher.pid
-            [stats] = await control.broadcast("stats", reply=True, timeout=WAIT, limit=1)
-        assert stats[NODE]["total"] == {"app.first": 1, "app.add": 1}
-        assert stats[NODE]["pid"] == dispatcher.pid
-        assert stats[NODE]["pool"]["running"] == 1
-        assert "broker" in stats[NODE] and "rusage" in stats[NODE]
-        assert await control.broadcast("registered", reply=True, timeout=WAIT, limit=1) == [
-            {NODE: ["app.add", "app.first"]}
+            [stats] = await control.stats(limit=1)
+        assert stats.payload["total"] == {"app.first": 1, "app.add": 1}
+        assert stats.payload["pid"] == dispatcher.pid
+        assert stats.payload["pool"]["running"] == 1
+        assert "broker" in stats.payload and "rusage" in stats.payload
+        assert await call(control, "registered", limit=1) == [
+            {NODE: ["app.add", "app.declared", "app.first"]}
         ]
-        assert await control.broadcast("active", reply=True, timeout=WAIT, limit=1) == [{NODE: []}]
+        assert await call(control, "active", limit=1) == [{NODE: []}]
         for empty in ("reserved", "scheduled", "revoked", "active_queues"):
-            assert await control.broadcast(empty, reply=True, timeout=WAIT, limit=1) == [{NODE: []}]
-        assert await control.broadcast("conf", reply=True, timeout=WAIT, limit=1) == [{NODE: {}}]
+            assert await call(control, empty, limit=1) == [{NODE: []}]
+        assert await call(control, "conf", limit=1) == [{NODE: {}}]
+        [clock] = await control.clock(limit=1)
+        assert clock.payload["clock"] >= 1
+        assert worker.totals == {"app.first": 1, "app.add": 1}
 
 
 async def test_example_queue_worker_runs(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -781,30 +962,27 @@ async def test_example_queue_worker_runs(url: str, monkeypatch: pytest.MonkeyPat
     assert {"task-failed", "task-revoked"} <= types
 
 
-class FlakyTransport:
-    """A ControlTransport over memory:// that fails the way a lost broker does."""
+class FlakyTransport(MemoryControl):
+    """The memory transport, failing the way a lost broker does."""
 
     def __init__(self, url: str, *, fail_consume: int, fail_iteration: int) -> None:
-        self.inner = MemoryControl(MemoryBroker(url))
+        super().__init__(MemoryBroker(url))
         self.fail_consume = fail_consume
         self.fail_iteration = fail_iteration
         self.consumes = 0
 
-    async def consume_control(self, nodename: str) -> Any:
+    async def consume_pidbox(self, nodename: str) -> Any:
         from aiocelev._exceptions import BrokerConnectionError
 
         self.consumes += 1
         if self.fail_consume:
             self.fail_consume -= 1
             raise BrokerConnectionError("broker away")
-        pidbox = await self.inner.consume_control(nodename)
+        pidbox = await super().consume_pidbox(nodename)
         if self.fail_iteration:
             self.fail_iteration -= 1
             return _BrokenPidbox(pidbox)
         return pidbox
-
-    async def reply(self, request: ControlRequest, nodename: str, payload: Any) -> None:
-        await self.inner.reply(request, nodename, payload)
 
 
 class _BrokenPidbox:
@@ -838,10 +1016,10 @@ async def test_control_consumer_recovers(url: str, fail_consume: int, fail_itera
         await next_event(receiver, "worker-online")
         with anyio.fail_after(WAIT):
             while True:
-                replies = await transport.inner.broadcast("ping", reply=True, timeout=0.2, limit=1)
+                replies = await transport.broadcast("ping", timeout=0.2, limit=1)
                 if replies:
                     break
-        assert replies == [{NODE: {"ok": "pong"}}]
+        assert replies == [ControlReply(NODE, {"ok": "pong"})]
         assert worker.control_transport is transport
     assert transport.consumes == fail_consume + fail_iteration + 1
 

@@ -5,7 +5,8 @@ Run ``aiocelev --help`` (or ``python -m aiocelev --help``).  Subcommands:
 * ``events``: print the stream, one line (or one JSON object) per event;
 * ``top``: a live view of workers and tasks (needs the ``cli`` extra);
 * ``demo``: simulated workers running realistic tasks;
-* ``control``: ``enable-events``, ``disable-events``, ``heartbeat`` to real workers;
+* ``control`` / ``inspect``: every ``celery control`` / ``celery inspect`` command,
+  each reply printed as it arrives;
 * ``record`` / ``replay``: capture the stream to JSON Lines and publish it again.
 
 Exit status: ``0`` success, ``1`` runtime or broker error, ``2`` usage or
