@@ -284,8 +284,9 @@ def _lookup(kind: str, name: str) -> Command:
     other = INSPECT if kind == "control" else CONTROL
     if key in other:
         other_kind = "inspect" if kind == "control" else "control"
+        article = "an" if other_kind == "inspect" else "a"
         raise CommandError(
-            f"{name!r} is an {other_kind} command: aiocelev {other_kind} {key}", EXIT_USAGE
+            f"{name!r} is {article} {other_kind} command: aiocelev {other_kind} {key}", EXIT_USAGE
         )
     near = difflib.get_close_matches(key, list(table), n=1, cutoff=0.5)
     hint = f"; did you mean {near[0]!r}?" if near else f"; one of: {', '.join(table)}"

@@ -9,7 +9,7 @@ from aiocelev.cli import main
 
 from ._helpers import assert_no_traceback, run_cli
 
-COMMANDS = ["events", "top", "demo", "control", "record", "replay"]
+COMMANDS = ["events", "top", "demo", "control", "inspect", "record", "replay"]
 
 
 def test_help_lists_every_command() -> None:
@@ -151,9 +151,55 @@ def test_control_on_memory_is_refused() -> None:
     assert_no_traceback(result.stderr)
 
 
-def test_control_rejects_unknown_action(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["control", "shutdown", "--broker", "amqp://localhost"]) == 2
-    assert "invalid choice" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (["control", "shutdwon"], "unknown control command 'shutdwon'; did you mean 'shutdown'?"),
+        (["inspect", "activ"], "unknown inspect command 'activ'; did you mean 'active'?"),
+        (["inspect", "revoke", "x"], "'revoke' is a control command: aiocelev control revoke"),
+        (["control", "stats"], "'stats' is an inspect command: aiocelev inspect stats"),
+        (["control", "rate_limit", "app.add"], "rate_limit needs more arguments"),
+        (["control", "autoscale", "ten", "2"], "autoscale: bad max 'ten'"),
+        (["control", "ping"], "'ping' is an inspect command"),
+        (["inspect", "conf", "maybe"], "conf: bad with_defaults 'maybe'"),
+        (["control", "heartbeat", "extra"], "heartbeat takes at most 0"),
+        (["control", "revoke_by_stamped_headers", "novalue"], "expected key=value"),
+        (["control", "heartbeat", "--terminate"], "--terminate and --signal go with revoke"),
+    ],
+)
+def test_control_usage_errors(
+    args: list[str], shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Usage is checked before the broker is contacted (port 1 would refuse).
+    assert main([*args, "--broker", "amqp://localhost:1//"]) == 2
+    err = capsys.readouterr().err
+    assert shown in err, err
+    assert "Traceback" not in err
+
+
+def test_control_arguments_are_compiled_as_celerys_cli_does() -> None:
+    from aiocelev.cli._control import CONTROL, INSPECT, compile_arguments
+
+    assert compile_arguments(CONTROL["revoke"], ["a", "b"]) == {"task_id": ["a", "b"]}
+    assert compile_arguments(CONTROL["terminate"], ["KILL", "a"]) == {
+        "signal": "KILL",
+        "task_id": ["a"],
+    }
+    assert compile_arguments(CONTROL["time_limit"], ["app.add", "1.5"]) == {
+        "task_name": "app.add",
+        "soft": 1.5,
+    }
+    assert compile_arguments(CONTROL["pool_grow"], []) == {}
+    assert compile_arguments(CONTROL["add_consumer"], ["q", "ex"]) == {
+        "queue": "q",
+        "exchange": "ex",
+    }
+    assert compile_arguments(CONTROL["revoke_by_stamped_headers"], ["k=1", "k=2", "j=x"]) == {
+        "headers": {"k": ["1", "2"], "j": "x"}
+    }
+    assert compile_arguments(INSPECT["registered"], []) == {"taskinfoitems": []}
+    assert compile_arguments(INSPECT["query_task"], ["id1"]) == {"ids": ["id1"]}
+    assert compile_arguments(INSPECT["conf"], ["true"]) == {"with_defaults": True}
 
 
 def test_replay_missing_file() -> None:
