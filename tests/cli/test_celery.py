@@ -26,6 +26,7 @@ from ._helpers import (
     Background,
     assert_no_traceback,
     broker_url_fixture,  # noqa: F401
+    json_lines,
     run_cli,
     run_demo,
     wait_for_events,
@@ -244,3 +245,74 @@ def test_celery_events_dump_sees_the_demo_workers(broker_url: str) -> None:
     assert any("] started:" in line for line in lines), text[-3000:]
     assert any("task succeeded: demo." in line for line in lines)
     assert sum("] shutdown:" in line for line in lines) == 2
+
+
+def wait_answering(broker_url: str, nodename: str) -> None:
+    """Wait until the worker answers ``inspect ping`` (its pidbox is consumed)."""
+    deadline = time.monotonic() + 30
+    while True:
+        ping = run_cli("inspect", "ping", "-d", nodename, "-b", broker_url, "--timeout", "1")
+        if ping.returncode == 0:
+            return
+        assert time.monotonic() < deadline, ping.stderr
+
+
+def test_inspect_prints_each_reply_as_it_arrives_and_ctrl_c_keeps_them(broker_url: str) -> None:
+    with celery_worker(broker_url, events=False) as (nodename, _queue):
+        wait_answering(broker_url, nodename)
+        with Background("inspect", "ping", "--timeout", "120", "--broker", broker_url) as proc:
+            deadline = time.monotonic() + 30
+            while f"-> {nodename}: OK" not in proc.stdout():
+                assert proc.proc.poll() is None, proc.stderr()
+                assert time.monotonic() < deadline, proc.stdout() + proc.stderr()
+                time.sleep(0.05)
+            # The reply is on screen while the command still waits for others.
+            assert proc.proc.poll() is None
+            proc.signal(signal.SIGINT)
+            assert proc.wait(20) == 130
+            assert "interrupted: " in proc.stderr()
+            assert "pong" in proc.stdout()
+            assert_no_traceback(proc.stderr())
+
+
+def test_inspect_and_control_a_real_worker(broker_url: str) -> None:
+    with celery_worker(broker_url, events=False) as (nodename, queue):
+        wait_answering(broker_url, nodename)
+        common = ["-d", nodename, "-b", broker_url, "--timeout", "10"]
+        # With a destination the command ends as soon as that node answered.
+        stats = run_cli("inspect", "stats", "--json", *common)
+        assert stats.returncode == 0, stats.stderr
+        [reply] = json_lines(stats.stdout)
+        assert reply[nodename]["pool"]["implementation"].endswith("solo:TaskPool")
+        registered = run_cli("inspect", "registered", *common)
+        assert registered.returncode == 0, registered.stderr
+        assert f"-> {nodename}: OK" in registered.stdout and "interop.add" in registered.stdout
+        limited = run_cli("control", "rate_limit", "interop.add", "10/m", *common)
+        assert limited.stdout.splitlines() == [
+            f"-> {nodename}: OK",
+            "    new rate limit set successfully",
+        ]
+        unknown = run_cli("control", "rate_limit", "no.such.task", "1/s", *common)
+        assert unknown.returncode == 0
+        assert unknown.stdout.splitlines()[0] == f"-> {nodename}: ERROR"
+        # revoke --terminate stops a running task.
+        task = send(broker_url, queue, "interop.slow", 60)
+        deadline = time.monotonic() + 30
+        while True:
+            active = run_cli("inspect", "active", "--json", *common)
+            if task in active.stdout:
+                break
+            assert time.monotonic() < deadline, active.stdout + active.stderr
+            time.sleep(0.2)
+        revoked = run_cli("control", "revoke", task, "--terminate", "--signal", "KILL", *common)
+        assert revoked.returncode == 0, revoked.stderr
+        assert f"terminate: {task}" in revoked.stdout
+        deadline = time.monotonic() + 30
+        while True:
+            active = run_cli("inspect", "active", "--json", *common)
+            if active.returncode == 0 and task not in active.stdout:
+                break
+            assert time.monotonic() < deadline, active.stdout
+            time.sleep(0.2)
+        listed = run_cli("inspect", "revoked", "--json", *common)
+        assert task in json_lines(listed.stdout)[0][nodename]
