@@ -13,8 +13,13 @@ node and every job's state::
 Jobs end in every state a monitor knows: most succeed, some fail, some hit a
 transient error and are retried (put back on the queue), some exceed their
 time limit (cancelled: revoked), and some expire while queued (revoked
-without running).  Stop with Ctrl+C (the node says ``worker-offline``), or
-give ``--duration``.
+without running).  Stop with Ctrl+C or SIGTERM (what docker, systemd and
+Kubernetes send): the node says ``worker-offline`` and exits cleanly; or give
+``--duration``.  Remote control works too::
+
+    aiocelev inspect active --broker amqp://guest:guest@localhost:5672//
+    aiocelev control revoke <job id> --terminate --broker amqp://guest:guest@localhost:5672//
+    aiocelev control shutdown --broker amqp://guest:guest@localhost:5672//
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import asyncio
 import logging
 import random
+import signal
 import socket
 import time
 import uuid
@@ -73,6 +79,9 @@ async def consumer(queue: asyncio.Queue[Job], worker: WorkerInstrument, time_lim
             if job.expires_at is not None and time.time() > job.expires_at:
                 await worker.revoked(job.id, expired=True)
                 continue
+            if worker.is_revoked(job.id):  # revoked by remote control while queued
+                await worker.revoked(job.id)
+                continue
             async with worker.task(job.id, job.name, args=job.args, retries=job.retries) as task:
                 try:
                     with anyio.fail_after(time_limit):
@@ -101,19 +110,28 @@ async def producer(queue: asyncio.Queue[Job], rate: float) -> None:
         await anyio.sleep(1 / rate)
 
 
+async def stop_on_signals(worker: WorkerInstrument) -> None:
+    """SIGTERM or SIGINT: leave the worker block, so that ``worker-offline`` is sent."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            print(f"{worker.hostname}: got {signal.Signals(signum).name}, shutting down")
+            worker.request_shutdown()
+            return
+
+
 async def main(args: argparse.Namespace) -> None:
     queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=100)
-    async with (
-        EventDispatcher(args.broker, hostname=args.name) as dispatcher,
-        worker_events(dispatcher, freq=args.freq) as worker,
-    ):
-        print(f"{worker.hostname}: {args.concurrency} consumers on {dispatcher.broker.url}")
-        with anyio.move_on_after(args.duration or None):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(producer, queue, args.rate)
-                for _ in range(args.concurrency):
-                    tg.start_soon(consumer, queue, worker, args.time_limit)
-        print(f"{worker.hostname}: stopping after {worker.processed} tasks")
+    async with EventDispatcher(args.broker, hostname=args.name) as dispatcher:
+        async with worker_events(dispatcher, freq=args.freq) as worker:
+            print(f"{worker.hostname}: {args.concurrency} consumers on {dispatcher.broker.url}")
+            with anyio.move_on_after(args.duration or None):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stop_on_signals, worker)
+                    tg.start_soon(producer, queue, args.rate)
+                    for _ in range(args.concurrency):
+                        tg.start_soon(consumer, queue, worker, args.time_limit)
+        # Here after --duration, a signal or `aiocelev control shutdown`.
+        print(f"{worker.hostname}: stopped after {worker.processed} tasks")
 
 
 def parse_args() -> argparse.Namespace:
@@ -132,7 +150,4 @@ def parse_args() -> argparse.Namespace:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        asyncio.run(main(parse_args()))
-    except KeyboardInterrupt:
-        pass
+    asyncio.run(main(parse_args()))
