@@ -28,9 +28,18 @@ class Backoff:
         """How many delays were handed out since the last reset."""
         return self._attempt
 
+    @attempts.setter
+    def attempts(self, value: int) -> None:
+        # Lets a caller count a failure that was noticed without a delay (the
+        # next delay then grows as if one had been handed out).
+        self._attempt = max(0, value)
+
     def next_delay(self) -> float:
         """The next delay, in seconds."""
-        ceiling = min(self.maximum, self.initial * self.factor**self._attempt)
+        try:
+            ceiling = min(self.maximum, self.initial * self.factor**self._attempt)
+        except OverflowError:  # a very long outage: the cap was reached long ago
+            ceiling = self.maximum
         self._attempt += 1
         return random.uniform(ceiling / 2, ceiling)
 

@@ -1,40 +1,54 @@
-"""Remote control ("pidbox") for the AMQP adapter: a node's mailbox and its replies.
+"""Remote control ("pidbox") over RabbitMQ, byte-compatible with Celery and kombu.
 
-What a Celery worker's pidbox does on RabbitMQ (kombu ``Mailbox`` / ``Node``):
+What kombu's ``Mailbox`` / ``Node`` do on RabbitMQ (namespace ``celery`` by
+default, Celery's ``control_exchange``):
 
-* queue ``<nodename>.<namespace>.pidbox`` (``celery`` namespace by default),
-  exclusive, auto-delete, ``x-message-ttl`` 300 s and ``x-expires`` 10 s, bound
-  to the ``<namespace>.pidbox`` fanout exchange (not durable) and consumed
-  without acks;
-* a reply ``{nodename: payload}`` goes to the exchange and routing key named in
-  the request's ``reply_to`` (the ``reply.<namespace>.pidbox`` direct
-  exchange), JSON, delivery mode 1, headers ``ticket`` and ``clock``.
+* requests go to the ``<namespace>.pidbox`` fanout exchange (not durable, not
+  auto-delete) with routing key ``""``, JSON, delivery mode 2, priority 0 and
+  headers ``clock`` / ``expires``;
+* a node consumes ``<nodename>.<namespace>.pidbox`` (exclusive, auto-delete,
+  ``x-message-ttl`` 300 s and ``x-expires`` 10 s) bound to that exchange,
+  without acks; a second connection consuming the same node name is refused
+  by RabbitMQ (``RESOURCE_LOCKED``: :class:`~aiocelev.DuplicateNodeError`);
+* a client that wants replies declares ``<key>.reply.<namespace>.pidbox``
+  (exclusive, auto-delete, ``x-expires`` 10 s, ``x-message-ttl`` 300 s) bound
+  with routing key ``<key>`` to the ``reply.<namespace>.pidbox`` direct
+  exchange; a node replies ``{nodename: payload}`` there with delivery mode 1
+  and headers ``ticket`` / ``clock``.
 
-:class:`AmqpControl` is the :class:`~aiocelev.ControlTransport` used by
-:func:`~aiocelev.worker_events` for nodes on an ``amqp://`` broker.  Sending
-commands is :meth:`AmqpBroker.broadcast <aiocelev.brokers.amqp.AmqpBroker.broadcast>`.
+:class:`AmqpControl` moves those bytes; requests, clocks and reply collection
+are :class:`~aiocelev.brokers.PidboxTransport`'s.  Get it with
+:meth:`AmqpBroker.control() <aiocelev.brokers.amqp.AmqpBroker.control>`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, final
 
 import aio_pika
+import aiormq.exceptions
 import anyio
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
-from .._clock import LamportClock
-from .._codec import dumps, loads
-from .._control import REPLY_QUEUE_EXPIRES, REPLY_QUEUE_TTL, pidbox_exchange
-from .._exceptions import BrokerConnectionError, ClosedError, DecodeError
-from .._worker import ControlRequest
+from .._control import (
+    REPLY_QUEUE_EXPIRES,
+    REPLY_QUEUE_TTL,
+    REQUEST_DELIVERY_MODE,
+    ControlRequest,
+    parse_request,
+    pidbox_exchange,
+    reply_exchange,
+    reply_queue_name,
+)
+from .._exceptions import BrokerConnectionError, DuplicateNodeError
+from ._amqp_connection import AmqpConnection, close_quietly, ms
 from ._amqp_errors import map_errors
-from .amqp import AmqpBroker, _close_quietly, _ms
+from ._control import PidboxTransport, RawReply
 
-__all__ = ["AmqpControl"]
+__all__ = ["AmqpControl", "pidbox_queue_name"]
 
 logger = logging.getLogger("aiocelev.brokers.amqp")
 
@@ -43,159 +57,250 @@ logger = logging.getLogger("aiocelev.brokers.amqp")
 PIDBOX_QUEUE_TTL = REPLY_QUEUE_TTL
 PIDBOX_QUEUE_EXPIRES = REPLY_QUEUE_EXPIRES
 
+#: Delivery mode of a node's reply (kombu publishes it with the exchange object).
+REPLY_DELIVERY_MODE = 1
 
-@final
-class _AmqpPidbox:
-    """The requests arriving in one node's pidbox queue.
+#: How often a waiting consumer double-checks that its channel is alive
+#: (close callbacks normally wake it at once).
+_LIVENESS_POLL = 1.0
 
-    Ends with :class:`~aiocelev.BrokerConnectionError` when the connection is
-    lost (the caller consumes again once the broker is back).
-    """
 
-    def __init__(self, nodename: str) -> None:
-        self._nodename = nodename
-        self._buffer: deque[ControlRequest] = deque()
+def pidbox_queue_name(nodename: str, namespace: str) -> str:
+    """A node's pidbox queue: ``<nodename>.<namespace>.pidbox``."""
+    return f"{nodename}.{namespace}.pidbox"
+
+
+def _message(body: bytes, headers: Mapping[str, Any], delivery_mode: int) -> aio_pika.Message:
+    return aio_pika.Message(
+        body,
+        headers=dict(headers),
+        content_type="application/json",
+        content_encoding="utf-8",
+        delivery_mode=delivery_mode,
+        priority=0,
+    )
+
+
+class _Consumer:
+    """Raw messages consumed (no acks) on one channel, until closed or lost."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._buffer: deque[RawReply] = deque()
         self._wakeup = anyio.Event()
         self._channel: AbstractChannel | None = None
         self._lost = False
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<AmqpPidbox {self._nodename!r}>"
+        return f"<AMQP {self._what}>"
+
+    def _attach(self, channel: AbstractChannel) -> None:
+        self._channel = channel
+        channel.close_callbacks.add(self._on_close)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        headers = dict(message.headers or {})
-        try:
-            request = ControlRequest.from_message(loads(message.body), headers)
-        except (DecodeError, ValueError) as exc:
-            logger.warning(
-                "%s: ignoring a malformed remote-control request: %s", self._nodename, exc
-            )
+        if self._closed:
             return
-        self._buffer.append(request)
+        self._buffer.append(RawReply(message.body, dict(message.headers or {})))
         self._wakeup.set()
 
     def _on_close(self, *_: Any) -> None:
         self._lost = True
         self._wakeup.set()
 
-    def __aiter__(self) -> AsyncIterator[ControlRequest]:
-        return self
-
-    async def __anext__(self) -> ControlRequest:
+    async def _next_raw(self) -> RawReply | None:
+        """The next message; ``None`` once closed; raises once the channel is lost."""
         while True:
             if self._buffer:
                 return self._buffer.popleft()
             if self._closed:
-                raise StopAsyncIteration
+                return None
             channel = self._channel
             if self._lost or channel is None or channel.is_closed:
-                raise BrokerConnectionError(
-                    f"{self._nodename}: the pidbox consumer lost its connection"
-                )
+                raise BrokerConnectionError(f"{self._what}: the consumer lost its connection")
             self._wakeup = anyio.Event()
-            with anyio.move_on_after(1.0):  # double-check liveness now and then
+            with anyio.move_on_after(_LIVENESS_POLL):
                 await self._wakeup.wait()
 
     async def aclose(self) -> None:
-        """Stop consuming; the (auto-delete) pidbox queue goes with the channel."""
+        """Stop consuming; the (auto-delete) queue goes with the channel."""
         if self._closed:
             return
         self._closed = True
         channel, self._channel = self._channel, None
-        await _close_quietly(channel)
+        await close_quietly(channel)
         self._buffer.clear()
         self._wakeup.set()
 
 
 @final
-class AmqpControl:
-    """The :class:`~aiocelev.ControlTransport` of an :class:`~aiocelev.brokers.amqp.AmqpBroker`.
+class _AmqpPidbox(_Consumer):
+    """The requests arriving in one node's pidbox queue.
 
-    :param broker: the adapter (shares its connection and reconnects).
+    Ends with :class:`~aiocelev.BrokerConnectionError` when the connection is
+    lost (the owner consumes again once the broker is back).
     """
 
-    def __init__(self, broker: AmqpBroker) -> None:
-        self._broker = broker
-        self._namespace = broker.options.control_exchange
-        self._reply_channel: AbstractChannel | None = None
-        self.clock = LamportClock()
+    def __init__(self, nodename: str) -> None:
+        super().__init__(f"pidbox of {nodename}")
+        self._nodename = nodename
+
+    def __aiter__(self) -> AsyncIterator[ControlRequest]:
+        return self
+
+    async def __anext__(self) -> ControlRequest:
+        while True:
+            raw = await self._next_raw()
+            if raw is None:
+                raise StopAsyncIteration
+            request = parse_request(raw.body, raw.headers, self._nodename, logger)
+            if request is not None:
+                return request
+
+
+@final
+class _AmqpReplyQueue(_Consumer):
+    """A client's reply queue; iteration ends early if its connection is lost."""
+
+    def __aiter__(self) -> AsyncIterator[RawReply]:
+        return self
+
+    async def __anext__(self) -> RawReply:
+        try:
+            raw = await self._next_raw()
+        except BrokerConnectionError as exc:
+            # The queue is gone with its connection: no reply can come any more.
+            logger.warning("%s; returning the replies received so far", exc)
+            raise StopAsyncIteration from None
+        if raw is None:
+            raise StopAsyncIteration
+        return raw
+
+
+@final
+class AmqpControl(PidboxTransport):
+    """The :class:`~aiocelev.brokers.ControlTransport` of an :class:`~aiocelev.brokers.amqp.AmqpBroker`.
+
+    Get it with ``broker.control()``; it shares the adapter's connection.
+
+    :param connection: the adapter's connection.
+    :param identity: where node names must be unique (the masked URL with vhost).
+    """
+
+    def __init__(self, connection: AmqpConnection, identity: str) -> None:
+        super().__init__(connection.opts.control_exchange)
+        self._link = connection
+        self._identity = identity
+        self._channel: AbstractChannel | None = None
+        self._channel_lock = anyio.Lock()
 
     def __repr__(self) -> str:
-        return f"<AmqpControl {self._broker.url!r}>"
+        return f"<AmqpControl {self._identity!r} namespace={self.namespace!r}>"
 
-    async def consume_control(self, nodename: str) -> _AmqpPidbox:
-        """Declare and consume *nodename*'s pidbox queue (live when this returns).
+    @property
+    def identity(self) -> str:
+        return self._identity
 
-        :raises BrokerConnectionError: the broker cannot be reached now.
-        :raises BrokerError: another connection already consumes that node's
-            pidbox (the queue is exclusive, as Celery's).
-        """
-        if self._broker._closed:
-            raise ClosedError("the AMQP broker is closed")
-        conn = await self._broker._connection(wait=True)
-        pidbox = _AmqpPidbox(nodename)
+    async def _publishing_channel(self, *, wait: bool) -> AbstractChannel:
+        """The channel requests and replies are published on (re-opened when closed)."""
+        conn = await self._link.get(wait=wait)
+        async with self._channel_lock:
+            channel = self._channel
+            if channel is None or channel.is_closed:
+                channel = self._channel = await conn.channel(publisher_confirms=False)
+            return channel
+
+    async def _declare(self, channel: AbstractChannel, name: str, kind: str) -> AbstractExchange:
+        # kombu declares both pidbox exchanges transient and not auto-delete.
+        return await channel.declare_exchange(
+            name, aio_pika.ExchangeType(kind), durable=False, auto_delete=False
+        )
+
+    async def open_reply_queue(self, reply_key: str) -> _AmqpReplyQueue:
+        conn = await self._link.get(wait=True)
+        namespace = self.namespace
+        queue_name = reply_queue_name(reply_key, namespace)
+        consumer = _AmqpReplyQueue(f"reply queue {queue_name}")
         channel: AbstractChannel | None = None
         try:
-            with map_errors(f"consuming the pidbox of {nodename} on {self._broker.url}"):
+            with map_errors(f"declaring the reply queue on {self._link.current_masked}"):
                 channel = await conn.channel(publisher_confirms=False)
-                exchange = await channel.declare_exchange(
-                    pidbox_exchange(self._namespace),
-                    aio_pika.ExchangeType.FANOUT,
-                    durable=False,
-                    auto_delete=False,
-                )
+                exchange = await self._declare(channel, reply_exchange(namespace), "direct")
                 queue = await channel.declare_queue(
-                    f"{nodename}.{self._namespace}.pidbox",
+                    queue_name,
                     durable=False,
                     exclusive=True,
                     auto_delete=True,
                     arguments={
-                        "x-message-ttl": _ms(PIDBOX_QUEUE_TTL),
-                        "x-expires": _ms(PIDBOX_QUEUE_EXPIRES),
+                        "x-expires": ms(REPLY_QUEUE_EXPIRES),
+                        "x-message-ttl": ms(REPLY_QUEUE_TTL),
                     },
                 )
+                await queue.bind(exchange, routing_key=reply_key)
+                consumer._attach(channel)
+                await queue.consume(consumer._on_message, no_ack=True)
+        except BaseException:
+            await close_quietly(channel)
+            raise
+        return consumer
+
+    async def publish_request(self, body: bytes, headers: Mapping[str, Any]) -> None:
+        with map_errors(f"broadcasting on {self._link.current_masked}", publish=True):
+            channel = await self._publishing_channel(wait=True)
+            exchange = await self._declare(channel, pidbox_exchange(self.namespace), "fanout")
+            await exchange.publish(
+                _message(body, headers, REQUEST_DELIVERY_MODE), routing_key="", mandatory=False
+            )
+
+    async def consume_pidbox(self, nodename: str) -> _AmqpPidbox:
+        conn = await self._link.get(wait=True)
+        pidbox = _AmqpPidbox(nodename)
+        queue_name = pidbox_queue_name(nodename, self.namespace)
+        channel: AbstractChannel | None = None
+        try:
+            with map_errors(f"consuming the pidbox of {nodename} on {self._link.current_masked}"):
+                channel = await conn.channel(publisher_confirms=False)
+                exchange = await self._declare(channel, pidbox_exchange(self.namespace), "fanout")
+                try:
+                    queue = await channel.declare_queue(
+                        queue_name,
+                        durable=False,
+                        exclusive=True,
+                        auto_delete=True,
+                        arguments={
+                            "x-message-ttl": ms(PIDBOX_QUEUE_TTL),
+                            "x-expires": ms(PIDBOX_QUEUE_EXPIRES),
+                        },
+                    )
+                except aiormq.exceptions.ChannelLockedResource as exc:
+                    raise DuplicateNodeError(
+                        f"a node named {nodename!r} already consumes its pidbox "
+                        f"({queue_name}) on {self._identity} from another connection"
+                    ) from exc
                 await queue.bind(exchange, routing_key="")
-                channel.close_callbacks.add(pidbox._on_close)
+                pidbox._attach(channel)
                 await queue.consume(pidbox._on_message, no_ack=True)
         except BaseException:
-            await _close_quietly(channel)
+            await close_quietly(channel)
             raise
-        pidbox._channel = channel
         return pidbox
 
-    async def reply(self, request: ControlRequest, nodename: str, payload: Any) -> None:
-        """Send ``{nodename: payload}`` where *request* wants its replies.
-
-        A reply to a client that has gone (its reply queue expired) is dropped by
-        the broker, as with Celery.
-
-        :raises BrokerConnectionError: the broker cannot be reached now.
-        """
-        if request.reply_to is None:
-            return
-        if request.clock is not None:
-            self.clock.adjust(request.clock)
-        conn = await self._broker._connection(wait=False)
-        where = f"replying to {request.method!r} on {self._broker.url}"
+    async def send_reply(
+        self, reply_to: Mapping[str, str], body: bytes, headers: Mapping[str, Any]
+    ) -> None:
+        where = f"replying on {self._link.current_masked}"
         with map_errors(where, publish=True):
-            channel = self._reply_channel
-            if channel is None or channel.is_closed:
-                channel = self._reply_channel = await conn.channel(publisher_confirms=False)
-            exchange_name = request.reply_to.get("exchange") or f"reply.{self._namespace}.pidbox"
-            exchange = await channel.declare_exchange(
-                exchange_name, aio_pika.ExchangeType.DIRECT, durable=False, auto_delete=False
-            )
-            headers: dict[str, Any] = {"ticket": request.ticket, "clock": self.clock.forward()}
+            channel = await self._publishing_channel(wait=False)
+            exchange_name = reply_to.get("exchange") or reply_exchange(self.namespace)
+            exchange = await self._declare(channel, exchange_name, "direct")
             await exchange.publish(
-                aio_pika.Message(
-                    dumps({nodename: payload}).encode("ascii"),
-                    headers=headers,
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    delivery_mode=1,
-                    priority=0,
-                ),
-                routing_key=request.reply_to["routing_key"],
+                _message(body, headers, REPLY_DELIVERY_MODE),
+                routing_key=reply_to.get("routing_key", ""),
                 mandatory=False,
             )
+
+    async def aclose(self) -> None:
+        """Close the publishing channel (the adapter's ``aclose`` does it)."""
+        channel, self._channel = self._channel, None
+        await close_quietly(channel)

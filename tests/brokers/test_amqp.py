@@ -122,10 +122,16 @@ def test_passwords_masked_in_url_and_repr() -> None:
 
 def test_backoff_is_jittered_and_capped() -> None:
     broker = from_url("amqp://localhost//", reconnect_delay=0.5, reconnect_max_delay=4)
+    backoff = broker._connection.backoff
+    assert (backoff.initial, backoff.maximum) == (0.5, 4.0)
     for attempt in range(1, 20):
-        delay = broker._backoff(attempt)
+        delay = backoff.next_delay()
         base = min(4.0, 0.5 * 2 ** (attempt - 1))
         assert base / 2 <= delay <= base
+    backoff.attempts = 5000  # a very long outage stays capped (no overflow)
+    assert 2.0 <= backoff.next_delay() <= 4.0
+    backoff.reset()
+    assert 0.25 <= backoff.next_delay() <= 0.5
 
 
 # -- against the real server ---------------------------------------------------------
@@ -474,13 +480,13 @@ async def test_recovers_from_rabbitmq_restart(amqp_url: str) -> None:
 
 @pytest.mark.amqp
 async def test_broadcast_without_workers_and_body_format(amqp_url: str) -> None:
-    """broadcast() publishes Celery's pidbox request; no workers -> no replies."""
+    """control().broadcast() publishes Celery's pidbox request; no workers -> no replies."""
     need_rabbitmqctl()
     namespace = _unique("ctl")
     try:
         async with from_url(amqp_url, control_exchange=namespace) as broker:
-            assert await broker.broadcast("ping", reply=True, timeout=0.2) == []
-            assert await broker.broadcast("enable_events") == []
+            assert await broker.control().broadcast("ping", timeout=0.2) == []
+            assert await broker.control().broadcast("enable_events", reply=False) == []
             exchanges = {e["name"]: e for e in list_json("exchanges", "name", "type", "durable")}
             pidbox = exchanges[f"{namespace}.pidbox"]
             assert pidbox["type"] == "fanout" and pidbox["durable"] is False
@@ -588,12 +594,32 @@ async def test_no_connection_left_behind(amqp_url: str) -> None:
 
 
 def test_adapter_satisfies_the_broker_protocol() -> None:
-    from aiocelev.brokers import Broker, Subscription
-    from aiocelev.brokers.amqp import _AmqpSubscription
+    from aiocelev.brokers import Broker, ControlTransport, PidboxTransport, Subscription
+    from aiocelev.brokers.amqp import AmqpControl, AmqpSubscription
 
     broker = from_url("amqp://localhost//")
     assert isinstance(broker, Broker)
-    assert isinstance(_AmqpSubscription(broker, ["#"]), Subscription)
+    assert isinstance(AmqpSubscription(broker._connection, ["#"]), Subscription)
+    control = broker.control()
+    assert control is broker.control()
+    assert isinstance(control, AmqpControl) and isinstance(control, PidboxTransport)
+    assert isinstance(control, ControlTransport)
+    assert control.namespace == "celery"
+
+
+def test_control_identity_is_the_masked_url_with_vhost() -> None:
+    assert (
+        from_url("amqp://guest:s3cret@127.0.0.1:5672//").control().identity
+        == "amqp://guest:***@127.0.0.1:5672/%2F"
+    )
+    # the same vhost however it is written; another vhost is another namespace
+    assert from_url("amqp://127.0.0.1").control().identity == (
+        "amqp://guest:***@127.0.0.1:5672/%2F"
+    )
+    assert from_url("amqp://u:p@h/prod?heartbeat=5").control().identity == (
+        "amqp://u:***@h:5672/prod"
+    )
+    assert "s3cret" not in repr(from_url("amqp://guest:s3cret@h//").control())
 
 
 @pytest.mark.amqp
