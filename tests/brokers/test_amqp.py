@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
 
 import aio_pika
 import anyio
@@ -16,12 +19,18 @@ from aiocelev import (
     BrokerError,
     ClosedError,
     ConfigurationError,
+    DuplicateNodeError,
     OutgoingMessage,
     PublishError,
 )
 from aiocelev._codec import decode_message, event_message
-from aiocelev._control import build_control_body, encode_control_body
-from aiocelev.brokers import open_broker
+from aiocelev._control import (
+    ControlReply,
+    ControlRequest,
+    build_control_body,
+    encode_control_body,
+)
+from aiocelev.brokers import ControlSubscription, ControlTransport, open_broker
 from aiocelev.brokers.amqp import AmqpBroker, from_url
 from aiocelev.testing import check_broker
 
@@ -680,3 +689,245 @@ async def test_dispatcher_and_receiver_ride_out_a_killed_connection(amqp_url: st
     assert seen[0] == 0
     assert seen[-len(tail) :] == tail
     assert seen == sorted(seen)  # in order (a resent event may repeat, never go back)
+
+
+# -- remote control (AmqpControl) on the real server ---------------------------------
+
+
+@pytest.fixture
+async def control_namespace(amqp_url: str) -> AsyncIterator[str]:
+    """A private control namespace (other users' broadcasts stay out); exchanges removed."""
+    namespace = _unique("ctl")
+    yield namespace
+    await delete_exchanges(amqp_url, f"{namespace}.pidbox", f"reply.{namespace}.pidbox")
+
+
+async def _serve(
+    pidbox: ControlSubscription,
+    control: ControlTransport,
+    node: str,
+    handled: list[ControlRequest],
+    *,
+    before_reply: anyio.Event | None = None,
+) -> None:
+    """A minimal node: answer ``ping`` with pong, anything else with its method name."""
+    async for request in pidbox:
+        if not request.addressed_to(node):
+            continue
+        handled.append(request)
+        if before_reply is not None:
+            await before_reply.wait()
+        payload = {"ok": "pong"} if request.method == "ping" else {"ok": request.method}
+        await control.reply(request, node, payload)
+
+
+def _queue_args(raw: Any) -> dict[str, Any]:
+    # rabbitmqctl's JSON gives [name, type, value] triples (or a mapping)
+    return dict(raw) if isinstance(raw, dict) else {a[0]: a[-1] for a in raw}
+
+
+@pytest.mark.amqp
+async def test_control_ping_round_trip_with_celery_wire_format(
+    amqp_url: str, control_namespace: str
+) -> None:
+    """A client and a node in two connections: ping -> pong; exchanges, queues and
+    message properties as kombu's Mailbox uses them."""
+    need_rabbitmqctl()
+    ns = control_namespace
+    node = f"aiocelev-{uuid.uuid4().hex[:8]}@ctl"
+    handled: list[ControlRequest] = []
+    async with (
+        from_url(amqp_url, control_exchange=ns) as client,
+        from_url(amqp_url, control_exchange=ns) as server,
+    ):
+        node_control = server.control()
+        pidbox = await node_control.consume_control(node)
+        # A spy queue on the pidbox exchange sees the request as every node does.
+        spy_conn = await aio_pika.connect(client._endpoints[0].url)
+        async with spy_conn, anyio.create_task_group() as tg:
+            spy_channel = await spy_conn.channel()
+            spy = await spy_channel.declare_queue(exclusive=True)
+            await spy.bind(f"{ns}.pidbox", routing_key="")
+            tg.start_soon(_serve, pidbox, node_control, node, handled)
+
+            replies = await client.control().broadcast("ping", destination=[node], timeout=10)
+            assert replies == [ControlReply(node, {"ok": "pong"})]
+            assert (replies[0].node, replies[0].payload) == (node, {"ok": "pong"})
+            assert [r.method for r in handled] == ["ping"]
+            # the node merged the client's clock, the client merged the node's
+            assert handled[0].clock is not None
+            assert client.control().clock.value > handled[0].clock
+
+            with anyio.fail_after(10):
+                request = await spy.get(timeout=5)
+            assert request.delivery_mode == 2
+            assert request.content_type == "application/json"
+            assert request.content_encoding == "utf-8"
+            assert request.priority == 0
+            assert request.routing_key == ""
+            assert set(request.headers) == {"clock", "expires"}
+            assert request.body.startswith(
+                b'{"method": "ping", "arguments": {}, "destination": ["' + node.encode()
+            )
+            sent = json.loads(request.body)
+            assert sent["reply_to"]["exchange"] == f"reply.{ns}.pidbox"
+            assert sent["ticket"] == handled[0].ticket
+
+            # a reply as kombu's Node sends it: delivery mode 1, ticket and clock headers
+            reply_spy = await spy_channel.declare_queue(exclusive=True)
+            await reply_spy.bind(f"reply.{ns}.pidbox", routing_key=reply_spy.name)
+            fake = ControlRequest(
+                "ping",
+                ticket="t-1",
+                reply_to={"exchange": f"reply.{ns}.pidbox", "routing_key": reply_spy.name},
+                clock=10_000,
+            )
+            await node_control.reply(fake, node, {"ok": "pong"})
+            with anyio.fail_after(10):
+                reply = await reply_spy.get(timeout=5)
+            assert reply.body == json.dumps({node: {"ok": "pong"}}).encode()
+            assert reply.delivery_mode == 1
+            assert reply.content_type == "application/json"
+            assert reply.headers["ticket"] == "t-1"
+            assert int(reply.headers["clock"]) > 10_000
+
+            exchanges = {e["name"]: e for e in list_json("exchanges", "name", "type", "durable")}
+            assert exchanges[f"{ns}.pidbox"]["type"] == "fanout"
+            assert exchanges[f"{ns}.pidbox"]["durable"] is False
+            assert exchanges[f"reply.{ns}.pidbox"]["type"] == "direct"
+            queues = {
+                q["name"]: q
+                for q in list_json(
+                    "queues", "name", "durable", "auto_delete", "exclusive", "arguments"
+                )
+            }
+            mine = queues[f"{node}.{ns}.pidbox"]
+            assert (mine["durable"], mine["auto_delete"], mine["exclusive"]) == (False, True, True)
+            assert _queue_args(mine["arguments"]) == {"x-message-ttl": 300000, "x-expires": 10000}
+            tg.cancel_scope.cancel()
+        await pidbox.aclose()
+
+
+@pytest.mark.amqp
+async def test_control_replies_stream_and_stop_early(amqp_url: str, control_namespace: str) -> None:
+    """The first reply is yielded while the second node still waits for it (so before
+    the timeout); the block ends as soon as every destination answered."""
+    ns = control_namespace
+    first, second = (f"aiocelev-{uuid.uuid4().hex[:8]}@{n}" for n in ("one", "two"))
+    took_first = anyio.Event()
+    handled: list[ControlRequest] = []
+    async with (
+        from_url(amqp_url, control_exchange=ns) as client,
+        from_url(amqp_url, control_exchange=ns) as server,
+    ):
+        control = server.control()
+        box_one = await control.consume_control(first)
+        box_two = await control.consume_control(second)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_serve, box_one, control, first, handled)
+            # the second node answers only once the client has taken the first reply
+            tg.start_soon(
+                partial(_serve, box_two, control, second, handled, before_reply=took_first)
+            )
+            got: list[str] = []
+            # 60 s timeout, 30 s deadline: only streaming + early stop can pass
+            with anyio.fail_after(30):
+                async with client.control().broadcast(
+                    "ping", destination=[first, second], timeout=60
+                ) as replies:
+                    async for reply in replies:
+                        got.append(reply.node)
+                        took_first.set()
+            assert got == [first, second]
+            assert replies.missing == [] and replies.received == 2
+
+            # a destination that never answers: the ones that did, and who is missing
+            ghost = f"ghost-{uuid.uuid4().hex[:8]}@nowhere"
+            async with client.control().broadcast(
+                "ping", destination=[first, ghost], timeout=1
+            ) as replies:
+                nodes = [reply.node async for reply in replies]
+            assert nodes == [first]
+            assert replies.missing == [ghost]
+            tg.cancel_scope.cancel()
+        await box_one.aclose()
+        await box_two.aclose()
+
+
+@pytest.mark.amqp
+async def test_control_reply_queue_is_gone_after_the_block(
+    amqp_url: str, control_namespace: str
+) -> None:
+    need_rabbitmqctl()
+    ns = control_namespace
+
+    def reply_queues() -> list[str]:
+        return [
+            q["name"]
+            for q in list_json("queues", "name")
+            if q["name"].endswith(f".reply.{ns}.pidbox")
+        ]
+
+    async with from_url(amqp_url, control_exchange=ns) as client:
+        async with client.control().broadcast("ping", timeout=60) as replies:
+            (name,) = await anyio.to_thread.run_sync(reply_queues)
+            assert name.endswith(f".reply.{ns}.pidbox")
+            assert replies.received == 0
+        with anyio.fail_after(10):
+            while await anyio.to_thread.run_sync(reply_queues):
+                await anyio.sleep(0.05)
+
+        # also when the waiting task is cancelled
+        async with anyio.create_task_group() as tg:
+            entered = anyio.Event()
+
+            async def wait_forever() -> None:
+                async with client.control().broadcast("ping", timeout=60) as replies:
+                    entered.set()
+                    async for _ in replies:
+                        pass
+
+            tg.start_soon(wait_forever)
+            with anyio.fail_after(10):
+                await entered.wait()
+            assert len(await anyio.to_thread.run_sync(reply_queues)) == 1
+            tg.cancel_scope.cancel()
+        with anyio.fail_after(10):
+            while await anyio.to_thread.run_sync(reply_queues):
+                await anyio.sleep(0.05)
+
+
+@pytest.mark.amqp
+async def test_control_duplicate_node_name_is_refused(
+    amqp_url: str, control_namespace: str
+) -> None:
+    """Two connections consuming one node name: DuplicateNodeError, in this process
+    (the transport's registry) and from RabbitMQ (RESOURCE_LOCKED on the exclusive queue)."""
+    ns = control_namespace
+    node = f"aiocelev-{uuid.uuid4().hex[:8]}@dup"
+    async with (
+        from_url(amqp_url, control_exchange=ns) as one,
+        from_url(amqp_url, control_exchange=ns) as two,
+    ):
+        pidbox = await one.control().consume_control(node)
+        with pytest.raises(DuplicateNodeError):
+            await two.control().consume_control(node)
+        # past the registry, straight to the server: RabbitMQ refuses the exclusive queue
+        with pytest.raises(DuplicateNodeError) as info:
+            await two.control().consume_pidbox(node)
+        assert "RESOURCE_LOCKED" in repr(info.value.__cause__) or "locked" in str(
+            info.value.__cause__
+        )
+        # the refused connection is still usable
+        assert await two.control().broadcast("ping", destination=["nobody@x"], timeout=0.2) == []
+        await pidbox.aclose()
+        # once the first node has gone, the name is free again
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    again = await two.control().consume_control(node)
+                except DuplicateNodeError:
+                    await anyio.sleep(0.05)
+                else:
+                    break
+        await again.aclose()
