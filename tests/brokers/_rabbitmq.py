@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -13,7 +14,15 @@ import anyio
 import anyio.to_thread
 import pytest
 
+from ..conftest import AMQP_URL
+
 RABBITMQCTL = shutil.which("rabbitmqctl")
+RABBITMQ_SERVER = shutil.which("rabbitmq-server")
+
+#: How long a restarted RabbitMQ may take to accept AMQP connections again.
+READY_DEADLINE = 120.0
+
+logger = logging.getLogger("tests.rabbitmq")
 
 
 def need_rabbitmqctl() -> str:
@@ -70,8 +79,9 @@ async def close_connections(connection_name: str) -> int:
 
 
 @asynccontextmanager
-async def rabbitmq_stopped() -> AsyncIterator[None]:
-    """``stop_app`` on entry; ALWAYS ``start_app`` (and wait for it) on exit.
+async def rabbitmq_stopped(amqp_url: str = AMQP_URL) -> AsyncIterator[None]:
+    """``stop_app`` on entry; on exit ALWAYS ``start_app`` and wait until the broker
+    at *amqp_url* serves AMQP again (:func:`wait_amqp_ready`), also on failure.
 
     Other people's tests share this server: keep the block a few seconds long.
     """
@@ -81,11 +91,53 @@ async def rabbitmq_stopped() -> AsyncIterator[None]:
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_start_app)
+            await wait_amqp_ready(amqp_url)
 
 
 def _start_app() -> None:
-    ctl("start_app")
-    ctl("await_startup")
+    """Start the RabbitMQ app; start the whole node if it is down."""
+    try:
+        ctl("start_app")
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        if RABBITMQ_SERVER is None:
+            raise
+        logger.warning("start_app failed (%s); starting the node", exc)
+        subprocess.run([RABBITMQ_SERVER, "-detached"], capture_output=True, timeout=60)
+    ctl("await_startup", timeout=READY_DEADLINE)
+
+
+async def wait_amqp_ready(amqp_url: str = AMQP_URL, deadline: float = READY_DEADLINE) -> None:
+    """Wait until the broker accepts an AMQP connection and an exchange declaration.
+
+    ``await_startup`` can return before the listener takes connections; a test
+    that restarted RabbitMQ must not hand a refusing broker to the next test.
+
+    :raises TimeoutError: not ready within *deadline* seconds (the last error chained).
+    """
+    import aio_pika
+
+    from aiocelev.brokers.amqp import from_url
+
+    url = from_url(amqp_url)._endpoints[0].url
+    last: BaseException | None = None
+    with anyio.move_on_after(deadline):
+        while True:
+            try:
+                with anyio.fail_after(10):
+                    conn = await aio_pika.connect(url, timeout=5)
+                    async with conn:
+                        channel = await conn.channel()
+                        # what Celery (and the next test) declares first
+                        await channel.declare_exchange(
+                            "celeryev", aio_pika.ExchangeType.TOPIC, durable=True
+                        )
+                return
+            except Exception as exc:  # not up yet: refused, reset, channel error...
+                last = exc
+            await anyio.sleep(0.2)
+    raise TimeoutError(
+        f"RabbitMQ did not accept AMQP connections within {deadline}s: {last!r}"
+    ) from last
 
 
 async def delete_exchanges(amqp_url: str, *names: str) -> None:

@@ -41,6 +41,7 @@ from ._rabbitmq import (
     list_json,
     need_rabbitmqctl,
     rabbitmq_stopped,
+    wait_amqp_ready,
 )
 
 # -- options and URLs (no broker needed) -------------------------------------------
@@ -463,7 +464,7 @@ async def test_recovers_from_rabbitmq_restart(amqp_url: str) -> None:
                 with anyio.fail_after(10):
                     await seen.wait()
 
-                async with rabbitmq_stopped():
+                async with rabbitmq_stopped(amqp_url):
                     errors = 0
                     for _ in range(3):
                         with anyio.fail_after(5):  # fails fast, does not hang
@@ -931,3 +932,12 @@ async def test_control_duplicate_node_name_is_refused(
                 else:
                     break
         await again.aclose()
+
+
+@pytest.mark.amqp
+async def test_wait_amqp_ready_helper(amqp_url: str) -> None:
+    """The helper restart tests end with: returns on a serving broker, fails on a dead one."""
+    with anyio.fail_after(60):
+        await wait_amqp_ready(amqp_url, deadline=30)
+    with pytest.raises(TimeoutError):
+        await wait_amqp_ready("amqp://guest:guest@127.0.0.1:1//", deadline=0.5)

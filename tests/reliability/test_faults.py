@@ -300,7 +300,7 @@ async def test_rabbitmq_restart_under_dispatcher_and_receiver(amqp_url: str) -> 
     options = {"exchange": exchange, "reconnect_delay": 0.1, "reconnect_max_delay": 0.5}
 
     async def restart(dispatcher: EventDispatcher) -> None:
-        async with rabbitmq_stopped():
+        async with rabbitmq_stopped(amqp_url):
             with anyio.fail_after(10):
                 for n in range(1, 11):
                     await dispatcher.send("worker-heartbeat", freq=2.0, n=n)
@@ -332,6 +332,8 @@ async def test_rabbitmq_restart_with_durable_queue_and_confirms(amqp_url: str) -
       events *sitting in the queue* when RabbitMQ restarts are discarded by RabbitMQ.
     """
     import aio_pika
+
+    from aiocelev.brokers.amqp import from_url
 
     need_rabbitmqctl()
     exchange = unique("ex")
@@ -371,7 +373,7 @@ async def test_rabbitmq_restart_with_durable_queue_and_confirms(amqp_url: str) -
                 await dispatcher.send("task-started", uuid=f"s{i}")  # will sit in the queue
             with anyio.fail_after(10):
                 await dispatcher.flush()
-            async with rabbitmq_stopped():
+            async with rabbitmq_stopped(amqp_url):
                 with anyio.fail_after(10):
                     for i in range(10):
                         await dispatcher.send("task-started", uuid=f"d{i}")
@@ -387,7 +389,7 @@ async def test_rabbitmq_restart_with_durable_queue_and_confirms(amqp_url: str) -
             stats = dispatcher.statistics()
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-            conn = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+            conn = await aio_pika.connect(from_url(amqp_url)._endpoints[0].url)
             async with conn:
                 channel = await conn.channel()
                 await channel.queue_delete(queue)
