@@ -2,8 +2,10 @@
 
 * a real ``celery worker -E`` -> aiocelev (raw subscription and EventReceiver);
 * aiocelev's EventDispatcher -> Celery's own ``EventReceiver`` + ``State``;
-* ``enable_events`` sent with :meth:`AmqpBroker.broadcast` switches task events
-  on in a real worker started without ``-E``.
+* ``enable_events`` sent with ``AmqpBroker.control().broadcast`` switches task
+  events on in a real worker started without ``-E``;
+* Celery's own ``app.control`` / ``inspect()`` reach a node served through
+  :class:`~aiocelev.brokers.amqp.AmqpControl`.
 
 Every worker gets its own node name and task queue, and events are filtered by
 node name, so concurrent runs on the same RabbitMQ do not interfere.
@@ -26,7 +28,7 @@ import anyio.to_thread
 import pytest
 
 from aiocelev import EventDispatcher, EventReceiver
-from aiocelev.brokers.amqp import AmqpBroker, from_url
+from aiocelev.brokers.amqp import AmqpBroker, AmqpControl, from_url
 
 from ..brokers._rabbitmq import delete_exchanges
 from ._common import (
@@ -237,16 +239,17 @@ async def test_broadcast_enable_events_turns_on_task_events(amqp_url: str) -> No
                     "worker-online",
                     worker,
                 )
-                replies = await broker.broadcast(
-                    "enable_events", destination=[node], reply=True, timeout=10
-                )
-                assert replies == [{node: {"ok": "task events enabled"}}]
-                again = await broker.broadcast(
-                    "enable_events", destination=[node], reply=True, timeout=10
-                )
-                assert again == [{node: {"ok": "task events already enabled"}}]
-                pong = await broker.broadcast("ping", destination=[node], reply=True, timeout=10)
-                assert pong == [{node: {"ok": "pong"}}]
+                control = broker.control()
+                replies = await control.broadcast("enable_events", destination=[node], timeout=10)
+                assert [r.as_dict() for r in replies] == [{node: {"ok": "task events enabled"}}]
+                again = await control.broadcast("enable_events", destination=[node], timeout=10)
+                assert [r.as_dict() for r in again] == [
+                    {node: {"ok": "task events already enabled"}}
+                ]
+                pong = await control.broadcast("ping", destination=[node], timeout=10)
+                assert [(r.node, r.payload, r.duplicate) for r in pong] == [
+                    (node, {"ok": "pong"}, False)
+                ]
 
                 task_id = (
                     await call(client.send_task, "interop.add", args=(4, 4), queue=worker.queue)
@@ -260,7 +263,7 @@ async def test_broadcast_enable_events_turns_on_task_events(amqp_url: str) -> No
                     "task-succeeded after enable_events",
                     worker,
                 )
-                await broker.broadcast("disable_events", destination=[node])
+                await control.broadcast("disable_events", destination=[node], reply=False)
                 await anyio.to_thread.run_sync(worker.stop)
     types = [e["type"] for _, e in collected]
     assert "task-received" in types and "task-started" in types
@@ -268,18 +271,20 @@ async def test_broadcast_enable_events_turns_on_task_events(amqp_url: str) -> No
 
 
 async def test_celery_control_reaches_an_aiocelev_node(amqp_url: str) -> None:
-    """Celery's own ``app.control`` client talks to a pidbox consumed with AmqpControl."""
-    from aiocelev.brokers._amqp_control import AmqpControl
-
+    """Celery's own ``app.control.ping()`` and ``inspect().stats()`` get replies from a
+    node consuming its pidbox through ``AmqpBroker.control()``; so does our client."""
     node = f"aiocelev-{uuid.uuid4().hex[:10]}@node"
     handled: list[str] = []
+    stats = {"pid": os.getpid(), "total": {}, "broker": {"transport": "amqp"}}
     namespace = f"aiocelev-test-{uuid.uuid4().hex[:8]}"  # away from other users' broadcasts
     cleanup = (f"{namespace}.pidbox", f"reply.{namespace}.pidbox")
     async with (
         private_exchanges(amqp_url, *cleanup),
         from_url(amqp_url, control_exchange=namespace) as broker,
+        from_url(amqp_url, control_exchange=namespace) as client_broker,
     ):
-        control = AmqpControl(broker)
+        control = broker.control()
+        assert isinstance(control, AmqpControl)
         pidbox = await control.consume_control(node)
 
         async def serve() -> None:
@@ -287,8 +292,8 @@ async def test_celery_control_reaches_an_aiocelev_node(amqp_url: str) -> None:
                 if not request.addressed_to(node):
                     continue
                 handled.append(request.method)
-                if request.wants_reply:
-                    await control.reply(request, node, {"ok": "pong"})
+                payload: Any = stats if request.method == "stats" else {"ok": "pong"}
+                await control.reply(request, node, payload)
 
         client = _client(amqp_url)
         client.conf.control_exchange = namespace
@@ -296,14 +301,18 @@ async def test_celery_control_reaches_an_aiocelev_node(amqp_url: str) -> None:
             tg.start_soon(serve)
             replies = await call(client.control.ping, destination=[node], timeout=10)
             assert replies == [{node: {"ok": "pong"}}]
+            inspected = await call(
+                lambda: client.control.inspect(destination=[node], timeout=10).stats()
+            )
+            assert inspected == {node: stats}
             # a broadcast to another node is not ours
             await call(client.control.broadcast, "enable_events", destination=["someone@else"])
-            # and our own broadcast() reaches the node too
-            ours = await broker.broadcast("ping", destination=[node], reply=True, timeout=10)
-            assert ours == [{node: {"ok": "pong"}}]
+            # and our own client reaches the node too, from another connection
+            ours = await client_broker.control().broadcast("ping", destination=[node], timeout=10)
+            assert [r.as_dict() for r in ours] == [{node: {"ok": "pong"}}]
             tg.cancel_scope.cancel()
         await pidbox.aclose()
-    assert handled == ["ping", "ping"]
+    assert handled == ["ping", "stats", "ping"]
 
 
 def _free_port() -> int:
