@@ -256,6 +256,22 @@ def register(subparsers: Any) -> None:
         parser.set_defaults(func=run, kind=kind)
 
 
+def _pretty(value: Any) -> str:
+    """A reply's value as ``celery inspect`` shows it: lists as bullets, objects as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        if not value:
+            return "- empty -"
+        return "\n".join(
+            f"* {item if isinstance(item, str) else json.dumps(item, sort_keys=True, default=str)}"
+            for item in value
+        )
+    return json.dumps(value, indent=4, sort_keys=True, default=str)
+
+
 def format_reply(node: str, reply: Any, style: Style) -> str:
     """``-> node: OK`` and the reply's text indented below, as ``celery control`` prints."""
     if isinstance(reply, dict) and "error" in reply and "ok" not in reply:
@@ -264,13 +280,7 @@ def format_reply(node: str, reply: Any, style: Style) -> str:
         status, body = "OK", reply["ok"]
     else:
         status, body = "OK", reply
-    if body is None:
-        text = ""
-    elif isinstance(body, str):
-        text = body
-    else:
-        text = json.dumps(body, indent=2, sort_keys=True, default=str)
-    indented = "\n".join("    " + line for line in text.splitlines())
+    indented = "\n".join("    " + line for line in _pretty(body).splitlines())
     head = f"{style('->', '1')} {style(node + ':', '1;36')} {status}"
     return f"{head}\n{indented}" if indented else head
 

@@ -56,7 +56,8 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
 
 
 class Worker:
-    """A real Celery worker subprocess (solo pool) with its own node name and queue.
+    """A real Celery worker subprocess (solo pool by default, one process) with its own node
+    name and queue; ``pool="prefork"`` for commands that need a pool (terminate, pool_grow).
 
     The node is ``<prefix>-<tag>@interop`` and its queue ``<prefix>-interop-<tag>``
     unless *nodename* and *queue* are given.
@@ -71,8 +72,10 @@ class Worker:
         prefix: str = "aiocelev",
         nodename: str | None = None,
         queue: str | None = None,
+        pool: str = "solo",
     ) -> None:
         tag = uuid.uuid4().hex[:10]
+        self.pool = pool
         self.nodename = nodename or f"{prefix}-{tag}@interop"
         self.queue = queue or f"{prefix}-interop-{tag}"
         self.broker_url = broker_url
@@ -83,7 +86,7 @@ class Worker:
 
     def start(self) -> None:
         cmd = [
-            CELERY, "-A", "tests.interop.celery_app", "worker", "-P", "solo",
+            CELERY, "-A", "tests.interop.celery_app", "worker", "-P", self.pool, "-c", "1",
             "--without-mingle", "--without-gossip", "-n", self.nodename, "-Q", self.queue,
             "--loglevel", "INFO",
         ]  # fmt: skip
