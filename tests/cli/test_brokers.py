@@ -180,3 +180,48 @@ def test_control_reaches_the_demo_workers(broker_url: str) -> None:
         assert lines.count("    task events already enabled") == 2
         demo.signal(signal.SIGINT)
         assert demo.wait(30) == 130
+
+
+def test_example_worker_says_offline_on_sigterm_and_answers_control(broker_url: str) -> None:
+    """docker/systemd/k8s stop with SIGTERM: the example worker leaves with worker-offline."""
+    import subprocess
+    import sys
+
+    from ._helpers import ROOT, cli_env, json_lines
+
+    node = f"sigterm-{uuid.uuid4().hex[:8]}@cli-test"
+    with Background("events", "--json", "--filter", "worker.#", "--broker", broker_url) as events:
+        events.wait_for_stderr("listening on")
+        worker = subprocess.Popen(
+            [sys.executable, "examples/asyncio_queue_worker.py", "--broker", broker_url,
+             "--name", node, "--freq", "0.5", "--rate", "20"],
+            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            wait_for_events(
+                events,
+                lambda evs: any(
+                    e["hostname"] == node and e["type"] == "worker-online" for e in evs
+                ),
+                what="worker-online",
+            )
+            deadline = time.monotonic() + 30
+            while True:
+                ping = run_cli("inspect", "ping", "-d", node, "-b", broker_url, "--json")
+                if ping.returncode == 0:
+                    break
+                assert time.monotonic() < deadline, ping.stderr
+            assert json_lines(ping.stdout) == [{node: {"ok": "pong"}}]
+            worker.send_signal(signal.SIGTERM)
+            out, _ = worker.communicate(timeout=30)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        assert worker.returncode == 0, out
+        assert "got SIGTERM, shutting down" in out
+        wait_for_events(
+            events,
+            lambda evs: any(e["hostname"] == node and e["type"] == "worker-offline" for e in evs),
+            what="worker-offline after SIGTERM",
+        )
