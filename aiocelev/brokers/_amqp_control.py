@@ -31,7 +31,12 @@ from typing import Any, final
 import aio_pika
 import aiormq.exceptions
 import anyio
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+)
 
 from .._control import (
     REPLY_QUEUE_EXPIRES,
@@ -193,6 +198,7 @@ class AmqpControl(PidboxTransport):
         self._link = connection
         self._identity = identity
         self._channel: AbstractChannel | None = None
+        self._channel_conn: AbstractConnection | None = None
         self._channel_lock = anyio.Lock()
 
     def __repr__(self) -> str:
@@ -207,8 +213,11 @@ class AmqpControl(PidboxTransport):
         conn = await self._link.get(wait=wait)
         async with self._channel_lock:
             channel = self._channel
-            if channel is None or channel.is_closed:
-                channel = self._channel = await conn.channel(publisher_confirms=False)
+            if channel is None or channel.is_closed or self._channel_conn is not conn:
+                self._channel = None
+                await close_quietly(channel)
+                channel = await conn.channel(publisher_confirms=False)
+                self._channel, self._channel_conn = channel, conn
             return channel
 
     async def _declare(self, channel: AbstractChannel, name: str, kind: str) -> AbstractExchange:

@@ -23,7 +23,7 @@ from aiocelev import (
     OutgoingMessage,
     PublishError,
 )
-from aiocelev._codec import decode_message, event_message
+from aiocelev._codec import decode_message, encode_event
 from aiocelev._control import (
     ControlReply,
     ControlRequest,
@@ -149,6 +149,11 @@ def test_backoff_is_jittered_and_capped() -> None:
 amqp_only = [pytest.mark.amqp]
 
 
+def _event_message(event: dict[str, Any]) -> OutgoingMessage:
+    """One event as Celery's dispatcher sends it (body and ``hostname`` header)."""
+    return OutgoingMessage("", encode_event(event), {"hostname": event["hostname"]})
+
+
 def _unique(prefix: str = "t") -> str:
     return f"aiocelevtest.{prefix}.{uuid.uuid4().hex[:12]}"
 
@@ -187,7 +192,7 @@ async def test_wire_properties_and_declarations_match_celery(amqp_url: str) -> N
     async with from_url(amqp_url) as broker:
         sub = await broker.subscribe([key])
         event = {"hostname": "w1@h", "type": "worker-heartbeat", "timestamp": 1.0, "clock": 3}
-        message = event_message(event)
+        message = _event_message(event)
         await broker.publish([OutgoingMessage(key, message.body, message.headers)])
 
         # Read the same message with a plain aio-pika consumer to see every property.
@@ -558,7 +563,7 @@ async def test_event_receiver_acks_durable_queue_deliveries(amqp_url: str) -> No
         async with EventReceiver(consumer, routing_keys=[key]) as receiver:
             async with from_url(amqp_url, confirm_publish=True) as publisher:
                 for event in events:
-                    message = event_message(event)
+                    message = _event_message(event)
                     await publisher.publish([OutgoingMessage(key, message.body, message.headers)])
             with anyio.fail_after(10):
                 first = await receiver.receive()
@@ -941,3 +946,42 @@ async def test_wait_amqp_ready_helper(amqp_url: str) -> None:
         await wait_amqp_ready(amqp_url, deadline=30)
     with pytest.raises(TimeoutError):
         await wait_amqp_ready("amqp://guest:guest@127.0.0.1:1//", deadline=0.5)
+
+
+@pytest.mark.amqp
+async def test_control_after_a_killed_connection(amqp_url: str, control_namespace: str) -> None:
+    """A node's pidbox ends with BrokerConnectionError when its connection is killed;
+    consuming again and broadcasting again work on the new connection."""
+    need_rabbitmqctl()
+    ns = control_namespace
+    name = f"aiocelev-test-{uuid.uuid4().hex[:8]}"
+    node = f"aiocelev-{uuid.uuid4().hex[:8]}@killed"
+    handled: list[ControlRequest] = []
+    options = {"control_exchange": ns, "connection_name": name, "reconnect_delay": 0.1}
+    async with from_url(amqp_url, **options) as broker:
+        control = broker.control()
+        pidbox = await control.consume_control(node)
+        # nobody serves the pidbox yet: no reply, the request waits in it
+        assert await control.broadcast("ping", destination=[node], timeout=0.2) == []
+        assert await close_connections(name) == 1
+        with anyio.fail_after(10):
+            # what arrived before the loss is handed out first
+            assert (await pidbox.__anext__()).method == "ping"
+            with pytest.raises(BrokerConnectionError):
+                await pidbox.__anext__()
+        await pidbox.aclose()
+        with anyio.fail_after(20):
+            while True:  # the old exclusive queue may linger a moment on the server
+                try:
+                    pidbox = await control.consume_control(node)
+                except (DuplicateNodeError, BrokerConnectionError):
+                    await anyio.sleep(0.1)
+                else:
+                    break
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_serve, pidbox, control, node, handled)
+            replies = await control.broadcast("ping", destination=[node], timeout=10)
+            assert [r.as_dict() for r in replies] == [{node: {"ok": "pong"}}]
+            tg.cancel_scope.cancel()
+        await pidbox.aclose()
+    assert [r.method for r in handled] == ["ping"]
