@@ -55,14 +55,41 @@ def _load(transport: str) -> dict[str, Any]:
 
 
 DOCUMENTS = {transport: _load(transport) for transport in TRANSPORTS}
+
+#: Captured replies aiocelev cannot read yet (strict xfail: the mark goes once fixed).
+UNREADABLE_REPLIES = {
+    "inspect.conf.defaults": pytest.mark.xfail(
+        reason=(
+            "the worker's conf(with_defaults=True) reply holds "
+            "'\"result_backend_max_retries\": Infinity' (kombu's JSON writes float('inf') so, "
+            "and Celery's client reads it); aiocelev._codec.loads rejects JSON constants, "
+            "so decode_replies drops the whole reply"
+        ),
+        strict=True,
+    ),
+}
 CAPTURES = [
     pytest.param(transport, capture, id=f"{transport}:{capture['name']}")
     for transport, document in DOCUMENTS.items()
     for capture in document["captures"]
 ]
 CLIENT_CAPTURES = [p for p in CAPTURES if p.values[1]["client"] is not None]
+CLIENT_REPLIES = [
+    pytest.param(*p.values, id=p.id, marks=[UNREADABLE_REPLIES[p.values[1]["name"]]])
+    if p.values[1]["name"] in UNREADABLE_REPLIES
+    else p
+    for p in CLIENT_CAPTURES
+]
 REPLIES = [
-    pytest.param(transport, capture, reply, id=f"{transport}:{capture['name']}:{i}")
+    pytest.param(
+        transport,
+        capture,
+        reply,
+        id=f"{transport}:{capture['name']}:{i}",
+        marks=[UNREADABLE_REPLIES[capture["name"]]]
+        if capture["name"] in UNREADABLE_REPLIES
+        else [],
+    )
     for transport, document in DOCUMENTS.items()
     for capture in document["captures"]
     for i, reply in enumerate(capture["replies"])
@@ -282,7 +309,7 @@ async def test_client_method_sends_captured_bytes(
         assert recording.opened == []
 
 
-@pytest.mark.parametrize(("transport", "capture"), CLIENT_CAPTURES)
+@pytest.mark.parametrize(("transport", "capture"), CLIENT_REPLIES)
 async def test_client_returns_worker_replies(
     transport: str, capture: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -339,7 +366,10 @@ def test_decode_captured_reply(
     assert decode_replies(raw, reply["headers"], "another-ticket", LamportClock(), LOG) == []
 
 
-@pytest.mark.parametrize(("transport", "capture", "reply"), REPLIES)
+@pytest.mark.parametrize(
+    ("transport", "capture", "reply"),
+    [pytest.param(*p.values, id=p.id) for p in REPLIES],  # no decoding here: no known issue
+)
 def test_reply_envelope(transport: str, capture: dict[str, Any], reply: dict[str, Any]) -> None:
     """Replies come on the reply exchange, keyed by the request's reply key, ticket header."""
     _, body, _ = request_of(capture)

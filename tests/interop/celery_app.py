@@ -64,3 +64,17 @@ def slow(seconds: float) -> str:
     """Sleeps *seconds*, then succeeds with ``"done"``."""
     time.sleep(seconds)
     return "done"
+
+
+@app.task(name="interop.hold")
+def hold(path: str, limit: float) -> str:
+    """Creates ``<path>.started``, then waits until ``<path>.release`` exists
+    (at most *limit* seconds) and creates ``<path>.done``: a test decides when it ends."""
+    with open(f"{path}.started", "w"):
+        pass
+    deadline = time.monotonic() + limit
+    while not os.path.exists(f"{path}.release") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with open(f"{path}.done", "w"):
+        pass
+    return "released"
