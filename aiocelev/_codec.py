@@ -1,41 +1,39 @@
-"""The wire codec: events <-> message bodies, and kombu's Redis envelope.
+"""The wire codec: events <-> message bodies.
 
 Encoding reproduces what Celery (kombu's JSON serializer) puts on the wire:
 ``json.dumps`` with its default ``", "`` / ``": "`` separators, ASCII escaping,
 keys in insertion order.  Decoding uses msgspec's JSON decoder on the hot path:
 as fast as any, and exact for integers of any size, as Celery's decoder is.
 Only JSON is ever deserialised: any other content type is refused with
-:class:`~aiocelev.DecodeError` before its body is looked at.
+:class:`~aiocelev.DecodeError` before its body is looked at.  Broker framing
+(kombu's Redis envelope) is the adapters' business: bodies arrive here plain.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime
 import decimal
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
 
-from ._events import Event, _wrap, routing_key_of
+from ._events import Event
 from ._exceptions import DecodeError
-from ._message import KOMBU_ENVELOPE, IncomingMessage, OutgoingMessage
+from ._message import IncomingMessage
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
-    "decode_envelope",
     "decode_message",
     "dumps",
+    "dumps_plain",
     "encode_batch",
-    "encode_envelope",
     "encode_event",
-    "event_message",
-    "batch_message",
     "loads",
+    "plain_values",
     "validate_event",
 ]
 
@@ -187,27 +185,6 @@ def encode_batch(events: Iterable[Mapping[str, Any] | Event]) -> bytes:
     return dumps([e._fields if isinstance(e, Event) else e for e in events]).encode("ascii")
 
 
-def event_message(event: Mapping[str, Any] | Event) -> OutgoingMessage:
-    """A single-event message, routed and labelled as Celery's dispatcher does."""
-    data = event._fields if isinstance(event, Event) else event
-    return OutgoingMessage(
-        routing_key=routing_key_of(data["type"]),
-        body=dumps(data).encode("ascii"),
-        headers={"hostname": data.get("hostname")},
-    )
-
-
-def batch_message(
-    group: str, events: Sequence[Mapping[str, Any] | Event], hostname: str
-) -> OutgoingMessage:
-    """A batched message on ``<group>.multi``, as Celery's buffered dispatcher sends."""
-    return OutgoingMessage(
-        routing_key=f"{group}.multi",
-        body=encode_batch(events),
-        headers={"hostname": hostname},
-    )
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -271,66 +248,6 @@ def validate_event(obj: Any) -> str | None:
     return None
 
 
-def decode_envelope(payload: bytes) -> IncomingMessage:
-    """Unwrap kombu's virtual-transport JSON envelope (what Redis carries).
-
-    :raises DecodeError: reason ``envelope`` when the envelope is malformed.
-    """
-    try:
-        env = loads(payload)
-    except DecodeError as exc:
-        raise DecodeError("envelope", f"Redis envelope is not JSON: {exc.detail}") from None
-    if type(env) is not dict:
-        raise DecodeError("envelope", "Redis envelope is not a JSON object")
-    body = env.get("body")
-    props = env.get("properties")
-    if type(body) is not str:
-        raise DecodeError("envelope", "Redis envelope has no string 'body'")
-    if type(props) is not dict:
-        raise DecodeError("envelope", "Redis envelope has no 'properties' object")
-    # As kombu: base64 only when a body encoding other than UTF-8 is named.
-    encoding = props.get("body_encoding")
-    if encoding and not (type(encoding) is str and encoding.lower() == "utf-8"):
-        try:
-            raw = base64.b64decode(body, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise DecodeError("envelope", f"Redis envelope body is not base64: {exc}") from None
-    else:
-        raw = body.encode("utf-8")
-    info = props.get("delivery_info")
-    routing_key = info.get("routing_key") if type(info) is dict else None
-    headers = env.get("headers")
-    content_type = env.get("content-type")
-    content_encoding = env.get("content-encoding")
-    return IncomingMessage(
-        routing_key=routing_key if type(routing_key) is str else "",
-        body=raw,
-        content_type=content_type if type(content_type) is str else None,
-        content_encoding=content_encoding if type(content_encoding) is str else None,
-        headers=headers if type(headers) is dict else {},
-    )
-
-
-def encode_envelope(
-    message: OutgoingMessage, exchange: str, delivery_tag: str | None = None
-) -> bytes:
-    """Wrap a message in kombu's envelope, byte for byte as kombu's Redis transport does."""
-    envelope = {
-        "body": base64.b64encode(message.body).decode("ascii"),
-        "content-encoding": message.content_encoding,
-        "content-type": message.content_type,
-        "headers": dict(message.headers),
-        "properties": {
-            "delivery_mode": message.delivery_mode,
-            "delivery_info": {"exchange": exchange, "routing_key": message.routing_key},
-            "priority": message.priority,
-            "body_encoding": "base64",
-            "delivery_tag": delivery_tag if delivery_tag is not None else str(uuid.uuid4()),
-        },
-    }
-    return dumps(envelope).encode("ascii")
-
-
 _MAX_DISTINCT_ERRORS = 64
 _MORE_ERRORS = "batch element is not an event (many elements of this batch are not events)"
 
@@ -346,12 +263,9 @@ def decode_message(
 
     :raises DecodeError: when the message as a whole cannot be decoded.
     """
-    if message.content_type == KOMBU_ENVELOPE:
-        if len(message.body) > max_size:
-            raise DecodeError(
-                "too-large", f"message of {len(message.body)} bytes exceeds {max_size}"
-            )
-        message = decode_envelope(message.body)
+    if message.error is not None:
+        # the adapter could not take the broker's framing apart
+        raise message.error
     body = message.body
     if len(body) > max_size:
         raise DecodeError("too-large", f"message of {len(body)} bytes exceeds {max_size}")
@@ -389,8 +303,3 @@ def decode_message(
             bad.append(error)
         return good, bad
     raise DecodeError("not-an-event", f"expected a JSON object or array, got {type(obj).__name__}")
-
-
-def wrap(data: dict[str, Any]) -> Event:
-    """Wrap a validated wire dict in its typed event class (no copy)."""
-    return _wrap(data)

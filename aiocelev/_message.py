@@ -6,11 +6,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["KOMBU_ENVELOPE", "IncomingMessage", "OutgoingMessage"]
+from ._exceptions import DecodeError
 
-#: ``IncomingMessage.content_type`` of a payload that is still wrapped in kombu's
-#: virtual-transport JSON envelope (Redis); the core codec unwraps it.
-KOMBU_ENVELOPE = "application/x-kombu-envelope"
+__all__ = ["IncomingMessage", "OutgoingMessage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +33,19 @@ class OutgoingMessage:
 class IncomingMessage:
     """One message received from the event exchange.
 
-    :param routing_key: the routing key it was published with (or, for a raw
-        kombu envelope, the channel-derived key until the envelope is decoded).
+    Adapters hand up the message as it was published: its body, routing key,
+    content type, encoding and headers, with any broker-specific framing
+    already removed.
+
+    :param routing_key: the routing key it was published with.
     :param body: the raw body bytes.
-    :param content_type: as published; ``KOMBU_ENVELOPE`` for a raw envelope.
+    :param content_type: as published.
     :param ack: called once every event of the message was handed to the caller
         (adapters that consume with acknowledgements set it).
+    :param error: set by an adapter that received the message but could not
+        take its framing apart (a malformed Redis envelope, say); *body* then
+        holds the bytes as received.  The receiver counts and reports the
+        message under ``error.reason`` and goes on with the next one.
     """
 
     routing_key: str
@@ -49,3 +54,4 @@ class IncomingMessage:
     content_encoding: str | None = "utf-8"
     headers: Mapping[str, Any] = field(default_factory=dict)
     ack: Callable[[], None] | None = None
+    error: DecodeError | None = None

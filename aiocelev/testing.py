@@ -18,29 +18,21 @@ from dataclasses import dataclass
 
 import anyio
 
-from ._codec import decode_envelope
 from ._exceptions import AiocelevError
-from ._message import KOMBU_ENVELOPE, IncomingMessage, OutgoingMessage
+from ._message import IncomingMessage, OutgoingMessage
 from .brokers import Broker, Subscription
 
-__all__ = ["check_broker", "unwrap"]
-
-
-def unwrap(message: IncomingMessage) -> IncomingMessage:
-    """The message with a raw kombu envelope (Redis) decoded; others as they are."""
-    if message.content_type == KOMBU_ENVELOPE:
-        return decode_envelope(message.body)
-    return message
+__all__ = ["check_broker"]
 
 
 async def _next(sub: Subscription, timeout: float) -> IncomingMessage:
     with anyio.fail_after(timeout):
-        return unwrap(await sub.__anext__())
+        return await sub.__anext__()
 
 
 async def _nothing_within(sub: Subscription, seconds: float) -> IncomingMessage | None:
     with anyio.move_on_after(seconds):
-        return unwrap(await sub.__anext__())
+        return await sub.__anext__()
     return None
 
 

@@ -1,8 +1,7 @@
-"""The wire codec: Celery-exact encoding, JSON-only decoding, kombu's Redis envelope."""
+"""The wire codec: Celery-exact encoding, JSON-only decoding."""
 
 from __future__ import annotations
 
-import base64
 import datetime
 import decimal
 import json
@@ -15,21 +14,16 @@ from hypothesis import given, settings, strategies as st
 from kombu.serialization import dumps as kombu_serialize
 from kombu.utils.json import dumps as kombu_dumps
 
-from aiocelev import DecodeError, Event, IncomingMessage, OutgoingMessage
+from aiocelev import DecodeError, Event, IncomingMessage
 from aiocelev._codec import (
     DEFAULT_MAX_MESSAGE_SIZE,
-    batch_message,
-    decode_envelope,
     decode_message,
     dumps,
     encode_batch,
-    encode_envelope,
     encode_event,
-    event_message,
     loads,
     validate_event,
 )
-from aiocelev._message import KOMBU_ENVELOPE
 
 # The worked example of the protocol reference, section 2.6.
 EXAMPLE_EVENT: dict[str, Any] = {
@@ -47,22 +41,6 @@ EXAMPLE_SINGLE = (
     b'{"hostname": "celery@worker1", "utcoffset": 0, "pid": 4242, "clock": 17, '
     b'"uuid": "5b1d4c2e-8f3a-4a51-9c3e-0d7e6f1a2b3c", "result": "4", "runtime": 0.0123, '
     b'"timestamp": 1767225600.123456, "type": "task-succeeded"}'
-)
-EXAMPLE_TAG = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
-EXAMPLE_ENVELOPE = (
-    b'{"body": "W3siaG9zdG5hbWUiOiAiY2VsZXJ5QHdvcmtlcjEiLCAidXRjb2Zmc2V0IjogMCwgInBpZCI6IDQyNDIs'
-    b"ICJjbG9jayI6IDE3LCAidXVpZCI6ICI1YjFkNGMyZS04ZjNhLTRhNTEtOWMzZS0wZDdlNmYxYTJiM2MiLCAicmVzdWx0"
-    b"IjogIjQiLCAicnVudGltZSI6IDAuMDEyMywgInRpbWVzdGFtcCI6IDE3NjcyMjU2MDAuMTIzNDU2LCAidHlwZSI6ICJ0"
-    b'YXNrLXN1Y2NlZWRlZCJ9XQ==", "content-encoding": "utf-8", "content-type": "application/json", '
-    b'"headers": {"hostname": "celery@worker1"}, "properties": {"delivery_mode": 1, '
-    b'"delivery_info": {"exchange": "celeryev", "routing_key": "task.multi"}, "priority": 0, '
-    b'"body_encoding": "base64", "delivery_tag": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"}}'
-)
-EXAMPLE_SINGLE_B64 = (
-    "eyJob3N0bmFtZSI6ICJjZWxlcnlAd29ya2VyMSIsICJ1dGNvZmZzZXQiOiAwLCAicGlkIjogNDI0MiwgImNsb2NrIjog"
-    "MTcsICJ1dWlkIjogIjViMWQ0YzJlLThmM2EtNGE1MS05YzNlLTBkN2U2ZjFhMmIzYyIsICJyZXN1bHQiOiAiNCIsICJy"
-    "dW50aW1lIjogMC4wMTIzLCAidGltZXN0YW1wIjogMTc2NzIyNTYwMC4xMjM0NTYsICJ0eXBlIjogInRhc2stc3VjY2Vl"
-    "ZGVkIn0="
 )
 
 
@@ -151,155 +129,6 @@ def test_object_with_json_method() -> None:
 
     value = ev(custom=Custom())
     assert encode_event(value) == kombu_dumps(value).encode()
-
-
-@pytest.mark.parametrize(
-    ("type_", "key"),
-    [
-        ("task-succeeded", "task.succeeded"),
-        ("worker-heartbeat", "worker.heartbeat"),
-        ("worker-elect-ack", "worker.elect.ack"),
-        ("task-progress", "task.progress"),
-    ],
-)
-def test_single_event_message_routing(type_: str, key: str) -> None:
-    data = ev(type_)
-    message = event_message(data)
-    assert message.routing_key == key
-    assert message.body == encode_event(data)
-    assert dict(message.headers) == {"hostname": "h@x"}
-    assert message.content_type == "application/json"
-    assert message.content_encoding == "utf-8"
-    assert message.delivery_mode == 1
-    assert message.priority == 0
-    assert event_message(Event.from_dict(data)) == message
-
-
-def test_batch_message_on_group_multi() -> None:
-    events = [ev("task-started", uuid=str(i)) for i in range(3)]
-    message = batch_message("task", events, "celery@w1")
-    assert message.routing_key == "task.multi"
-    assert message.body == encode_batch(events)
-    assert json.loads(message.body) == events
-    assert dict(message.headers) == {"hostname": "celery@w1"}
-
-
-# -- envelope ------------------------------------------------------------------
-
-
-def test_envelope_worked_example_is_byte_identical() -> None:
-    message = OutgoingMessage(
-        routing_key="task.multi",
-        body=encode_batch([EXAMPLE_EVENT]),
-        headers={"hostname": "celery@worker1"},
-    )
-    payload = encode_envelope(message, "celeryev", delivery_tag=EXAMPLE_TAG)
-    assert payload == EXAMPLE_ENVELOPE
-    assert len(payload) == 614
-
-
-def test_envelope_single_form_body() -> None:
-    message = event_message(EXAMPLE_EVENT)
-    payload = encode_envelope(message, "celeryev", delivery_tag=EXAMPLE_TAG)
-    env = json.loads(payload)
-    assert env["body"] == EXAMPLE_SINGLE_B64
-    assert env["properties"]["delivery_info"] == {
-        "exchange": "celeryev",
-        "routing_key": "task.succeeded",
-    }
-    assert len(payload) == 614
-
-
-def test_envelope_default_delivery_tag_is_fresh_uuid() -> None:
-    message = event_message(EXAMPLE_EVENT)
-    tags = {
-        json.loads(encode_envelope(message, "celeryev"))["properties"]["delivery_tag"]
-        for _ in range(3)
-    }
-    assert len(tags) == 3
-    for tag in tags:
-        uuid.UUID(tag)
-
-
-def test_envelope_round_trip() -> None:
-    message = event_message(EXAMPLE_EVENT)
-    incoming = decode_envelope(encode_envelope(message, "celeryev"))
-    assert incoming.routing_key == "task.succeeded"
-    assert incoming.body == EXAMPLE_SINGLE
-    assert incoming.content_type == "application/json"
-    assert incoming.content_encoding == "utf-8"
-    assert dict(incoming.headers) == {"hostname": "celery@worker1"}
-
-
-def test_decode_message_unwraps_envelope() -> None:
-    payload = encode_envelope(batch_message("task", [EXAMPLE_EVENT], "celery@worker1"), "celeryev")
-    events, errors = decode_message(msg(payload, content_type=KOMBU_ENVELOPE, routing_key=""))
-    assert events == [EXAMPLE_EVENT]
-    assert errors == []
-
-
-@pytest.mark.parametrize("props", [{}, {"body_encoding": None}, {"body_encoding": "UTF-8"}])
-def test_envelope_body_used_as_is_unless_an_encoding_is_named(props: dict[str, Any]) -> None:
-    # kombu base64-decodes only when properties.body_encoding names a non-UTF-8 codec
-    env = {"body": EXAMPLE_SINGLE.decode(), "content-type": "application/json", "properties": props}
-    incoming = decode_envelope(json.dumps(env).encode())
-    assert incoming.body == EXAMPLE_SINGLE
-    events, _ = decode_message(msg(json.dumps(env).encode(), content_type=KOMBU_ENVELOPE))
-    assert events == [EXAMPLE_EVENT]
-
-
-def test_envelope_utf8_body_encoding() -> None:
-    env = {
-        "body": EXAMPLE_SINGLE.decode(),
-        "content-type": "application/json",
-        "content-encoding": "utf-8",
-        "properties": {"body_encoding": "utf-8", "delivery_info": {"routing_key": "task.x"}},
-    }
-    incoming = decode_envelope(json.dumps(env).encode())
-    assert incoming.body == EXAMPLE_SINGLE
-    assert incoming.routing_key == "task.x"
-    assert dict(incoming.headers) == {}  # headers may be absent
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        b"not json",
-        b"[1, 2]",
-        b'"str"',
-        json.dumps({"properties": {}}).encode(),  # no body
-        json.dumps({"body": 3, "properties": {}}).encode(),
-        json.dumps({"body": "e30="}).encode(),  # no properties
-        json.dumps({"body": "e30=", "properties": []}).encode(),
-        json.dumps(
-            {"body": "!!! not base64 !!!", "properties": {"body_encoding": "base64"}}
-        ).encode(),
-        json.dumps({"body": "e30", "properties": {"body_encoding": "base64"}}).encode(),
-        b"\xff\xfe",
-    ],
-)
-def test_broken_envelopes(payload: bytes) -> None:
-    with pytest.raises(DecodeError) as info:
-        decode_envelope(payload)
-    assert info.value.reason == "envelope"
-    with pytest.raises(DecodeError) as info:
-        decode_message(msg(payload, content_type=KOMBU_ENVELOPE))
-    assert info.value.reason == "envelope"
-
-
-def test_envelope_with_pickle_content_type_is_refused() -> None:
-    _SideEffect.triggered.clear()
-    env = {
-        "body": base64.b64encode(pickle.dumps(_SideEffect())).decode(),
-        "content-type": "application/x-python-serialize",
-        "content-encoding": "binary",
-        "headers": {},
-        "properties": {"body_encoding": "base64", "delivery_info": {"routing_key": "task.multi"}},
-    }
-    with pytest.raises(DecodeError) as info:
-        decode_message(msg(json.dumps(env).encode(), content_type=KOMBU_ENVELOPE))
-    assert info.value.reason == "content-type"
-    assert _SideEffect.triggered == []
 
 
 # -- decoding ------------------------------------------------------------------
@@ -449,22 +278,7 @@ def test_too_large_messages() -> None:
         decode_message(msg(body), max_size=100)
     assert info.value.reason == "too-large"
     assert decode_message(msg(body), max_size=len(body))[0]
-    envelope = encode_envelope(OutgoingMessage("task.multi", body), "celeryev")
-    with pytest.raises(DecodeError) as info:
-        decode_message(msg(envelope, content_type=KOMBU_ENVELOPE), max_size=len(body) + 10)
-    assert info.value.reason == "too-large"
     assert DEFAULT_MAX_MESSAGE_SIZE >= 1024 * 1024
-
-
-def test_too_large_body_inside_envelope() -> None:
-    # The envelope itself is small enough; the decoded body is checked again.
-    body = b"[" + b" " * 2000 + b"]"
-    envelope = encode_envelope(OutgoingMessage("task.multi", body), "celeryev")
-    size = len(envelope)
-    assert size < 2 * len(body)
-    with pytest.raises(DecodeError) as info:
-        decode_message(msg(envelope, content_type=KOMBU_ENVELOPE), max_size=len(body) - 1 + 0)
-    assert info.value.reason == "too-large"
 
 
 def test_loads_errors() -> None:
@@ -472,6 +286,14 @@ def test_loads_errors() -> None:
         loads(b"{bad")
     assert info.value.reason == "json"
     assert loads('{"a": 1}') == {"a": 1}
+
+
+def test_an_adapters_error_is_raised_as_it_is() -> None:
+    """A message an adapter could not unframe is reported under the adapter's reason."""
+    error = DecodeError("envelope", "not a kombu envelope")
+    with pytest.raises(DecodeError) as info:
+        decode_message(IncomingMessage("task.multi", EXAMPLE_SINGLE, error=error))
+    assert info.value is error
 
 
 def test_decode_error_carries_reason_and_detail() -> None:

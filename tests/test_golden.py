@@ -35,14 +35,8 @@ from aiocelev import (
     WorkerOffline,
     WorkerOnline,
 )
-from aiocelev._codec import (
-    decode_envelope,
-    decode_message,
-    encode_batch,
-    encode_envelope,
-    encode_event,
-)
-from aiocelev._message import KOMBU_ENVELOPE
+from aiocelev._codec import decode_message, encode_batch, encode_event
+from aiocelev.brokers._redis_envelope import decode_envelope, encode_envelope, unwrap_envelope
 from aiocelev.brokers.memory import MemoryBroker
 
 from ._helpers import memory_url
@@ -101,8 +95,9 @@ def redis_captures() -> list[dict[str, Any]]:
 
 
 def redis_messages() -> list[IncomingMessage]:
+    """The captured event envelopes, unwrapped as the Redis adapter hands them up."""
     return [
-        IncomingMessage(routing_key="", body=m["data"].encode("utf-8"), content_type=KOMBU_ENVELOPE)
+        decode_envelope(m["data"].encode("utf-8"))
         for m in redis_captures()
         if m["channel"].startswith("/0.celeryev/")
     ]
@@ -142,9 +137,7 @@ def test_captures_decode_to_the_right_events(source: str) -> None:
 
 @pytest.mark.parametrize("source", ["amqp", "redis"])
 def test_routing_keys_match_the_bodies(source: str) -> None:
-    messages = (
-        amqp_messages() if source == "amqp" else [decode_envelope(m.body) for m in redis_messages()]
-    )
+    messages = amqp_messages() if source == "amqp" else redis_messages()
     for message in messages:
         body = json.loads(message.body)
         if isinstance(body, list):
@@ -164,7 +157,7 @@ def test_both_brokers_carry_the_same_kinds_of_message() -> None:
         return [m.routing_key for m in messages]
 
     amqp_keys = Counter(shape(amqp_messages()))
-    redis_keys = Counter(shape([decode_envelope(m.body) for m in redis_messages()]))
+    redis_keys = Counter(shape(redis_messages()))
     assert (
         set(amqp_keys)
         == set(redis_keys)
@@ -187,7 +180,8 @@ def test_redis_channel_is_prefix_plus_routing_key() -> None:
 
 def test_pidbox_message_is_not_an_event() -> None:
     (pidbox,) = [c for c in redis_captures() if c["channel"] == "/0.celery.pidbox"]
-    message = IncomingMessage("", pidbox["data"].encode(), content_type=KOMBU_ENVELOPE)
+    message = unwrap_envelope(pidbox["data"].encode(), "")
+    assert message.error is None and message.routing_key == ""
     with pytest.raises(DecodeError) as info:
         decode_message(message)
     assert info.value.reason == "not-an-event"

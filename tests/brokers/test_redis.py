@@ -21,11 +21,11 @@ from aiocelev import (
     ConfigurationError,
     OutgoingMessage,
 )
-from aiocelev._codec import decode_envelope, decode_message, encode_envelope, event_message
-from aiocelev._message import KOMBU_ENVELOPE
+from aiocelev._codec import decode_message, encode_event
 from aiocelev.brokers import open_broker
+from aiocelev.brokers._redis_envelope import decode_envelope, encode_envelope
 from aiocelev.brokers.redis import RedisBroker, from_url
-from aiocelev.testing import check_broker, unwrap
+from aiocelev.testing import check_broker
 
 from ._redis import redis_processes, wait_port
 
@@ -40,17 +40,16 @@ def _prefix() -> str:
 
 
 def _hb(hostname: str = "test@host", n: int = 1) -> OutgoingMessage:
-    return event_message(
-        {
-            "hostname": hostname,
-            "utcoffset": 0,
-            "pid": 1,
-            "clock": n,
-            "freq": 2.0,
-            "timestamp": 1700000000.0 + n,
-            "type": "worker-heartbeat",
-        }
-    )
+    event = {
+        "hostname": hostname,
+        "utcoffset": 0,
+        "pid": 1,
+        "clock": n,
+        "freq": 2.0,
+        "timestamp": 1700000000.0 + n,
+        "type": "worker-heartbeat",
+    }
+    return OutgoingMessage("worker.heartbeat", encode_event(event), {"hostname": hostname})
 
 
 async def _next(sub: Any, timeout: float = 10.0) -> Any:
@@ -286,7 +285,7 @@ async def test_broadcast_request_matches_celery_control(redis_url: str) -> None:
     broker = from_url(redis_url, global_keyprefix=prefix)
     async with RawCapture(redis_url, f"{prefix}*") as raw:
         try:
-            assert await broker.broadcast("enable_events", reply=True, timeout=0.3) == []
+            assert await broker.control().broadcast("enable_events", timeout=0.3) == []
             channel, payload = await raw.next()
         finally:
             await broker.aclose()
@@ -354,15 +353,15 @@ async def test_amqp_topic_semantics_despite_redis_globs(
         OutgoingMessage("worker.heartbeat", b"[2]"),
         OutgoingMessage("task.multi", b"[3]"),
     ])  # fmt: skip
-    got = unwrap(await _next(one_word))
+    got = await _next(one_word)
     # 'task.*' must not see 'task.a.b' (Redis' '*' would match it)
     assert got.routing_key == "task.multi"
     assert await _nothing(one_word) is None
     assert one_word.filtered == 1
-    seen = [unwrap(await _next(overlapping)).routing_key for _ in range(3)]
+    seen = [(await _next(overlapping)).routing_key for _ in range(3)]
     assert seen == ["task.a.b", "worker.heartbeat", "task.multi"]  # each exactly once
     assert await _nothing(overlapping) is None
-    assert unwrap(await _next(two)).routing_key == "task.multi"
+    assert (await _next(two)).routing_key == "task.multi"
     assert await _nothing(two) is None
 
 
@@ -391,12 +390,18 @@ async def test_a_batch_is_one_round_trip(
 
 
 @pytest.mark.redis
-async def test_incoming_is_the_raw_envelope(pair: tuple[RedisBroker, RedisBroker]) -> None:
+async def test_incoming_is_unwrapped(pair: tuple[RedisBroker, RedisBroker]) -> None:
+    """Subscriptions hand up the plain body and what the envelope says about it."""
     pub, con = pair
     sub = await con.subscribe(["#"])
-    await pub.publish([_hb()])
+    sent = _hb()
+    await pub.publish([sent])
     msg = await _next(sub)
-    assert msg.content_type == KOMBU_ENVELOPE and msg.routing_key == "worker.heartbeat"
+    assert msg.error is None
+    assert msg.body == sent.body
+    assert msg.routing_key == "worker.heartbeat"
+    assert msg.content_type == "application/json" and msg.content_encoding == "utf-8"
+    assert dict(msg.headers) == {"hostname": "test@host"}
     events, bad = decode_message(msg)
     assert bad == [] and events[0]["type"] == "worker-heartbeat"
 

@@ -1,0 +1,185 @@
+"""kombu's virtual-transport envelope: what a message looks like on Redis.
+
+kombu's Redis transport does not send a message body as it is: it wraps it in
+a JSON object (``body`` in base64, ``content-type``, ``content-encoding``,
+``headers`` and ``properties`` with ``delivery_info``), and that object is what
+``PUBLISH`` (events, remote-control requests) and ``LPUSH`` (remote-control
+replies) carry.  This module is the only place that knows the framing: the
+adapter hands plain bodies up and takes plain bodies down.
+
+Decoding is done once, with msgspec into a typed structure (fast path); an
+envelope the fast path does not accept is decoded again by the general JSON
+decoder, only to tell exactly what is wrong with it (or to accept what the
+fast path cannot represent, such as lone surrogate escapes in headers).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from .._codec import dumps, loads
+from .._exceptions import DecodeError
+from .._message import IncomingMessage, OutgoingMessage
+
+__all__ = ["decode_envelope", "encode_envelope", "unwrap_envelope"]
+
+#: The reason a message with a malformed envelope is counted under.
+ENVELOPE_REASON = "envelope"
+
+if sys.version_info >= (3, 11):
+
+    def _b64decode(text: str) -> bytes:
+        return binascii.a2b_base64(text, strict_mode=True)
+
+else:  # pragma: no cover - Python 3.10
+
+    def _b64decode(text: str) -> bytes:
+        return base64.b64decode(text, validate=True)
+
+
+def encode_envelope(
+    message: OutgoingMessage, exchange: str, delivery_tag: str | None = None
+) -> bytes:
+    """Wrap *message* in kombu's envelope, byte for byte as kombu's Redis transport does.
+
+    :param exchange: the exchange named in ``properties.delivery_info``.
+    :param delivery_tag: defaults to a fresh uuid4 string, as kombu's.
+    """
+    envelope = {
+        "body": base64.b64encode(message.body).decode("ascii"),
+        "content-encoding": message.content_encoding,
+        "content-type": message.content_type,
+        "headers": dict(message.headers),
+        "properties": {
+            "delivery_mode": message.delivery_mode,
+            "delivery_info": {"exchange": exchange, "routing_key": message.routing_key},
+            "priority": message.priority,
+            "body_encoding": "base64",
+            "delivery_tag": delivery_tag if delivery_tag is not None else str(uuid.uuid4()),
+        },
+    }
+    return dumps(envelope).encode("ascii")
+
+
+# -- decoding -----------------------------------------------------------------------
+
+
+class _Properties(msgspec.Struct):
+    body_encoding: Any = None
+    delivery_info: Any = None
+
+
+class _Envelope(msgspec.Struct):
+    body: str
+    properties: _Properties
+    headers: Any = None
+    content_type: Any = msgspec.field(default=None, name="content-type")
+    content_encoding: Any = msgspec.field(default=None, name="content-encoding")
+
+
+_decode_fast: Callable[[bytes], _Envelope] = msgspec.json.Decoder(_Envelope).decode
+
+
+def _message(
+    body: str,
+    body_encoding: Any,
+    delivery_info: Any,
+    headers: Any,
+    content_type: Any,
+    content_encoding: Any,
+    routing_key: str,
+) -> IncomingMessage:
+    # As kombu: base64 only when a body encoding other than UTF-8 is named.
+    if body_encoding and not (type(body_encoding) is str and body_encoding.lower() == "utf-8"):
+        try:
+            raw = _b64decode(body)
+        except (binascii.Error, ValueError) as exc:
+            raise DecodeError(
+                ENVELOPE_REASON, f"Redis envelope body is not base64: {exc}"
+            ) from None
+    else:
+        raw = body.encode("utf-8", "surrogatepass")
+    if type(delivery_info) is dict:
+        key = delivery_info.get("routing_key")
+        if type(key) is str:
+            routing_key = key
+    return IncomingMessage(
+        routing_key=routing_key,
+        body=raw,
+        content_type=content_type if type(content_type) is str else None,
+        content_encoding=content_encoding if type(content_encoding) is str else None,
+        headers=headers if type(headers) is dict else {},
+    )
+
+
+def _decode_slow(payload: bytes, routing_key: str) -> IncomingMessage:
+    """The general decoder: exact errors, and what the typed fast path cannot hold."""
+    try:
+        env = loads(payload)
+    except DecodeError as exc:
+        raise DecodeError(ENVELOPE_REASON, f"Redis envelope is not JSON: {exc.detail}") from None
+    if type(env) is not dict:
+        raise DecodeError(ENVELOPE_REASON, "Redis envelope is not a JSON object")
+    body = env.get("body")
+    props = env.get("properties")
+    if type(body) is not str:
+        raise DecodeError(ENVELOPE_REASON, "Redis envelope has no string 'body'")
+    if type(props) is not dict:
+        raise DecodeError(ENVELOPE_REASON, "Redis envelope has no 'properties' object")
+    return _message(
+        body,
+        props.get("body_encoding"),
+        props.get("delivery_info"),
+        env.get("headers"),
+        env.get("content-type"),
+        env.get("content-encoding"),
+        routing_key,
+    )
+
+
+def decode_envelope(payload: bytes, routing_key: str = "") -> IncomingMessage:
+    """Unwrap one envelope: the message with its own body, headers and routing key.
+
+    :param routing_key: used when the envelope names none (``delivery_info``).
+    :raises DecodeError: reason ``envelope`` when the envelope is malformed.
+    """
+    try:
+        env = _decode_fast(payload)
+    except (msgspec.MsgspecError, ValueError, RecursionError):
+        return _decode_slow(payload, routing_key)
+    props = env.properties
+    return _message(
+        env.body,
+        props.body_encoding,
+        props.delivery_info,
+        env.headers,
+        env.content_type,
+        env.content_encoding,
+        routing_key,
+    )
+
+
+def unwrap_envelope(payload: bytes, routing_key: str) -> IncomingMessage:
+    """Like :func:`decode_envelope`, but never raises.
+
+    A malformed envelope gives a message whose :attr:`~IncomingMessage.error`
+    says why (reason ``envelope``), with the raw payload as body and
+    *routing_key*: the receiver counts and reports it, and the stream goes on.
+    """
+    try:
+        return decode_envelope(payload, routing_key)
+    except DecodeError as exc:
+        return IncomingMessage(
+            routing_key=routing_key,
+            body=payload,
+            content_type=None,
+            content_encoding=None,
+            error=exc,
+        )
