@@ -1,7 +1,8 @@
 """The task and worker records kept by :class:`~aiocelev.ClusterState`.
 
 Both are slotted, mutable records owned by the state: read them, do not change
-them.  ``to_dict()`` gives a plain snapshot suitable for JSON.
+them.  ``to_dict()`` gives a plain snapshot suitable for JSON.  The one
+precedence table of task states lives here too.
 """
 
 from __future__ import annotations
@@ -9,37 +10,41 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._state_liveness import LossEstimate
+
 __all__ = [
+    "CUSTOM_RANK",
     "PRECEDENCE",
     "READY_STATES",
     "TaskState",
     "WorkerState",
-    "precedence",
 ]
 
-#: Celery's state precedence: a lower rank is "later / stronger".  Any state
-#: not listed (a custom one, e.g. ``PROGRESS``) ranks between ``FAILURE`` and
-#: ``REVOKED``.
+#: Celery's state precedence, strongest ("logically latest") first; ``None``
+#: marks where every state not listed (a custom one, e.g. ``PROGRESS``) ranks.
+_PRECEDENCE_ORDER = (
+    "SUCCESS",
+    "FAILURE",
+    None,
+    "REVOKED",
+    "STARTED",
+    "RECEIVED",
+    "REJECTED",
+    "RETRY",
+    "PENDING",
+)
+
+#: The rank of each known state: a lower rank is "later / stronger".
 PRECEDENCE: dict[str, int] = {
-    "SUCCESS": 0,
-    "FAILURE": 1,
-    "REVOKED": 3,
-    "STARTED": 4,
-    "RECEIVED": 5,
-    "REJECTED": 6,
-    "RETRY": 7,
-    "PENDING": 8,
+    state: rank for rank, state in enumerate(_PRECEDENCE_ORDER) if state is not None
 }
-CUSTOM_RANK = 2
-RETRY_RANK = 7
+#: The rank of any state missing from :data:`PRECEDENCE`.
+CUSTOM_RANK = _PRECEDENCE_ORDER.index(None)
 
 #: States in which the task has finished (its result is ready).
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
-
-def precedence(state: str) -> int:
-    """The rank of *state* (lower is stronger); custom states rank 2."""
-    return PRECEDENCE.get(state, CUSTOM_RANK)
+_PENDING_RANK = PRECEDENCE["PENDING"]
 
 
 class TaskState:
@@ -127,7 +132,7 @@ class TaskState:
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
         self.state = "PENDING"
-        self._rank = 8
+        self._rank = _PENDING_RANK
         self._waited = False
         self._children = None
         self.name = self.worker = self.client = None
@@ -218,14 +223,9 @@ class WorkerState:
     """
 
     __slots__ = (
-        "_base_done",
-        "_base_seen_done",
-        "_base_seen_started",
-        "_base_started",
         "_expire",
-        "_missed_done_before",
-        "_missed_started_before",
-        "_now",
+        "_loss",
+        "_time_source",
         "_worker_events",
         "active",
         "clock",
@@ -272,20 +272,15 @@ class WorkerState:
     drift: float | None
     done_seen: int
     started_seen: int
-    _now: Callable[[], float]
+    _time_source: Callable[[], float]
     _expire: float
-    _base_done: int | None
-    _base_started: int
-    _base_seen_done: int
-    _base_seen_started: int
-    _missed_done_before: int
-    _missed_started_before: int
+    _loss: LossEstimate
 
     def __init__(
-        self, hostname: str, now: Callable[[], float], expire_window: float = 200.0
+        self, hostname: str, time_source: Callable[[], float], expire_window: float = 200.0
     ) -> None:
         self.hostname = hostname
-        self._now = now
+        self._time_source = time_source
         self._expire = expire_window / 100.0
         self.pid = self.clock = self.active = self.processed = None
         self.loadavg = self.sw_ident = self.sw_ver = self.sw_sys = None
@@ -296,9 +291,7 @@ class WorkerState:
         self.event_counts = {}
         self.offline = False
         self.done_seen = self.started_seen = 0
-        self._base_done = None
-        self._base_started = self._base_seen_done = self._base_seen_started = 0
-        self._missed_done_before = self._missed_started_before = 0
+        self._loss = LossEstimate()
 
     @property
     def id(self) -> str:
@@ -317,7 +310,7 @@ class WorkerState:
     def alive(self) -> bool:
         """Heard from within the expiry window (``2 x freq`` by default) and not offline."""
         seen = self.last_seen
-        return seen is not None and self._now() < seen + self.freq * self._expire
+        return seen is not None and self._time_source() < seen + self.freq * self._expire
 
     @property
     def status(self) -> str:
@@ -339,29 +332,12 @@ class WorkerState:
         ``processed - active`` since the first heartbeat minus the number of
         such events seen since then, summed over worker restarts, never negative.
         """
-        return self._missed_done_before + self._missed_done_now()
+        return self._loss.missed_done(self)
 
     @property
     def missed_started_estimate(self) -> int:
         """Estimated ``task-started`` events never received: growth of ``processed`` minus those seen."""
-        return self._missed_started_before + self._missed_started_now()
-
-    def _missed_done_now(self) -> int:
-        """The completion estimate for the current worker process."""
-        base = self._base_done
-        processed, active = self.processed, self.active
-        if base is None or type(processed) is not int or type(active) is not int:
-            return 0
-        missed = (processed - active - base) - (self.done_seen - self._base_seen_done)
-        return missed if missed > 0 else 0
-
-    def _missed_started_now(self) -> int:
-        """The ``task-started`` estimate for the current worker process."""
-        processed = self.processed
-        if self._base_done is None or type(processed) is not int:
-            return 0
-        missed = (processed - self._base_started) - (self.started_seen - self._base_seen_started)
-        return missed if missed > 0 else 0
+        return self._loss.missed_started(self)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain snapshot of the record, with ``alive`` and ``status`` evaluated now."""

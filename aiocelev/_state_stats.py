@@ -5,13 +5,15 @@
   sample is O(1)).
 * :class:`RateCounter` counts events per type in one-second buckets over a
   sliding window (O(1) per event; a query sums at most *window* buckets).
+* :class:`StatisticsQueries` is the part of :class:`~aiocelev.ClusterState`
+  that reads them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-__all__ = ["RateCounter", "Reservoir", "percentile"]
+__all__ = ["RateCounter", "Reservoir", "StatisticsQueries", "percentile"]
 
 
 def percentile(ordered: list[float], q: float) -> float | None:
@@ -159,3 +161,45 @@ class RateCounter:
         """Forget every count."""
         for bucket in self._buckets:
             bucket.clear()
+
+
+class StatisticsQueries:
+    """The statistics queries of :class:`~aiocelev.ClusterState` (counters, rates, percentiles).
+
+    A mixin: the state provides the counters it reads.
+    """
+
+    __slots__ = ()
+
+    _counts: dict[str, int]
+    _rates: RateCounter
+    _time_source: Callable[[], float]
+    runtimes: Reservoir
+    queue_waits: Reservoir
+
+    def event_counts(self) -> dict[str, int]:
+        """How many events of each type were applied."""
+        return dict(self._counts)
+
+    def rates(self) -> dict[str, float]:
+        """Events per second by type over the last ``rate_window`` complete seconds."""
+        return self._rates.rates(self._time_source())
+
+    def rate(self, type_: str | None = None) -> float:
+        """Events per second of *type_* (of every type when ``None``)."""
+        rates = self.rates()
+        if type_ is None:
+            return sum(rates.values())
+        return rates.get(type_, 0.0)
+
+    def runtime_percentiles(
+        self, qs: Iterable[float] = (50, 90, 95, 99)
+    ) -> dict[float, float | None]:
+        """Percentiles of the recent task runtimes (seconds): ``{q: value}``."""
+        return self.runtimes.percentiles(qs)
+
+    def queue_wait_percentiles(
+        self, qs: Iterable[float] = (50, 90, 95, 99)
+    ) -> dict[float, float | None]:
+        """Percentiles of the recent ``started - received`` delays (seconds): ``{q: value}``."""
+        return self.queue_waits.percentiles(qs)

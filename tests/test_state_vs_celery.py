@@ -10,6 +10,7 @@ sender's ``timestamp`` as the worker's sign of life while ClusterState uses
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import random
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from aiocelev._codec import decode_message
 from aiocelev._events import Event
-from aiocelev._message import KOMBU_ENVELOPE, IncomingMessage
+from aiocelev._message import IncomingMessage
 from aiocelev._state import ClusterState
 
 celery_state = pytest.importorskip("celery.events.state")
@@ -71,7 +72,7 @@ PROBE = Probe()
 def feed_both(events: list[dict[str, Any]], **options: Any) -> tuple[Any, ClusterState]:
     """Apply the same events, in order, to a Celery State and a ClusterState."""
     theirs = celery_state.State(max_tasks_in_memory=1_000_000, max_workers_in_memory=100_000)
-    ours = ClusterState(max_tasks=1_000_000, max_workers=100_000, clock=PROBE, **options)
+    ours = ClusterState(max_tasks=1_000_000, max_workers=100_000, time_source=PROBE, **options)
     for ev in events:
         theirs.event(copy.deepcopy(ev))  # Celery writes into the dict it is given
         ours.apply(Event.from_dict(ev))
@@ -87,7 +88,7 @@ def feed_checking_liveness(
     the last event plus each of *offsets*.  Returns the flags seen.
     """
     theirs = celery_state.State(max_tasks_in_memory=1_000_000, max_workers_in_memory=100_000)
-    ours = ClusterState(max_tasks=1_000_000, max_workers=100_000, clock=PROBE)
+    ours = ClusterState(max_tasks=1_000_000, max_workers=100_000, time_source=PROBE)
     flags: set[bool] = set()
     for i, ev in enumerate(events):
         theirs.event(copy.deepcopy(ev))
@@ -157,8 +158,15 @@ def _fixture_events(kind: str) -> list[dict[str, Any]]:
         else:
             if "celeryev" not in entry["channel"]:
                 continue  # the pidbox broadcast
+            # kombu's Redis envelope: the body, base64-encoded, and its labels.
+            envelope = json.loads(entry["data"])
+            assert envelope["properties"]["body_encoding"] == "base64"
             msg = IncomingMessage(
-                routing_key="", body=entry["data"].encode(), content_type=KOMBU_ENVELOPE
+                routing_key="",
+                body=base64.b64decode(envelope["body"]),
+                content_type=envelope["content-type"],
+                content_encoding=envelope["content-encoding"],
+                headers=envelope["headers"],
             )
         dicts, errors = decode_message(msg)
         assert not errors

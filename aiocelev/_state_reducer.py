@@ -1,0 +1,413 @@
+"""The reducer of :class:`~aiocelev.ClusterState`: how each event changes the state.
+
+Task events follow Celery's task state machine: each event names a state,
+and the state changes only if the new one does not rank as logically older
+than the current one (:data:`~aiocelev._state_models.PRECEDENCE`, ``RETRY``
+excepted) while the event's fields are merged all the same.  Worker events
+update the worker record, with the restart and loss heuristics of
+``_state_liveness``.  Every rule is described in ``docs/state.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._events import Event
+from ._state_liveness import detect_restart
+from ._state_models import CUSTOM_RANK, PRECEDENCE, TaskState, WorkerState
+from ._state_store import StateStore
+
+__all__ = ["Reducer"]
+
+_Handler = Callable[[Mapping[str, Any], float], TaskState | WorkerState | None]
+
+# Worker event kinds.
+_ONLINE, _HEARTBEAT, _OFFLINE, _OTHER = 0, 1, 2, 3
+
+# Fields of the event envelope, never copied into ``TaskState.extra``.
+_COMMON = frozenset(
+    {"type", "hostname", "timestamp", "utcoffset", "pid", "clock", "local_received", "uuid"}
+)
+
+_NUMBER = (float, int)
+
+_RECEIVED_FIELDS = ("args", "kwargs", "root_id", "retries", "eta", "expires")
+_SENT_FIELDS = (*_RECEIVED_FIELDS, "queue", "exchange", "routing_key")
+
+_rank_of = PRECEDENCE.get
+_RETRY_RANK = PRECEDENCE["RETRY"]
+
+
+class Reducer(StateStore):
+    """Applies events to the containers of :class:`StateStore`."""
+
+    __slots__ = ("_handlers",)
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._handlers: dict[str, _Handler] = {
+            "task-sent": self._on_task_sent,
+            "task-received": self._on_task_received,
+            "task-started": self._on_task_started,
+            "task-succeeded": self._on_task_succeeded,
+            "task-failed": self._on_task_failed,
+            "task-retried": self._on_task_retried,
+            "task-revoked": self._on_task_revoked,
+            "task-rejected": self._on_task_rejected,
+            "worker-heartbeat": self._on_worker_heartbeat,
+            "worker-online": self._on_worker_online,
+            "worker-offline": self._on_worker_offline,
+        }
+
+    def apply(self, event: Event | Mapping[str, Any]) -> TaskState | WorkerState | None:
+        """Apply one event; returns the task or worker record it touched, if any.
+
+        *event* is an :class:`~aiocelev.Event` or a wire dict (as
+        :meth:`Event.from_dict` would accept; it is read, never kept or changed).
+        Never raises on odd input: an unusable event is counted in
+        ``ignored_events`` and ``None`` is returned.
+        """
+        if type(event) is dict:
+            f: Mapping[str, Any] = event
+        elif isinstance(event, Event):
+            f = event._fields
+        else:
+            f = event
+        self.event_count += 1
+        type_ = f.get("type")
+        if type(type_) is not str:
+            self.ignored_events += 1
+            return None
+        counts = self._counts
+        counts[type_] = counts.get(type_, 0) + 1
+        lr = f.get("local_received")
+        if type(lr) is not float and type(lr) is not int:
+            lr = self._time_source()
+        rates = self._rates
+        try:
+            sec = int(lr)
+        except (ValueError, OverflowError):  # NaN or infinity in a hand-made dict
+            lr = self._time_source()
+            sec = int(lr)
+        if sec == rates.current_sec:
+            bucket = rates.current
+            bucket[type_] = bucket.get(type_, 0) + 1
+        else:
+            rates.add(type_, lr)
+        handler = self._handlers.get(type_)
+        if handler is None:
+            group, _, subject = type_.partition("-")
+            if group == "task":
+                return self._on_task_custom(f, lr, subject.upper())
+            if group == "worker":
+                return self._on_worker(f, lr, _OTHER)
+            return None
+        return handler(f, lr)
+
+    # ------------------------------------------------------------------ tasks
+
+    def _task(self, f: Mapping[str, Any], lr: float, worker_side: bool) -> TaskState | None:
+        """The task an event is about (created if new), moved to the recent end.
+
+        For worker-side events, also attributes the task to the sending worker
+        and counts the event as a sign of life from it.
+        """
+        uuid = f.get("uuid")
+        if type(uuid) is not str:
+            self.ignored_events += 1
+            return None
+        tasks = self._tasks
+        t = tasks.pop(uuid, None)
+        if t is None:
+            t = self._new_task(uuid)
+        else:
+            tasks[uuid] = t
+        self._w = None
+        if worker_side:
+            hostname = f.get("hostname")
+            if type(hostname) is str:
+                if t.worker != hostname:
+                    self._set_worker(t, hostname)
+                w = self._workers.get(hostname)
+                if w is None:
+                    w = self._new_worker(hostname)
+                seen = w.last_seen
+                if seen is None or lr > seen:
+                    w.last_seen = lr
+                counts = w.event_counts
+                type_ = f["type"]
+                counts[type_] = counts.get(type_, 0) + 1
+                self._w = w
+        return t
+
+    def _transition(self, t: TaskState, state: str, f: Mapping[str, Any]) -> bool:
+        """Apply Celery's precedence rule; returns whether the event set the state.
+
+        An event whose state ranks as logically older than the current one (and
+        neither is ``RETRY``) leaves ``state``, ``timestamp`` and ``clock`` unchanged.
+        """
+        rank = _rank_of(state, CUSTOM_RANK)
+        cur = t._rank
+        if rank > cur and rank != _RETRY_RANK and cur != _RETRY_RANK:
+            return False
+        t.timestamp = f.get("timestamp")
+        clock = f.get("clock")
+        if clock is not None:
+            t.clock = clock
+        if t.state != state:
+            self._set_state(t, state)
+        t._rank = rank
+        return True
+
+    def _set_parent(self, t: TaskState, parent_id: str | None) -> None:
+        """Record ``parent_id`` and link the task into its parent's children."""
+        t.parent_id = parent_id
+        if parent_id is not None:
+            self._add_child(parent_id, t.uuid)
+
+    def _copy_fields(self, t: TaskState, f: Mapping[str, Any], names: tuple[str, ...]) -> None:
+        """Copy the present fields *names* (plus ``name``/``parent_id``) onto the task."""
+        if "name" in f:
+            name = f["name"]
+            if name != t.name and (name is None or type(name) is str):
+                self._set_name(t, name)
+        if "parent_id" in f:
+            parent_id = f["parent_id"]
+            if parent_id != t.parent_id and (parent_id is None or type(parent_id) is str):
+                self._set_parent(t, parent_id)
+        for key in names:
+            if key in f:
+                setattr(t, key, f[key])
+
+    def _record_wait(self, t: TaskState) -> None:
+        """Add ``started - received`` to the queue-wait reservoir once per attempt."""
+        r, s = t.received, t.started
+        if (
+            not t._waited and t.eta is None and type(r) in _NUMBER and type(s) in _NUMBER and s >= r  # type: ignore[operator]
+        ):
+            t._waited = True
+            self.queue_waits.add(s - r)  # type: ignore[operator]
+
+    def _count_worker(self, started: bool = False) -> None:
+        """Count a started/finished task event for the loss estimate of its worker."""
+        w = self._w
+        if w is None:
+            return
+        if started:
+            w.started_seen += 1
+        else:
+            w.done_seen += 1
+
+    def _on_task_sent(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+        """``task-sent``: PENDING; the sender is the task's client."""
+        t = self._task(f, lr, False)
+        if t is None:
+            return None
+        t.client = f.get("hostname")
+        t.sent = f.get("timestamp")
+        self._copy_fields(t, f, _SENT_FIELDS)
+        self._transition(t, "PENDING", f)
+        return t
+
+    def _on_task_received(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+        """``task-received``: RECEIVED; name/args/... are taken even when late."""
+        t = self._task(f, lr, True)
+        if t is None:
+            return None
+        t.received = f.get("timestamp")
+        t._waited = False
+        self._copy_fields(t, f, _RECEIVED_FIELDS)
+        self._transition(t, "RECEIVED", f)
+        if t.started is not None:
+            self._record_wait(t)
+        return t
+
+    def _on_task_started(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+        """``task-started``: STARTED."""
+        t = self._task(f, lr, True)
+        if t is None:
+            return None
+        t.started = f.get("timestamp")
+        self._transition(t, "STARTED", f)
+        if t.received is not None:
+            self._record_wait(t)
+        self._count_worker(started=True)
+        return t
+
+    def _on_task_succeeded(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+        """``task-succeeded``: SUCCESS, with ``result`` and ``runtime``."""
+        t = self._task(f, lr, True)
+        if t is None:
+            return None
+        t.succeeded = f.get("timestamp")
+        if "result" in f:
+            t.result = f["result"]
+        runtime = f.get("runtime")
+        if runtime is not None:
+            t.runtime = runtime
+            if type(runtime) in _NUMBER:
+                self.runtimes.add(runtime)
+        self._transition(t, "SUCCESS", f)
+        self._count_worker()
+        return t
+
+    def _on_task_failed(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+        """``task-failed``: FAILURE, with ``exception`` and ``traceback``."""
+        t = self._task(f, lr, True)
+        if t is None:
+            return None
+        t.failed = f.get("timestamp")
+        if "exception" in f:
+            t.exception = f["exception"]
+        if "traceback" in f:
+            t.traceback = f["traceback"]
+        self._transition(t, "FAILURE", f)
+        self._count_worker()
+        return t
+
+    def _on_task_retried(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+        """``task-retried``: RETRY (always overrides and is always overridden)."""
+        t = self._task(f, lr, True)
+        if t is None:
+            return None
+        t.retried = f.get("timestamp")
+        if "exception" in f:
+            t.exception = f["exception"]
+        if "traceback" in f:
+            t.traceback = f["traceback"]
+        self._transition(t, "RETRY", f)
+        self._count_worker()
+        return t
+
+    def _on_task_revoked(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+        """``task-revoked``: REVOKED (counts as a completion only when it terminated a run)."""
+        t = self._task(f, lr, True)
+        if t is None:
+            return None
+        t.revoked = f.get("timestamp")
+        self._transition(t, "REVOKED", f)
+        if f.get("terminated"):
+            self._count_worker()
+        return t
+
+    def _on_task_rejected(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+        """``task-rejected``: REJECTED (ignored after STARTED, as in Celery)."""
+        t = self._task(f, lr, True)
+        if t is None:
+            return None
+        was_started = t.state == "STARTED"
+        t.rejected = f.get("timestamp")
+        self._transition(t, "REJECTED", f)
+        if was_started:
+            # A task that ran and rejected its message (``Reject`` raised).
+            self._count_worker()
+        return t
+
+    def _on_task_custom(self, f: Mapping[str, Any], lr: float, state: str) -> TaskState | None:
+        """A custom task event (``task-progress``...): the upper-cased subject is the state."""
+        t = self._task(f, lr, True)
+        if t is None:
+            return None
+        extra = t.extra
+        if extra is None:
+            extra = t.extra = {}
+        for key, value in f.items():
+            if key not in _COMMON:
+                extra[key] = value
+        self._transition(t, state, f)
+        if state == "CANCELLED":
+            self._count_worker()
+        return t
+
+    # ------------------------------------------------------------------ workers
+
+    def _on_worker_online(self, f: Mapping[str, Any], lr: float) -> WorkerState | None:
+        """``worker-online``."""
+        return self._on_worker(f, lr, _ONLINE)
+
+    def _on_worker_heartbeat(self, f: Mapping[str, Any], lr: float) -> WorkerState | None:
+        """``worker-heartbeat``."""
+        return self._on_worker(f, lr, _HEARTBEAT)
+
+    def _on_worker_offline(self, f: Mapping[str, Any], lr: float) -> WorkerState | None:
+        """``worker-offline``."""
+        return self._on_worker(f, lr, _OFFLINE)
+
+    def _on_worker(self, f: Mapping[str, Any], lr: float, kind: int) -> WorkerState | None:
+        """Any ``worker-*`` event: fields, liveness, drift, restarts, loss baseline."""
+        hostname = f.get("hostname")
+        if type(hostname) is not str:
+            self.ignored_events += 1
+            return None
+        workers = self._workers
+        w = workers.get(hostname)
+        if w is None:
+            if kind == _OFFLINE:
+                # Like Celery: a goodbye from an unknown worker creates nothing.
+                return None
+            w = self._new_worker(hostname)
+            first = True
+        else:
+            workers.move_to_end(hostname)
+            first = w._worker_events == 0
+        w._worker_events += 1
+        counts = w.event_counts
+        type_ = f["type"]
+        counts[type_] = counts.get(type_, 0) + 1
+        get = f.get
+        pid = get("pid")
+        processed = get("processed")
+        active = get("active")
+        clock = get("clock")
+
+        loss = w._loss
+        if not first:
+            restarted, new_process = detect_restart(w, pid, processed, clock, kind == _ONLINE)
+            if restarted:
+                w.restarts += 1
+            if new_process:
+                loss.new_process(w)
+
+        if pid is not None:
+            w.pid = pid
+        if clock is not None:
+            w.clock = clock
+        freq = get("freq")
+        if (type(freq) is float or type(freq) is int) and freq > 0:
+            w.freq = freq
+        if active is not None:
+            w.active = active
+        if processed is not None:
+            w.processed = processed
+        loadavg = get("loadavg")
+        if loadavg is not None:
+            w.loadavg = loadavg
+        if "sw_ident" in f:
+            w.sw_ident = f["sw_ident"]
+            w.sw_ver = get("sw_ver")
+            w.sw_sys = get("sw_sys")
+        if "utcoffset" in f:
+            w.utcoffset = f["utcoffset"]
+        ts = get("timestamp")
+        if ts is not None:
+            w.timestamp = ts
+            received_at = get("local_received")
+            if type(ts) in _NUMBER and type(received_at) in _NUMBER:
+                w.drift = received_at - ts
+
+        if kind == _OFFLINE:
+            w.offline = True
+            w.last_seen = None
+        else:
+            w.offline = False
+            seen = w.last_seen
+            if seen is None or lr > seen:
+                w.last_seen = lr
+            if kind == _HEARTBEAT:
+                w.heartbeat_count += 1
+                w.last_heartbeat = lr
+
+        if not loss.has_baseline and type(processed) is int and type(active) is int:
+            loss.set_baseline(w, processed, active)
+        return w
