@@ -25,6 +25,7 @@ delivery mode 2 and routing key ``""``.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -44,6 +45,7 @@ __all__ = [
     "ControlReply",
     "ControlRequest",
     "decode_replies",
+    "loads_reply",
     "encode_reply_body",
     "parse_request",
     "build_control_body",
@@ -199,11 +201,25 @@ def accept_reply(
     if valid_clock(value):
         clock.adjust(value)
     try:
-        decoded = loads(body)
-    except DecodeError:
-        log.warning("ignoring an undecodable remote-control reply")
+        decoded = loads_reply(body)
+    except DecodeError as exc:
+        log.warning("ignoring an undecodable remote-control reply: %s", exc)
         return None
     return match_reply(decoded, headers, ticket)
+
+
+def loads_reply(body: bytes | str) -> Any:
+    """Decode a reply body as Celery's client does: JSON, including ``Infinity`` and ``NaN``.
+
+    kombu writes ``float("inf")`` as ``Infinity`` (a worker's ``conf`` has some), which the
+    event decoder rejects on purpose; replies are shown, not merged into clocks or state.
+
+    :raises DecodeError: the body is not JSON.
+    """
+    try:
+        return json.loads(body)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise DecodeError("json", f"not JSON: {exc}") from None
 
 
 def reply_limit(limit: int | None, destination: Sequence[str] | None) -> int | None:

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, final
 
+import anyio
+
 from ._exceptions import ClosedError, ConfigurationError
 from .brokers import Broker, open_broker
 from .brokers._control import ControlTransport, Replies
@@ -128,8 +130,16 @@ class Control:
         if self._closed:
             raise ClosedError("the control client is closed")
         if self._transport is None:
-            await self._broker.connect()
-            self._transport = self._broker.control()
+            try:
+                transport = self._broker.control()
+                await self._broker.connect()
+            except BaseException:
+                if self._owns:
+                    self._closed = True
+                    with anyio.CancelScope(shield=True):
+                        await self._broker.aclose()
+                raise
+            self._transport = transport
 
     async def aclose(self) -> None:
         """Close the broker if this client opened it (idempotent)."""
@@ -224,12 +234,11 @@ class Control:
         """``inspect conf``: each node's configuration."""
         return self.broadcast("conf", {"with_defaults": with_defaults}, **kw)
 
-    def query_task(self, *ids: str | Sequence[str], **kw: Any) -> Replies:
+    def query_task(self, *ids: Any, **kw: Any) -> Replies:
         """``inspect query_task``: what each node knows of the given task ids."""
-        flat: list[str] = []
-        for item in ids:
-            flat.extend([item] if isinstance(item, str) else item)
-        return self.broadcast("query_task", {"ids": flat}, **kw)
+        # As Celery: one list argument is the list of ids.
+        listed = ids[0] if len(ids) == 1 and not isinstance(ids[0], str) else ids
+        return self.broadcast("query_task", {"ids": list(listed)}, **kw)
 
     def report(self, **kw: Any) -> Replies:
         """``inspect report``: each node's bug-report information."""

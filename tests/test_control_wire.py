@@ -56,39 +56,19 @@ def _load(transport: str) -> dict[str, Any]:
 
 DOCUMENTS = {transport: _load(transport) for transport in TRANSPORTS}
 
-#: Captured replies aiocelev cannot read yet (strict xfail: the mark goes once fixed).
-UNREADABLE_REPLIES = {
-    "inspect.conf.defaults": pytest.mark.xfail(
-        reason=(
-            "the worker's conf(with_defaults=True) reply holds "
-            "'\"result_backend_max_retries\": Infinity' (kombu's JSON writes float('inf') so, "
-            "and Celery's client reads it); aiocelev._codec.loads rejects JSON constants, "
-            "so decode_replies drops the whole reply"
-        ),
-        strict=True,
-    ),
-}
 CAPTURES = [
     pytest.param(transport, capture, id=f"{transport}:{capture['name']}")
     for transport, document in DOCUMENTS.items()
     for capture in document["captures"]
 ]
 CLIENT_CAPTURES = [p for p in CAPTURES if p.values[1]["client"] is not None]
-CLIENT_REPLIES = [
-    pytest.param(*p.values, id=p.id, marks=[UNREADABLE_REPLIES[p.values[1]["name"]]])
-    if p.values[1]["name"] in UNREADABLE_REPLIES
-    else p
-    for p in CLIENT_CAPTURES
-]
+CLIENT_REPLIES = CLIENT_CAPTURES
 REPLIES = [
     pytest.param(
         transport,
         capture,
         reply,
         id=f"{transport}:{capture['name']}:{i}",
-        marks=[UNREADABLE_REPLIES[capture["name"]]]
-        if capture["name"] in UNREADABLE_REPLIES
-        else [],
     )
     for transport, document in DOCUMENTS.items()
     for capture in document["captures"]

@@ -224,20 +224,7 @@ def _inspect_cases(queue: str) -> dict[str, tuple[Callable[[Control, list[str]],
     }
 
 
-#: Replies aiocelev cannot read yet (xfail strict: the mark goes once fixed).
-KNOWN_ISSUES = {
-    "conf_defaults": (
-        "a Celery worker's conf(with_defaults=True) reply holds "
-        "'\"result_backend_max_retries\": Infinity' (kombu's JSON allows it); "
-        "aiocelev._codec.loads rejects JSON constants, so the reply is dropped"
-    ),
-}
-CASES = [
-    pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_ISSUES[name], strict=True))
-    if name in KNOWN_ISSUES
-    else name
-    for name in sorted(_inspect_cases("q"))
-]
+CASES = sorted(_inspect_cases("q"))
 
 
 @pytest.mark.parametrize("command", CASES)
