@@ -237,3 +237,31 @@ async def test_client_commands_send_celerys_arguments(call, method, arguments) -
     assert body["method"] == method
     assert body["arguments"] == arguments
     assert list(body) == ["method", "arguments", "destination", "pattern", "matcher"]
+
+
+async def test_an_owned_broker_is_closed_when_it_has_no_remote_control() -> None:
+    from aiocelev import NotSupportedError, register_broker
+    from aiocelev.brokers._registry import _custom
+
+    closed: list[bool] = []
+
+    class NoControl:
+        url = "nocontrol://x"
+
+        async def connect(self) -> None:
+            pass
+
+        async def aclose(self) -> None:
+            closed.append(True)
+
+        def control(self):
+            raise NotSupportedError("no remote control")
+
+    register_broker("nocontrol", lambda url, **options: NoControl())
+    try:
+        with pytest.raises(NotSupportedError):
+            async with Control("nocontrol://x"):
+                pass  # pragma: no cover
+        assert closed == [True]
+    finally:
+        _custom.pop("nocontrol", None)
