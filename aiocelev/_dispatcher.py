@@ -8,7 +8,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Collection, Mapping
-from enum import Enum
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -16,7 +15,7 @@ import anyio
 import anyio.abc
 
 from ._backoff import Backoff
-from ._clock import LamportClock, valid_clock
+from ._clock import LamportClock, utcoffset, valid_clock
 from ._codec import dumps, dumps_plain, plain_values
 from ._events import Event, group_of, routing_key_of
 from ._exceptions import (
@@ -26,45 +25,20 @@ from ._exceptions import (
     ClosedError,
     ConfigurationError,
 )
-from ._lifecycle import Lifecycle
+from ._lifecycle import Lifecycle, LifecycleState
 from ._message import OutgoingMessage
+from ._overflow import (
+    DISPATCHER_POLICIES,
+    Overflow as Overflow,  # aiocelev/__init__.py still imports it from here
+    parse_overflow,
+)
 from ._url import mask_url
 from .brokers import Broker
 from .brokers._registry import resolve_broker
 
-__all__ = ["DispatcherStatistics", "EventDispatcher", "Overflow", "anon_nodename", "utcoffset"]
+__all__ = ["DispatcherStatistics", "EventDispatcher", "anon_nodename"]
 
 logger = logging.getLogger("aiocelev.dispatcher")
-
-
-class Overflow(str, Enum):
-    """What a full buffer does with one more event.
-
-    * ``BLOCK``: wait for room (backpressure).  The dispatcher waits at most
-      ``block_timeout`` seconds, and not at all while the broker is away; then it
-      drops the oldest buffered event to make room.
-    * ``DROP_OLDEST``: drop the oldest buffered event to make room.
-    * ``DROP_NEWEST``: drop the event being sent.
-    * ``PAUSE``: wait for room (receivers only: stop reading from the broker).
-    * ``ERROR``: raise :class:`~aiocelev.BufferFullError`.
-    """
-
-    BLOCK = "block"
-    DROP_OLDEST = "drop_oldest"
-    DROP_NEWEST = "drop_newest"
-    PAUSE = "pause"
-    ERROR = "error"
-
-
-def parse_overflow(value: Overflow | str) -> Overflow:
-    """The :class:`Overflow` policy *value* names.
-
-    :raises ConfigurationError: not a policy name.
-    """
-    try:
-        return Overflow(value)
-    except ValueError:
-        raise ConfigurationError(f"unknown overflow policy {value!r}") from None
 
 
 class DispatcherStatistics(NamedTuple):
@@ -91,13 +65,6 @@ class DispatcherStatistics(NamedTuple):
 def anon_nodename() -> str:
     """Celery's node name for a process that is not a worker: ``gen<pid>@<host>``."""
     return f"gen{os.getpid()}@{socket.gethostname()}"
-
-
-def utcoffset() -> float:
-    """The local offset in hours *west* of UTC, DST-aware, as Celery >= 5.7 sends it."""
-    if time.localtime().tm_isdst > 0 and time.daylight:
-        return time.altzone / 3600
-    return time.timezone / 3600
 
 
 # A buffered event: (batch group or None, routing key, the event as encoded JSON
@@ -132,7 +99,11 @@ class EventDispatcher:
     the previous publish was in flight, up to ``max_batch`` per message); worker
     events are never batched.  While the broker is away, events wait in the
     bounded buffer and go out in order once it is back.  Leaving the context
-    flushes, waiting at most ``close_timeout`` seconds.
+    (or :meth:`aclose`) flushes, waiting at most ``close_timeout`` seconds.
+
+    The dispatcher runs its publisher in a task group of its own: enter and
+    exit it (``async with``, or ``__aenter__`` then :meth:`aclose`) in the same
+    task.  It cannot be reopened once closed.
 
     :param broker: a :class:`~aiocelev.brokers.Broker`, or a URL to open one (the
         dispatcher then owns and closes it).
@@ -143,11 +114,14 @@ class EventDispatcher:
     :param clock: the Lamport clock to forward (shared with a receiver, as in Celery).
     :param max_batch: most events in one batched message.
     :param buffer_size: most events waiting for the broker.
-    :param overflow: what a full buffer does (:class:`Overflow`; default ``block``).
+    :param overflow: what a full buffer does: ``block`` (default), ``drop_oldest``,
+        ``drop_newest`` or ``error`` (see :class:`Overflow`).
     :param block_timeout: the longest ``send`` waits for room under ``block``
         (``None``: no limit); afterwards the oldest buffered event is dropped.
     :param close_timeout: the longest leaving the context waits to flush.
     :param broker_options: options for :func:`~aiocelev.brokers.open_broker` when *broker* is a URL.
+    :raises ConfigurationError: a bad argument, e.g. ``overflow="pause"`` (a
+        receiver policy) or ``max_batch=0``.
     """
 
     def __init__(
@@ -170,9 +144,7 @@ class EventDispatcher:
             raise ConfigurationError("max_batch must be at least 1")
         if buffer_size < 1:
             raise ConfigurationError("buffer_size must be at least 1")
-        self._overflow = parse_overflow(overflow)
-        if self._overflow is Overflow.PAUSE:
-            raise ConfigurationError("'pause' is a receiver policy; dispatchers use 'block'")
+        self._overflow = parse_overflow(overflow, DISPATCHER_POLICIES, "EventDispatcher")
         self._broker, self._owns_broker = resolve_broker(broker, broker_options)
         self.hostname = hostname or anon_nodename()
         self.groups: set[str] | None = set(groups) if groups is not None else None
@@ -322,9 +294,30 @@ class EventDispatcher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        await self.aclose()
+        return None
+
+    async def aclose(self) -> None:
+        """Flush (at most ``close_timeout`` seconds), stop the publisher and close.
+
+        What leaving ``async with`` does.  Call it from the task that entered,
+        and not inside a cancel scope (``move_on_after``...) entered since.
+        Events still unsent then are dropped (counted in ``statistics().dropped``).
+        Closing again, or closing a dispatcher never opened, does nothing more.
+        """
+        if self._lifecycle.state in (LifecycleState.CLOSING, LifecycleState.CLOSED):
+            return
         self._lifecycle.closing()
         task_group = self._task_group
-        assert task_group is not None
+        if task_group is None:  # never opened: nothing runs, nothing to flush
+            try:
+                if self._owns_broker:
+                    with anyio.CancelScope(shield=True):
+                        await self._broker.aclose()
+            finally:
+                self._lifecycle.closed()
+                self._progress.set()
+            return
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(self._close_timeout):
                 await self._wait_settled(self._accepted)
@@ -351,7 +344,6 @@ class EventDispatcher:
                 finally:
                     self._lifecycle.closed()
                     self._progress.set()
-        return None
 
     def __repr__(self) -> str:
         return (

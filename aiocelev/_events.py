@@ -1,8 +1,9 @@
 """Typed, immutable events.
 
-An event is a thin, read-only view over its wire dict: building one from a
-decoded message costs a single allocation, every field (unknown ones included)
-is kept, and :meth:`Event.to_dict` gives back the complete wire form.  One class
+An event is a thin, read-only :class:`~collections.abc.Mapping` over its wire
+dict: building one from a decoded message costs a single allocation, every
+field (unknown ones included) is kept, and ``dict(event)`` or
+:meth:`Event.to_dict` gives back the complete wire form.  One class
 per Celery event type adds typed attribute access to the fields Celery defines;
 any other type (``task-progress``, ``worker-elect``...) becomes an
 :class:`Event` (or :class:`TaskEvent` / :class:`WorkerEvent` by group), so
@@ -11,9 +12,11 @@ custom events round-trip unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from types import MappingProxyType
-from typing import Any, ClassVar, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
+
+from ._exceptions import ConfigurationError
 
 __all__ = [
     "Event",
@@ -68,14 +71,30 @@ def routing_key_of(type_: str) -> str:
 
 _registry: dict[str, type[Event]] = {}
 
+if TYPE_CHECKING:
+    _MappingBase = Mapping[str, Any]
+else:
+    # At run time Event is registered as a Mapping instead of inheriting from
+    # it: an ABC subclass makes every ``isinstance(x, Event)`` go through
+    # ABCMeta, about three times slower, on paths taken once per event.  Event
+    # defines every Mapping method itself.
+    _MappingBase = object
 
-class Event:
-    """A Celery monitoring event.
+
+class Event(_MappingBase):
+    """A Celery monitoring event: a read-only mapping of its wire fields.
 
     Known fields are attributes (``event.hostname``, ``event.clock``); every
     field, known or not, is also reachable as ``event["name"]`` and
-    ``event.get("name")``.  Events are immutable and compare equal when their
-    wire dicts are equal.
+    ``event.get("name")``, and the mapping methods work on the wire fields
+    (``len(event)``, ``event.keys()``, ``event.items()``, ``dict(event)``,
+    ``{**event}``).  Events are immutable; an event equals another mapping
+    (another event, or a dict) with the same fields, and is hashable.
+
+    :param type: the event type (optional on the classes of one type, e.g.
+        ``TaskSucceeded(uuid=...)``).
+    :param fields: the wire fields.
+    :raises ConfigurationError: no type, or a type another class stands for.
     """
 
     __slots__ = ("_fields",)
@@ -100,10 +119,12 @@ class Event:
         expected = self.event_type
         if type is None:
             if expected is None:
-                raise ValueError(f"{self.__class__.__name__} needs an event type")
+                raise ConfigurationError(f"{self.__class__.__name__} needs an event type")
             type = expected  # noqa: A001
         elif expected is not None and type != expected:
-            raise ValueError(f"{self.__class__.__name__} is for {expected!r} events, not {type!r}")
+            raise ConfigurationError(
+                f"{self.__class__.__name__} is for {expected!r} events, not {type!r}"
+            )
         fields["type"] = type
         object.__setattr__(self, "_fields", fields)
 
@@ -111,11 +132,11 @@ class Event:
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
         """Build the right event class for a wire dict (which is copied).
 
-        :raises ValueError: if ``data`` has no string ``type``.
+        :raises ConfigurationError: ``data`` has no string ``type``.
         """
         type_ = data.get("type")
         if not isinstance(type_, str):
-            raise ValueError("an event needs a string 'type' field")
+            raise ConfigurationError("an event needs a string 'type' field")
         return _wrap(dict(data))
 
     @property
@@ -152,6 +173,21 @@ class Event:
         data.update(changes)
         return _wrap(data)
 
+    # The mapping methods read the wire dict directly (no copy, C speed); the
+    # views they return are read-only.
+
+    def keys(self) -> KeysView[str]:
+        """The field names (a live, read-only view)."""
+        return self._fields.keys()
+
+    def values(self) -> ValuesView[Any]:
+        """The field values (a live, read-only view)."""
+        return self._fields.values()
+
+    def items(self) -> ItemsView[str, Any]:
+        """``(name, value)`` pairs of every field (a live, read-only view)."""
+        return self._fields.items()
+
     def __getitem__(self, name: str) -> Any:
         return self._fields[name]
 
@@ -160,6 +196,9 @@ class Event:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{self.__class__.__name__} is immutable")
@@ -170,6 +209,8 @@ class Event:
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Event):
             return self._fields == other._fields
+        if isinstance(other, Mapping):
+            return self._fields == dict(other)
         return NotImplemented
 
     def __hash__(self) -> int:
@@ -312,6 +353,9 @@ class TaskRevoked(TaskEvent):
     terminated = _Field[bool]("terminated")
     signum = _Field[Any]("signum")
     expired = _Field[bool]("expired")
+
+
+Mapping.register(Event)
 
 
 def event_class(type_: str) -> type[Event]:

@@ -14,6 +14,7 @@ edge and never reach the caller.
     * PublishError: the broker refused or did not confirm a publish.
   * DecodeError: a message is not a valid event message; ``reason`` says why.
   * ClosedError: a dispatcher, receiver or broker was used after it was closed.
+  * EndOfStream: a receiver has no more events (it was closed, or its subscription ended).
   * BufferFullError: a bounded buffer had no room and the policy says to fail.
   * NotSupportedError (also ``NotImplementedError``): the broker adapter cannot do this.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "DuplicateNodeError",
+    "EndOfStream",
     "MissingDependencyError",
     "NotSupportedError",
     "PublishError",
@@ -89,6 +91,13 @@ class DecodeError(AiocelevError):
 
 class ClosedError(AiocelevError):
     """The object was used after it was closed (or before it was opened)."""
+
+
+class EndOfStream(AiocelevError):
+    """A receiver has no more events: it was closed, or its subscription ended.
+
+    ``receive()`` raises it; ``async for`` ends normally instead.
+    """
 
 
 class BufferFullError(AiocelevError):

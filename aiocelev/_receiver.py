@@ -14,9 +14,8 @@ import anyio
 import anyio.abc
 
 from ._backoff import Backoff
-from ._clock import LamportClock, valid_clock
+from ._clock import LamportClock, utcoffset, valid_clock
 from ._codec import DEFAULT_MAX_MESSAGE_SIZE, decode_message
-from ._dispatcher import Overflow, parse_overflow, utcoffset
 from ._events import Event, _wrap
 from ._exceptions import (
     AiocelevError,
@@ -25,9 +24,11 @@ from ._exceptions import (
     BufferFullError,
     ConfigurationError,
     DecodeError,
+    EndOfStream,
 )
-from ._lifecycle import Lifecycle
+from ._lifecycle import Lifecycle, LifecycleState
 from ._message import IncomingMessage
+from ._overflow import RECEIVER_POLICIES, Overflow, parse_overflow
 from ._url import mask_url
 from .brokers import Broker, Subscription
 from .brokers._registry import resolve_broker
@@ -36,10 +37,12 @@ __all__ = ["ErrorCallback", "EventReceiver", "Handler", "ReceiverStatistics"]
 
 logger = logging.getLogger("aiocelev.receiver")
 
-#: ``on_error(error, message)``: called for every malformed message (or batch element).
-ErrorCallback = Callable[[DecodeError, IncomingMessage], Any]
-#: A ``capture`` handler: called with each event; may be a coroutine function.
-Handler = Callable[[Event], Any]
+#: ``on_error(error, message)``: called for every malformed message (or batch
+#: element); its return value is ignored.
+ErrorCallback = Callable[[DecodeError, IncomingMessage], object]
+#: A :meth:`EventReceiver.capture` handler: called with each event; a plain or
+#: a coroutine function (what it returns, or its coroutine returns, is ignored).
+Handler = Callable[[Event], object]
 
 _LOG_FIRST = 10
 _LOG_EVERY = 1000
@@ -86,7 +89,9 @@ class EventReceiver:
                 print(event.type, event.hostname)
 
     When ``__aenter__`` returns the subscription is live: nothing published after
-    that is missed.  Batched messages are expanded in order; each event's clock is
+    that is missed.  Once the receiver is closed (or the broker ends the
+    subscription), ``async for`` ends and :meth:`receive` raises
+    :class:`~aiocelev.EndOfStream`.  Batched messages are expanded in order; each event's clock is
     merged into the receiver's Lamport clock as Celery's receiver does
     (``task-sent`` clocks are replaced; a missing, null, non-integer or absurd
     clock is replaced by the local clock, never crashing the stream);
@@ -100,7 +105,13 @@ class EventReceiver:
     in the queue, up to its TTL, only when consuming with acknowledgements,
     ``no_ack=False``: in the default no-ack mode the AMQP adapter keeps reading
     into its own memory); ``drop_oldest`` / ``drop_newest`` keep reading and
-    drop (counted in ``statistics().dropped``).
+    drop (counted in ``statistics().dropped``); ``error`` ends the stream with
+    :class:`~aiocelev.BufferFullError`.  ``block`` is a dispatcher policy and is
+    refused here.
+
+    The receiver reads in a task group of its own: enter and exit it
+    (``async with``, or ``__aenter__`` then :meth:`aclose`) in the same task.
+    It cannot be reopened once closed.
 
     :param broker: a :class:`~aiocelev.brokers.Broker`, or a URL (then owned and closed).
     :param routing_keys: binding keys (AMQP topic syntax), e.g. ``["task.#"]``.
@@ -109,12 +120,15 @@ class EventReceiver:
         Celery's receiver does by default.  Off by default: event timestamps are
         epoch seconds and already correct; Celery's shift skews them across zones.
     :param buffer_size: most decoded events waiting for the caller.
-    :param overflow: ``pause``, ``drop_oldest``, ``drop_newest`` (or ``error``).
+    :param overflow: ``pause`` (default), ``drop_oldest``, ``drop_newest`` or
+        ``error`` (see :class:`~aiocelev.Overflow`).
     :param on_error: called with ``(DecodeError, IncomingMessage)`` per malformed message.
     :param max_message_size: larger messages are rejected (reason ``too-large``).
     :param connect_timeout: how long ``__aenter__`` keeps retrying (with backoff)
         to connect and subscribe before raising :class:`~aiocelev.BrokerConnectionError`.
     :param broker_options: options for ``open_broker`` when *broker* is a URL.
+    :raises ConfigurationError: a bad argument, e.g. ``overflow="block"`` (a
+        dispatcher policy) or no routing key.
     """
 
     def __init__(
@@ -137,9 +151,7 @@ class EventReceiver:
             raise ConfigurationError("routing_keys must name at least one binding key")
         if buffer_size < 1:
             raise ConfigurationError("buffer_size must be at least 1")
-        self._overflow = parse_overflow(overflow)
-        if self._overflow is Overflow.BLOCK:
-            self._overflow = Overflow.PAUSE
+        self._overflow = parse_overflow(overflow, RECEIVER_POLICIES, "EventReceiver")
         self._broker, self._owns_broker = resolve_broker(broker, broker_options)
         self.routing_keys = tuple(routing_keys)
         self.clock = clock if clock is not None else LamportClock()
@@ -190,6 +202,26 @@ class EventReceiver:
         return self
 
     async def __anext__(self) -> Event:
+        # The common case inline (one coroutine per event, not two): an event is ready.
+        buffer = self._buffer
+        if buffer and type(buffer[0]) is not _Ack:
+            if self._pump_waiting:
+                self._writable.set()
+            self._delivered += 1
+            return buffer.popleft()  # type: ignore[return-value]
+        try:
+            return await self.receive()
+        except EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> Event:
+        """The next event (what ``async for`` yields).
+
+        :raises EndOfStream: the receiver was closed, or the broker ended the subscription.
+        :raises BrokerConnectionError: the adapter gave up reconnecting.
+        :raises BufferFullError: the buffer overflowed under ``overflow="error"``.
+        :raises ClosedError: the receiver was never opened.
+        """
         buffer = self._buffer
         while True:
             if buffer:
@@ -204,7 +236,11 @@ class EventReceiver:
             if self._pump_done:
                 if self._pump_error is not None:
                     raise self._pump_error
-                raise StopAsyncIteration
+                raise EndOfStream(
+                    "the receiver is closed"
+                    if self._lifecycle.state is not LifecycleState.OPEN
+                    else "the broker ended the subscription"
+                )
             if not self._lifecycle.is_open:
                 self._lifecycle.check_open()
             self._readable = anyio.Event()
@@ -213,14 +249,6 @@ class EventReceiver:
                 await self._readable.wait()
             finally:
                 self._reader_waiting = False
-
-    async def receive(self) -> Event:
-        """The next event (what ``async for`` yields).
-
-        :raises StopAsyncIteration: the receiver was closed.
-        :raises BrokerConnectionError: the adapter gave up reconnecting.
-        """
-        return await self.__anext__()
 
     async def capture(
         self,
@@ -273,6 +301,20 @@ class EventReceiver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        await self.aclose()
+        return None
+
+    async def aclose(self) -> None:
+        """Stop reading, end the subscription and close (the owned broker too).
+
+        What leaving ``async with`` does.  Call it from the task that entered,
+        and not inside a cancel scope (``move_on_after``...) entered since.
+        Buffered events are discarded; afterwards ``async for`` ends and
+        :meth:`receive` raises :class:`~aiocelev.EndOfStream`.  Closing again,
+        or closing a receiver never opened, does nothing more.
+        """
+        if self._lifecycle.state in (LifecycleState.CLOSING, LifecycleState.CLOSED):
+            return
         self._lifecycle.closing()
         try:
             if self._task_group is not None:
@@ -292,7 +334,6 @@ class EventReceiver:
                     self._lifecycle.closed()
                     self._readable.set()
                     self._writable.set()
-        return None
 
     def __repr__(self) -> str:
         return (

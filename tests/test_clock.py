@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import anyio
@@ -14,7 +15,7 @@ from kombu import Connection
 from kombu.clocks import LamportClock as KombuClock
 
 from aiocelev import Event, EventReceiver, LamportClock, OutgoingMessage
-from aiocelev._clock import MAX_CLOCK, valid_clock
+from aiocelev._clock import MAX_CLOCK, utcoffset, valid_clock
 from aiocelev.brokers.memory import MemoryBroker
 
 
@@ -197,3 +198,21 @@ async def test_huge_clock_in_a_batch_does_not_sink_the_batch(
         assert [e["uuid"] for e in got] == ["a", "b"]
         assert receiver.statistics().invalid_clocks == 1
         assert receiver.clock.value < MAX_CLOCK
+
+
+@pytest.mark.skipif(not hasattr(time, "tzset"), reason="needs time.tzset (POSIX)")
+@pytest.mark.parametrize(
+    ("zone", "expected"),
+    [("UTC0", 0.0), ("EST5", 5.0), ("IST-5:30", -5.5), ("XXX-1YYY-2,J1/0,J365/25", -2.0)],
+)
+def test_utcoffset_is_hours_west(
+    monkeypatch: pytest.MonkeyPatch, zone: str, expected: float
+) -> None:
+    # The last zone is on summer time all year: the DST offset applies.
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        assert utcoffset() == expected
+    finally:
+        monkeypatch.undo()
+        time.tzset()

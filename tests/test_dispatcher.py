@@ -21,7 +21,8 @@ from aiocelev import (
     LamportClock,
     Overflow,
 )
-from aiocelev._dispatcher import anon_nodename, utcoffset
+from aiocelev._clock import utcoffset
+from aiocelev._dispatcher import anon_nodename
 from aiocelev.brokers import Subscription
 from aiocelev.brokers.memory import MemoryBroker, MemoryHub, memory_hub
 
@@ -524,14 +525,63 @@ def test_configuration_errors(kwargs: dict[str, Any]) -> None:
         EventDispatcher(MemoryBroker(), **kwargs)
 
 
-def test_utcoffset_is_hours_west() -> None:
-    import time
+@pytest.mark.parametrize("policy", ["pause", Overflow.PAUSE, "sideways"])
+def test_overflow_policies_of_the_dispatcher_only(policy: Any) -> None:
+    valid = "valid policies: 'block', 'drop_oldest', 'drop_newest', 'error'"
+    with pytest.raises(ConfigurationError, match=valid) as info:
+        EventDispatcher(MemoryBroker(), overflow=policy)
+    assert isinstance(info.value, ValueError)  # ConfigurationError is also a ValueError
 
-    value = utcoffset()
-    expected = (
-        time.altzone if time.localtime().tm_isdst > 0 and time.daylight else time.timezone
-    ) / 3600
-    assert value == expected
+
+@pytest.mark.parametrize("policy", ["block", "drop_oldest", "drop_newest", "error"])
+def test_every_dispatcher_policy_is_accepted(policy: str) -> None:
+    assert repr(EventDispatcher(MemoryBroker(), overflow=policy)).endswith("unopened>")
+
+
+async def test_aclose_flushes_and_closes(broker: MemoryBroker) -> None:
+    sub = await broker.subscribe(["#"])
+    d = EventDispatcher(broker, batch_groups=())
+    await d.__aenter__()
+    await d.send("task-started", uuid="1")
+    await d.aclose()
+    assert "closed" in repr(d)
+    assert d.statistics().sent == 1
+    assert [e["uuid"] for e in await take_events(sub, 1)] == ["1"]
+    with pytest.raises(ClosedError):
+        await d.send("task-started", uuid="2")
+    await d.aclose()  # idempotent
+    await d.__aexit__(None, None, None)  # and so is leaving afterwards
+    assert d.statistics().sent == 1
+    with pytest.raises(ClosedError):
+        await d.__aenter__()
+
+
+async def test_aclose_drops_what_it_cannot_flush(broker: MemoryBroker, hub: MemoryHub) -> None:
+    d = EventDispatcher(broker, close_timeout=0.05)
+    await d.__aenter__()
+    hub.available = False
+    await d.send("task-started", uuid="1")
+    await wait_until(lambda: d.statistics().publish_errors >= 1)
+    await d.aclose()  # not under a cancel scope entered after opening: anyio forbids it
+    assert (d.statistics().dropped, d.statistics().buffered) == (1, 0)
+
+
+async def test_aclose_inside_the_context(url: str) -> None:
+    async with EventDispatcher(url) as d:
+        broker = d.broker
+        await d.aclose()
+        with pytest.raises(ClosedError):
+            await d.flush()
+    with pytest.raises(ClosedError):
+        await broker.publish([])  # the owned broker was closed
+
+
+async def test_aclose_of_a_dispatcher_never_opened(broker: MemoryBroker) -> None:
+    d = EventDispatcher(broker)
+    await d.aclose()
+    assert "closed" in repr(d)
+    with pytest.raises(ClosedError):
+        await d.__aenter__()
 
 
 async def test_send_event_ignores_absurd_clocks(broker: MemoryBroker) -> None:

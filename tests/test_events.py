@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from collections.abc import Mapping, MutableMapping
 
 import pytest
 
@@ -24,7 +25,8 @@ from aiocelev import (
     WorkerOffline,
     WorkerOnline,
 )
-from aiocelev._events import event_class, group_of, routing_key_of
+from aiocelev._events import _wrap, event_class, group_of, routing_key_of
+from aiocelev._exceptions import ConfigurationError
 
 CELERY_TYPES = {
     "worker-online": WorkerOnline,
@@ -157,9 +159,9 @@ def test_from_dict_copies_its_input() -> None:
 
 
 def test_from_dict_needs_a_string_type() -> None:
-    with pytest.raises(ValueError, match="type"):
+    with pytest.raises(ConfigurationError, match="type"):
         Event.from_dict({"hostname": "x"})
-    with pytest.raises(ValueError, match="type"):
+    with pytest.raises(ConfigurationError, match="type"):
         Event.from_dict({"type": 3})
 
 
@@ -200,9 +202,9 @@ def test_constructor() -> None:
     assert TaskSucceeded("task-succeeded", uuid="u") == TaskSucceeded(uuid="u")
     generic = Event("task-progress", uuid="u")
     assert generic.type == "task-progress"
-    with pytest.raises(ValueError, match="task-succeeded"):
+    with pytest.raises(ConfigurationError, match="task-succeeded"):
         TaskSucceeded("task-failed", uuid="u")
-    with pytest.raises(ValueError, match="needs an event type"):
+    with pytest.raises(ConfigurationError, match="needs an event type"):
         Event()
 
 
@@ -213,8 +215,43 @@ def test_equality_and_hash() -> None:
     assert a == b
     assert hash(a) == hash(b)
     assert a != c
-    assert a != a.to_dict()  # an event is not equal to a plain dict
+    assert a == a.to_dict()  # a mapping with the same fields
+    assert a.to_dict() == a
+    assert a != c.to_dict()
+    assert a != [("type", "task-started")]  # not a mapping
     assert len({a, b, c}) == 2
+
+
+def test_an_event_is_a_read_only_mapping_of_its_wire_fields() -> None:
+    data = wire("task-succeeded", uuid="u", result="4", custom={"nested": [1]})
+    event = Event.from_dict(data)
+    assert isinstance(event, Mapping)
+    assert not isinstance(event, MutableMapping)
+    assert dict(event) == data
+    assert {**event} == data
+    assert len(event) == len(data)
+    assert list(event) == list(data)  # wire order
+    assert list(event.keys()) == list(data)
+    assert list(event.values()) == list(data.values())
+    assert list(event.items()) == list(data.items())
+    assert event["custom"] == {"nested": [1]}
+    assert "custom" in event and "missing" not in event
+    assert event.get("missing", 7) == 7
+    with pytest.raises(KeyError):
+        event["missing"]
+    with pytest.raises(TypeError):
+        event["uuid"] = "v"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        event.keys().mapping["uuid"] = "v"  # type: ignore[index]  # the view's dict is a proxy
+    assert event.uuid == "u" and event.result == "4"  # attributes still work
+
+
+def test_the_mapping_wraps_the_wire_dict_without_copying() -> None:
+    data = wire("task-started", uuid="u")
+    event = _wrap(data)
+    assert event.keys().mapping == data  # a read-only proxy of the same dict
+    data["late"] = 1  # the receiver hands the dict over and never touches it again
+    assert event["late"] == 1 and len(event) == len(data)
 
 
 def test_pickling_and_copying() -> None:

@@ -22,13 +22,13 @@ from aiocelev import (
     EventReceiver,
     IncomingMessage,
     OutgoingMessage,
+    Overflow,
     TaskStarted,
     TaskSucceeded,
     WorkerHeartbeat,
 )
-from aiocelev._codec import encode_envelope
-from aiocelev._dispatcher import utcoffset
-from aiocelev._message import KOMBU_ENVELOPE
+from aiocelev._clock import utcoffset
+from aiocelev._exceptions import EndOfStream
 from aiocelev.brokers.memory import MemoryBroker, MemoryHub, memory_hub
 
 from ._helpers import broker_fixture, hub_fixture, url_fixture, wait_until  # noqa: F401
@@ -279,7 +279,6 @@ def _bad_messages() -> list[tuple[OutgoingMessage, str]]:
         (OutgoingMessage("task.multi", b"3"), "not-an-event"),
         (OutgoingMessage("task.multi", b'{"type": "task-x"}'), "not-an-event"),
         (OutgoingMessage("task.multi", b"[" * 2000 + b"]" * 2000), "json"),
-        (OutgoingMessage("task.multi", b'{"body": 1}', content_type=KOMBU_ENVELOPE), "envelope"),
         (OutgoingMessage("task.multi", b'["' + b"x" * 5000 + b'"]'), "too-large"),
     ]
 
@@ -294,9 +293,6 @@ async def test_malformed_messages_counted_and_reported(broker: MemoryBroker) -> 
         outgoing.append(message)
     # a batch mixing valid events and non-objects: the valid ones still arrive
     outgoing.append(batch([ev(uuid="m1"), 42, "x", ev(uuid="m2"), {"type": "t"}]))
-    # a valid event inside a kombu envelope (as a Redis adapter hands it over)
-    envelope = encode_envelope(single(ev(uuid="env")), "celeryev")
-    outgoing.append(OutgoingMessage("task.started", envelope, content_type=KOMBU_ENVELOPE))
     outgoing.append(single(ev(uuid="end")))
 
     def on_error(error: DecodeError, message: IncomingMessage) -> None:
@@ -304,7 +300,7 @@ async def test_malformed_messages_counted_and_reported(broker: MemoryBroker) -> 
 
     async with EventReceiver(broker, on_error=on_error, max_message_size=4096) as receiver:
         await broker.publish(outgoing)
-        expected = [str(i) for i in range(len(bad))] + ["m1", "m2", "env", "end"]
+        expected = [str(i) for i in range(len(bad))] + ["m1", "m2", "end"]
         got = await take(receiver, len(expected))
         stats = receiver.statistics()
     assert [e["uuid"] for e in got] == expected
@@ -421,7 +417,7 @@ async def test_lifecycle_errors(broker: MemoryBroker) -> None:
         with pytest.raises(ClosedError):
             async with receiver:
                 pass
-    with pytest.raises(StopAsyncIteration):
+    with pytest.raises(EndOfStream, match="closed"):
         await receiver.receive()
     with pytest.raises(ClosedError):
         async with receiver:
@@ -548,6 +544,68 @@ def test_configuration_errors(kwargs: dict[str, Any]) -> None:
         EventReceiver(MemoryBroker(), **kwargs)
 
 
+@pytest.mark.parametrize("policy", ["block", Overflow.BLOCK, "sideways"])
+def test_overflow_policies_of_the_receiver_only(policy: Any) -> None:
+    valid = "valid policies: 'pause', 'drop_oldest', 'drop_newest', 'error'"
+    with pytest.raises(ConfigurationError, match=valid) as info:
+        EventReceiver(MemoryBroker(), overflow=policy)
+    assert isinstance(info.value, ValueError)  # ConfigurationError is also a ValueError
+
+
+@pytest.mark.parametrize("policy", ["pause", "drop_oldest", "drop_newest", "error"])
+def test_every_receiver_policy_is_accepted(policy: str) -> None:
+    assert repr(EventReceiver(MemoryBroker(), overflow=policy)).endswith("unopened>")
+
+
+# -- closing -------------------------------------------------------------------------
+
+
+async def test_aclose_is_leaving_the_context(broker: MemoryBroker, hub: MemoryHub) -> None:
+    receiver = EventReceiver(broker)
+    await receiver.__aenter__()
+    await broker.publish([single(ev(uuid="1"))])
+    await wait_until(lambda: receiver.statistics().buffered == 1)
+    await receiver.aclose()
+    assert "closed" in repr(receiver)
+    assert hub._subscriptions == []  # the subscription ended
+    assert receiver.statistics().buffered == 0  # buffered events were discarded
+    with pytest.raises(EndOfStream):
+        await receiver.receive()
+    await receiver.aclose()  # idempotent
+    await receiver.__aexit__(None, None, None)  # and so is leaving afterwards
+    with pytest.raises(ClosedError):
+        await receiver.__aenter__()
+
+
+async def test_aclose_inside_the_context(url: str) -> None:
+    async with EventReceiver(url) as receiver:
+        broker = receiver.broker
+        await receiver.aclose()
+        assert [event async for event in receiver] == []
+    with pytest.raises(ClosedError):
+        await broker.publish([single(ev())])  # the owned broker was closed once
+
+
+async def test_aclose_of_a_receiver_never_opened(broker: MemoryBroker) -> None:
+    receiver = EventReceiver(broker)
+    await receiver.aclose()
+    with pytest.raises(EndOfStream):
+        await receiver.receive()
+    with pytest.raises(ClosedError):
+        await receiver.__aenter__()
+
+
+async def test_end_of_subscription_is_end_of_stream() -> None:
+    broker = _EndingBroker([IncomingMessage("task.started", json.dumps(ev(uuid="1")).encode())])
+    async with EventReceiver(broker) as receiver:
+        with anyio.fail_after(5):
+            assert [e["uuid"] async for e in receiver] == ["1"]  # ends normally
+            with pytest.raises(EndOfStream, match="ended the subscription"):
+                await receiver.receive()
+            with pytest.raises(EndOfStream):
+                await receiver.receive()  # and stays ended
+
+
 class _GivingUpSubscription(_ScriptedSubscription):
     async def __anext__(self) -> IncomingMessage:
         if self._messages:
@@ -558,6 +616,18 @@ class _GivingUpSubscription(_ScriptedSubscription):
 class _GivingUpBroker(_ScriptedBroker):
     async def subscribe(self, binding_keys: Sequence[str]) -> _ScriptedSubscription:
         return _GivingUpSubscription(self.messages)
+
+
+class _EndingSubscription(_ScriptedSubscription):
+    async def __anext__(self) -> IncomingMessage:
+        if self._messages:
+            return await super().__anext__()
+        raise StopAsyncIteration  # the broker ended the subscription
+
+
+class _EndingBroker(_ScriptedBroker):
+    async def subscribe(self, binding_keys: Sequence[str]) -> _ScriptedSubscription:
+        return _EndingSubscription(self.messages)
 
 
 async def test_adapter_giving_up_surfaces_after_buffered_events() -> None:
