@@ -2,8 +2,9 @@
 
 * a real ``celery worker -E`` on Redis -> aiocelev (raw subscription and EventReceiver);
 * aiocelev's EventDispatcher on Redis -> Celery's own ``EventReceiver`` + ``State``;
-* ``enable_events`` sent with :meth:`RedisBroker.broadcast` switches task events on in
-  a real worker started without ``-E``; the replies come back through kombu's reply list.
+* ``enable_events`` sent with ``RedisBroker.control().broadcast`` switches task events on
+  in a real worker started without ``-E``; the replies come back through kombu's reply list;
+* Celery's own control client talks to a pidbox consumed by aiocelev.
 
 Every worker gets its own node name and task queue, events are filtered by node name
 and broadcasts name their destination, so concurrent runs on the shared Redis do not
@@ -80,11 +81,9 @@ async def _until_pong(broker: RedisBroker, worker: Worker, timeout: float = 30) 
     try:
         with anyio.fail_after(timeout):
             while True:
-                replies = await broker.broadcast(
-                    "ping", destination=[node], reply=True, timeout=0.5
-                )
+                replies = await broker.control().broadcast("ping", destination=[node], timeout=0.5)
                 if replies:
-                    assert replies == [{node: {"ok": "pong"}}]
+                    assert [r.as_dict() for r in replies] == [{node: {"ok": "pong"}}]
                     return
     except TimeoutError:
         raise AssertionError(f"worker never answered ping; output:\n{worker.output()}") from None
@@ -114,11 +113,11 @@ async def test_real_worker_events_reach_aiocelev(redis_url: str) -> None:
                     ok, bad, retried = await send_outcome_tasks(client, q)
                     revoked = str(uuid.uuid4())
                     # revoke through our own broadcast (reply collected from kombu's reply list)
-                    replies = await broker.broadcast(
+                    replies = await broker.control().broadcast(
                         "revoke", {"task_id": revoked, "terminate": False, "signal": None},
-                        destination=[node], reply=True, timeout=10,
+                        destination=[node], timeout=10,
                     )  # fmt: skip
-                    assert replies and node in replies[0]
+                    assert replies and replies[0].node == node
                     await call(
                         client.send_task, "interop.add", args=(1, 1), queue=q, task_id=revoked
                     )
@@ -206,14 +205,13 @@ async def test_broadcast_enable_events_turns_on_task_events(redis_url: str) -> N
                     30, "worker-online", worker,
                 )  # fmt: skip
                 await _until_pong(broker, worker)
-                replies = await broker.broadcast(
-                    "enable_events", destination=[node], reply=True, timeout=10
-                )
-                assert replies == [{node: {"ok": "task events enabled"}}]
-                again = await broker.broadcast(
-                    "enable_events", destination=[node], reply=True, timeout=10
-                )
-                assert again == [{node: {"ok": "task events already enabled"}}]
+                control = broker.control()
+                replies = await control.broadcast("enable_events", destination=[node], timeout=10)
+                assert [r.as_dict() for r in replies] == [{node: {"ok": "task events enabled"}}]
+                again = await control.broadcast("enable_events", destination=[node], timeout=10)
+                assert [r.as_dict() for r in again] == [
+                    {node: {"ok": "task events already enabled"}}
+                ]
 
                 task_id = (
                     await call(client.send_task, "interop.add", args=(4, 4), queue=worker.queue)
@@ -222,7 +220,7 @@ async def test_broadcast_enable_events_turns_on_task_events(redis_url: str) -> N
                     lambda: ("task-succeeded", task_id) in {(e["type"], e.get("uuid")) for _, e in collected},
                     30, "task-succeeded after enable_events", worker,
                 )  # fmt: skip
-                await broker.broadcast("disable_events", destination=[node])
+                await broker.control().broadcast("disable_events", destination=[node], reply=False)
                 await anyio.to_thread.run_sync(worker.stop)
     types = [e["type"] for _, e in collected]
     assert "task-received" in types and "task-started" in types
@@ -234,7 +232,8 @@ async def test_celery_control_reaches_an_aiocelev_node(redis_url: str) -> None:
     node = f"aiocelev-{uuid.uuid4().hex[:10]}@redis-node"
     handled: list[str] = []
     async with from_url(redis_url) as broker:
-        pidbox = await broker.consume_control(node)
+        control = broker.control()
+        pidbox = await control.consume_control(node)
 
         async def serve() -> None:
             async for request in pidbox:
@@ -242,7 +241,7 @@ async def test_celery_control_reaches_an_aiocelev_node(redis_url: str) -> None:
                     continue
                 handled.append(request.method)
                 if request.wants_reply:
-                    await broker.reply(request, node, {"ok": "pong"})
+                    await control.reply(request, node, {"ok": "pong"})
 
         client = _client(redis_url)
         async with anyio.create_task_group() as tg:
@@ -250,8 +249,8 @@ async def test_celery_control_reaches_an_aiocelev_node(redis_url: str) -> None:
             replies = await call(client.control.ping, destination=[node], timeout=10)
             assert replies == [{node: {"ok": "pong"}}]
             await call(client.control.broadcast, "enable_events", destination=["someone@else"])
-            ours = await broker.broadcast("ping", destination=[node], reply=True, timeout=10)
-            assert ours == [{node: {"ok": "pong"}}]
+            ours = await control.broadcast("ping", destination=[node], timeout=10)
+            assert [r.as_dict() for r in ours] == [{node: {"ok": "pong"}}]
             tg.cancel_scope.cancel()
         await pidbox.aclose()
     assert handled == ["ping", "ping"]
