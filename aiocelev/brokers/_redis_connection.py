@@ -192,6 +192,11 @@ class RedisConnection:
         assert self._client is not None
         return self._client
 
+    @property
+    def existing_client(self) -> aioredis.Redis | None:
+        """The pooled client if the pool was made and is not closed yet (also while closing)."""
+        return self._client
+
     def new_blocking_connection(self) -> AbstractConnection:
         """A connection of its own, not in the pool, for blocking reads (not yet connected).
 

@@ -138,8 +138,10 @@ class _RedisReplyQueue:
         queue: str,
         binding_key: str,
         member: str,
+        on_close: Callable[[_RedisReplyQueue], None],
     ) -> None:
         self._link = link
+        self._on_close = on_close
         self._conn: AbstractConnection | None = conn
         self._queue = queue
         self._binding_key = binding_key
@@ -223,6 +225,7 @@ class _RedisReplyQueue:
             return
         self._closed = True
         self._buffer.clear()
+        self._on_close(self)
         with anyio.CancelScope(shield=True):
             if self._reading:
                 with anyio.move_on_after(POLL_INTERVAL * 10):
@@ -231,9 +234,12 @@ class _RedisReplyQueue:
             if conn is not None:
                 # a BRPOP may be outstanding: the connection is not reusable
                 await conn.disconnect(nowait=True)
+            client = self._link.existing_client
+            if client is None:  # the adapter is closed: nothing to clean up with
+                return
             with anyio.move_on_after(_CLEANUP_TIMEOUT):
                 try:
-                    pipe = self._link.client().pipeline(transaction=False)
+                    pipe = client.pipeline(transaction=False)
                     pipe.srem(self._binding_key, self._member)
                     pipe.delete(self._queue)
                     await pipe.execute(raise_on_error=False)
@@ -244,8 +250,6 @@ class _RedisReplyQueue:
                         self._queue,
                         describe(exc),
                     )
-                except Exception as exc:  # the adapter was closed meanwhile
-                    logger.debug("Redis reply queue cleanup skipped: %s", exc)
 
 
 @final
@@ -270,6 +274,7 @@ class RedisControl(PidboxTransport):
         self._link = link
         self._channels = channels
         self._subscribe = subscribe
+        self._reply_queues: set[_RedisReplyQueue] = set()
 
     def __repr__(self) -> str:
         return f"<RedisControl {self._link.url!r} namespace={self.namespace!r}>"
@@ -306,7 +311,11 @@ class RedisControl(PidboxTransport):
             with anyio.CancelScope(shield=True):
                 await conn.disconnect(nowait=True)
             raise
-        return _RedisReplyQueue(self._link, conn, channels.key(name), binding_key, member)
+        queue = _RedisReplyQueue(
+            self._link, conn, channels.key(name), binding_key, member, self._reply_queues.discard
+        )
+        self._reply_queues.add(queue)
+        return queue
 
     async def publish_request(self, body: bytes, headers: Mapping[str, Any]) -> None:
         exchange = pidbox_exchange(self.namespace)
@@ -357,3 +366,8 @@ class RedisControl(PidboxTransport):
             for queue in queues:
                 pipe.lpush(channels.key(queue), envelope)
             await pipe.execute()
+
+    async def aclose(self) -> None:
+        """Delete the reply queues still open (the adapter's ``aclose`` does it first)."""
+        for queue in tuple(self._reply_queues):
+            await queue.aclose()

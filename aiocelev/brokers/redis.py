@@ -219,6 +219,8 @@ class RedisBroker:
         """Close every subscription and connection (idempotent)."""
         self._link.closed = True
         with anyio.CancelScope(shield=True):
+            if self._control is not None:
+                await self._control.aclose()
             for sub in list(self._subscriptions):
                 await sub.aclose()
             self._subscriptions.clear()

@@ -208,6 +208,24 @@ async def test_reply_queue_and_binding_are_removed(
     assert await _reply_state(admin, prefix) == (set(), [])
 
 
+async def test_closing_the_adapter_removes_open_reply_queues(
+    redis_url: str, admin: aioredis.Redis
+) -> None:
+    prefix = _prefix()
+    broker = from_url(redis_url, global_keyprefix=prefix)
+    try:
+        async with broker.control().broadcast("ping", timeout=60) as replies:
+            [member] = await admin.smembers(prefix + BINDING)
+            queue = member.decode().split("\x06\x16")[2]
+            await admin.lpush(prefix + queue, b"keeps the list alive")
+            await broker.aclose()
+            assert await _reply_state(admin, prefix) == (set(), [])
+            with anyio.fail_after(5):
+                assert [reply async for reply in replies] == []
+    finally:
+        await broker.aclose()
+
+
 async def test_malformed_reply_is_counted_and_the_stream_goes_on(
     brokers: tuple[RedisBroker, RedisBroker, str],
     admin: aioredis.Redis,
