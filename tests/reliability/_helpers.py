@@ -16,7 +16,8 @@ import anyio
 import redis.asyncio as aioredis
 
 from aiocelev import OutgoingMessage
-from aiocelev._codec import encode_envelope, encode_event
+from aiocelev._codec import encode_event
+from aiocelev.brokers._redis_envelope import encode_envelope
 
 HOST = "test@reliability"
 
