@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import _control, _demo, _events, _record, _top
+from . import _control, _dashboard, _demo, _events, _record, _top
 from ._common import EXIT_USAGE, run_command
 
 __all__ = ["build_parser", "main"]
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"aiocelev {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (_events, _top, _demo, _control, _record):
+    for module in (_events, _top, _demo, _control, _record, _dashboard):
         module.register(subparsers)
     return parser
 
