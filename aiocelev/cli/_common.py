@@ -1,4 +1,8 @@
-"""What every ``aiocelev`` subcommand shares: options, broker URL, errors, signals, output."""
+"""What the ``aiocelev`` subcommands share: options, broker URL and connection, event
+source, errors, signals, output.
+
+Subcommand modules import from here, never from each other.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import IO, Any, NoReturn
@@ -17,8 +21,18 @@ from typing import IO, Any, NoReturn
 import anyio
 import anyio.abc
 
-from .._exceptions import AiocelevError, BrokerError, ConfigurationError, MissingDependencyError
-from .._url import mask_url
+from .._exceptions import (
+    AiocelevError,
+    BrokerError,
+    ConfigurationError,
+    DecodeError,
+    MissingDependencyError,
+)
+from .._message import IncomingMessage
+from .._receiver import EventReceiver
+from .._url import mask_url, scheme_of
+from ..brokers import Broker, open_broker
+from ..brokers._topic import compile_bindings
 
 __all__ = [
     "DEFAULT_BROKER_URL",
@@ -28,10 +42,17 @@ __all__ = [
     "EXIT_USAGE",
     "CommandError",
     "Context",
+    "MalformedReporter",
     "Style",
     "add_broker_options",
+    "add_event_source_options",
+    "binding_keys",
+    "connect_broker",
     "diag",
     "format_timestamp",
+    "listening_line",
+    "open_receiver",
+    "require_rich",
     "resolve_broker_url",
     "run_command",
 ]
@@ -110,6 +131,27 @@ def add_broker_options(
     )
 
 
+def add_event_source_options(parser: argparse.ArgumentParser) -> None:
+    """``--filter``, ``--limit``, ``--timeout`` (shared by ``events`` and ``record``)."""
+    parser.add_argument(
+        "-f",
+        "--filter",
+        action="extend",
+        nargs="+",
+        metavar="ROUTING_KEY",
+        help="only events matching these binding keys, e.g. 'task.#' 'worker.heartbeat' "
+        "(default: '#', every event)",
+    )
+    parser.add_argument("-n", "--limit", type=positive_int, metavar="N", help="exit after N events")
+    parser.add_argument(
+        "-t",
+        "--timeout",
+        type=non_negative_float,
+        metavar="SECONDS",
+        help="exit after this many seconds (default: run until interrupted)",
+    )
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a number > 0."""
     value = _number(text)
@@ -155,6 +197,115 @@ def format_timestamp(value: Any) -> str:
         return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
     except (OverflowError, OSError, ValueError):
         return "?"
+
+
+def require_rich(command: str, alternative: str = "") -> None:
+    """Fail with one line when rich (the ``cli`` extra) is missing."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        fail(
+            f"'aiocelev {command}' needs rich for its terminal view: "
+            f"pip install 'aiocelev[cli]'{alternative}",
+            EXIT_ERROR,
+        )
+
+
+async def connect_broker(url: str, timeout: float) -> Broker:
+    """Open and connect the broker at *url*, or fail with one line after *timeout* seconds."""
+    broker = open_broker(url)
+    last: BaseException | None = None
+    try:
+        with anyio.move_on_after(timeout):
+            while True:
+                try:
+                    await broker.connect()
+                    return broker
+                except BrokerError as exc:
+                    last = exc
+                    await anyio.sleep(0.25)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await broker.aclose()
+        raise
+    with anyio.CancelScope(shield=True):
+        await broker.aclose()
+    reason = f": {last}" if last is not None else " (timed out)"
+    fail(f"cannot connect to {mask_url(url)}{reason}")
+
+
+class MalformedReporter:
+    """The receiver's ``on_error``: one diagnostic line per malformed message.
+
+    After the first ``first`` lines only every ``every``-th message is reported
+    (with the running count), so a flood does not drown the terminal.
+    """
+
+    def __init__(self, first: int = 20, every: int = 1000) -> None:
+        self.count = 0
+        self._first = first
+        self._every = every
+
+    def __call__(self, error: DecodeError, message: IncomingMessage) -> None:
+        self.count += 1
+        if self.count > self._first and self.count % self._every:
+            return
+        detail = error.detail if len(error.detail) <= 200 else error.detail[:197] + "..."
+        total = f" ({self.count} so far)" if self.count > self._first else ""
+        diag(
+            f"skipped a malformed message (routing key {message.routing_key!r}): "
+            f"{error.reason}: {detail}{total}"
+        )
+
+
+def binding_keys(
+    filters: Sequence[str] | None,
+) -> tuple[tuple[str, ...], Callable[[str], bool] | None]:
+    """The keys to bind for *filters*, and the per-event check they need (``None``: none).
+
+    Workers batch task events into ``<group>.multi`` messages, whose routing key
+    says nothing about the events inside: a filter like ``task.succeeded``
+    therefore also binds ``task.multi``, and each event is then checked against
+    the filters by the routing key it would have on its own.
+    """
+    keys = tuple(filters or ("#",))
+    if "#" in keys:
+        return ("#",), None
+    extra = []
+    for key in keys:
+        first = key.split(".", 1)[0]
+        multi = "#" if first == "#" else f"{first}.multi"
+        if multi not in keys and multi not in extra:
+            extra.append(multi)
+    return (*keys, *extra), compile_bindings(keys)
+
+
+def open_receiver(args: argparse.Namespace) -> tuple[EventReceiver, Callable[[str], bool] | None]:
+    """An :class:`EventReceiver` for the command's broker, filters and connect timeout.
+
+    Also returns the check events must pass (see :func:`binding_keys`).
+    """
+    url = resolve_broker_url(args.broker)
+    keys, check = binding_keys(args.filter)
+    receiver = EventReceiver(
+        url,
+        routing_keys=keys,
+        connect_timeout=args.connect_timeout,
+        on_error=MalformedReporter(),
+    )
+    return receiver, check
+
+
+def listening_line(
+    receiver: EventReceiver, args: argparse.Namespace, doing: str = "listening on"
+) -> str:
+    """The diagnostic line saying what a command listens to (``listening on URL (...)``)."""
+    keys = " ".join(args.filter or ("#",))
+    url = receiver.broker.url
+    line = f"{doing} {mask_url(url)} (events matching: {keys})"
+    if scheme_of(url) == "memory":
+        line += "; memory:// is local to this process: use a real broker to watch other processes"
+    return line
 
 
 class Style:

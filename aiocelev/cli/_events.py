@@ -5,38 +5,25 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import anyio
 
 from .._codec import dumps
 from .._events import Event
-from .._exceptions import DecodeError
-from .._message import IncomingMessage
-from .._receiver import EventReceiver
-from .._url import mask_url, scheme_of
-from ..brokers._topic import compile_bindings
 from ._common import (
     EXIT_OK,
     Context,
     Style,
     add_broker_options,
+    add_event_source_options,
     diag,
     format_timestamp,
-    non_negative_float,
-    positive_int,
-    resolve_broker_url,
+    listening_line,
+    open_receiver,
 )
 
-__all__ = [
-    "EventFormatter",
-    "MalformedReporter",
-    "binding_keys",
-    "open_receiver",
-    "register",
-    "run",
-]
+__all__ = ["EventFormatter", "human_type", "register", "run"]
 
 _HUMAN_TYPES = {
     "worker-online": "started",
@@ -152,100 +139,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def add_event_source_options(parser: argparse.ArgumentParser) -> None:
-    """``--filter``, ``--limit``, ``--timeout`` (shared by ``events`` and ``record``)."""
-    parser.add_argument(
-        "-f",
-        "--filter",
-        action="extend",
-        nargs="+",
-        metavar="ROUTING_KEY",
-        help="only events matching these binding keys, e.g. 'task.#' 'worker.heartbeat' "
-        "(default: '#', every event)",
-    )
-    parser.add_argument("-n", "--limit", type=positive_int, metavar="N", help="exit after N events")
-    parser.add_argument(
-        "-t",
-        "--timeout",
-        type=non_negative_float,
-        metavar="SECONDS",
-        help="exit after this many seconds (default: run until interrupted)",
-    )
-
-
-class MalformedReporter:
-    """The receiver's ``on_error``: one diagnostic line per malformed message.
-
-    After the first ``first`` lines only every ``every``-th message is reported
-    (with the running count), so a flood does not drown the terminal.
-    """
-
-    def __init__(self, first: int = 20, every: int = 1000) -> None:
-        self.count = 0
-        self._first = first
-        self._every = every
-
-    def __call__(self, error: DecodeError, message: IncomingMessage) -> None:
-        self.count += 1
-        if self.count > self._first and self.count % self._every:
-            return
-        detail = error.detail if len(error.detail) <= 200 else error.detail[:197] + "..."
-        total = f" ({self.count} so far)" if self.count > self._first else ""
-        diag(
-            f"skipped a malformed message (routing key {message.routing_key!r}): "
-            f"{error.reason}: {detail}{total}"
-        )
-
-
-def binding_keys(
-    filters: Sequence[str] | None,
-) -> tuple[tuple[str, ...], Callable[[str], bool] | None]:
-    """The keys to bind for *filters*, and the per-event check they need (``None``: none).
-
-    Workers batch task events into ``<group>.multi`` messages, whose routing key
-    says nothing about the events inside: a filter like ``task.succeeded``
-    therefore also binds ``task.multi``, and each event is then checked against
-    the filters by the routing key it would have on its own.
-    """
-    keys = tuple(filters or ("#",))
-    if "#" in keys:
-        return ("#",), None
-    extra = []
-    for key in keys:
-        first = key.split(".", 1)[0]
-        multi = "#" if first == "#" else f"{first}.multi"
-        if multi not in keys and multi not in extra:
-            extra.append(multi)
-    return (*keys, *extra), compile_bindings(keys)
-
-
-def open_receiver(args: argparse.Namespace) -> tuple[EventReceiver, Callable[[str], bool] | None]:
-    """An :class:`EventReceiver` for the command's broker, filters and connect timeout.
-
-    Also returns the check events must pass (see :func:`binding_keys`).
-    """
-    url = resolve_broker_url(args.broker)
-    keys, check = binding_keys(args.filter)
-    receiver = EventReceiver(
-        url,
-        routing_keys=keys,
-        connect_timeout=args.connect_timeout,
-        on_error=MalformedReporter(),
-    )
-    return receiver, check
-
-
-def _listening(
-    receiver: EventReceiver, args: argparse.Namespace, doing: str = "listening on"
-) -> str:
-    keys = " ".join(args.filter or ("#",))
-    url = receiver.broker.url
-    line = f"{doing} {mask_url(url)} (events matching: {keys})"
-    if scheme_of(url) == "memory":
-        line += "; memory:// is local to this process: use a real broker to watch other processes"
-    return line
-
-
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Run ``aiocelev events``."""
     out: IO[str] = sys.stdout
@@ -253,7 +146,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     receiver, check = open_receiver(args)
     count = 0
     async with receiver:
-        diag(_listening(receiver, args))
+        diag(listening_line(receiver, args))
         with ctx.interruptible(), anyio.move_on_after(args.timeout):
             async for event in receiver:
                 if check is not None and not check(event.routing_key):

@@ -12,21 +12,22 @@ import anyio
 
 from .._codec import dumps
 from .._dispatcher import EventDispatcher
-from .._exceptions import BrokerError
 from .._url import mask_url
-from ..brokers import Broker, open_broker
 from ._common import (
     EXIT_OK,
     Context,
     add_broker_options,
+    add_event_source_options,
+    connect_broker as connect_broker,  # cli/_control.py still imports it from here
     diag,
     fail,
+    listening_line,
     non_negative_float,
+    open_receiver,
     resolve_broker_url,
 )
-from ._events import _listening, add_event_source_options, open_receiver
 
-__all__ = ["connect_broker", "iter_recording", "register", "run_record", "run_replay"]
+__all__ = ["iter_recording", "register", "run_record", "run_replay"]
 
 
 def register(subparsers: Any) -> None:
@@ -78,7 +79,7 @@ async def run_record(args: argparse.Namespace, ctx: Context) -> int:
     async with receiver:
         out = _open_output(args.file, args.append)
         try:
-            diag(f"{_listening(receiver, args, 'recording')} to {args.file}")
+            diag(f"{listening_line(receiver, args, 'recording')} to {args.file}")
             with ctx.interruptible(), anyio.move_on_after(args.timeout):
                 async for event in receiver:
                     if check is not None and not check(event.routing_key):
@@ -138,29 +139,6 @@ def _when(data: dict[str, Any]) -> float | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     return None
-
-
-async def connect_broker(url: str, timeout: float) -> Broker:
-    """Open and connect the broker at *url*, or fail with one line after *timeout* seconds."""
-    broker = open_broker(url)
-    last: BaseException | None = None
-    try:
-        with anyio.move_on_after(timeout):
-            while True:
-                try:
-                    await broker.connect()
-                    return broker
-                except BrokerError as exc:
-                    last = exc
-                    await anyio.sleep(0.25)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await broker.aclose()
-        raise
-    with anyio.CancelScope(shield=True):
-        await broker.aclose()
-    reason = f": {last}" if last is not None else " (timed out)"
-    fail(f"cannot connect to {mask_url(url)}{reason}")
 
 
 async def run_replay(args: argparse.Namespace, ctx: Context) -> int:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
-import select
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 
@@ -18,20 +15,16 @@ from .._receiver import EventReceiver
 from .._state import ClusterState
 from .._url import mask_url
 from ._common import (
-    EXIT_ERROR,
     EXIT_OK,
     Context,
     add_broker_options,
-    fail,
     non_negative_float,
+    open_receiver,
     positive_float,
+    require_rich,
 )
-from ._events import open_receiver
 
-if TYPE_CHECKING:
-    from ._topview import TopView
-
-__all__ = ["live_view", "read_keys", "register", "require_rich", "run"]
+__all__ = ["feed", "register", "run"]
 
 
 def register(subparsers: Any) -> None:
@@ -79,18 +72,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run, limit=None, timeout=None)
 
 
-def require_rich(command: str, alternative: str = "") -> None:
-    """Fail with one line when rich (the ``cli`` extra) is missing."""
-    try:
-        import rich  # noqa: F401
-    except ImportError:
-        fail(
-            f"'aiocelev {command}' needs rich for its terminal view: "
-            f"pip install 'aiocelev[cli]'{alternative}",
-            EXIT_ERROR,
-        )
-
-
 async def feed(
     receiver: EventReceiver, state: ClusterState, check: Callable[[str], bool] | None = None
 ) -> None:
@@ -107,7 +88,7 @@ def _terminal_width() -> int:
 async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Run ``aiocelev top``."""
     require_rich("top")
-    from ._topview import TopView, render, to_text
+    from ._topview import TopView, live_view, render, to_text
 
     state = ClusterState()
     receiver, check = open_receiver(args)
@@ -124,132 +105,3 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
             await live_view(TopView(state), ctx, title=title, refresh=args.refresh)
         tg.cancel_scope.cancel()
     return EXIT_OK
-
-
-async def live_view(view: TopView, ctx: Context, *, title: str, refresh: float = 0.5) -> None:
-    """Draw *view* until ``q`` or a signal; keys are read when stdin is a terminal."""
-    from rich.console import Console
-    from rich.live import Live
-
-    console = Console()
-    view.keys = _stdin_is_terminal()
-    wake = _Wake()
-    live = Live(
-        view.render(time.time(), title=title),
-        console=console,
-        auto_refresh=False,
-        screen=console.is_terminal,
-        redirect_stdout=False,
-        redirect_stderr=False,
-    )
-    with live, ctx.interruptible():
-        async with anyio.create_task_group() as tg:
-            if view.keys:
-                tg.start_soon(read_keys, view, wake.set)
-            while not view.quit:
-                now = time.time()
-                view.fit(now, console.width, console.height, title=title)
-                live.update(view.render(now, title=title), refresh=True)
-                with anyio.move_on_after(refresh):
-                    await wake.wait()
-            tg.cancel_scope.cancel()
-
-
-class _Wake:
-    """A re-armable event: the screen loop sleeps on it, a key press sets it."""
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        try:
-            await self._event.wait()
-        finally:
-            if self._event.is_set():
-                self._event = anyio.Event()
-
-
-def _stdin_is_terminal() -> bool:
-    try:
-        return sys.stdin is not None and sys.stdin.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-@contextmanager
-def _cbreak(fd: int) -> Iterator[None]:
-    """Keys without Enter and without echo, restored afterwards."""
-    try:
-        import termios
-        import tty
-    except ImportError:  # not a POSIX terminal
-        yield
-        return
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setcbreak(fd)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-_SEQUENCES = {
-    b"\x1b[A": "up",
-    b"\x1b[B": "down",
-    b"\x1bOA": "up",
-    b"\x1bOB": "down",
-    b"\x1b[H": "home",
-}
-
-
-def parse_keys(data: bytes) -> list[str]:
-    """Key names in *data* read from a terminal: letters as themselves, arrows as ``up``/``down``."""
-    keys: list[str] = []
-    i = 0
-    while i < len(data):
-        if data[i] == 0x1B:
-            for seq, name in _SEQUENCES.items():
-                if data.startswith(seq, i):
-                    keys.append(name)
-                    i += len(seq)
-                    break
-            else:
-                j = i + 1
-                if j == len(data):
-                    keys.append("escape")
-                elif data[j] in b"[O":  # an unknown sequence: skip it whole
-                    j += 1
-                    while j < len(data) and data[j] in b"0123456789;":
-                        j += 1
-                    j += 1
-                i = j
-            continue
-        keys.append(chr(data[i]))
-        i += 1
-    return keys
-
-
-async def _wait_readable(fd: int) -> None:
-    waiter = getattr(anyio, "wait_readable", None)
-    if waiter is not None:
-        await waiter(fd)
-        return
-    while not select.select([fd], [], [], 0)[0]:  # noqa: ASYNC110 - anyio < 4.7 cannot wait on a fd
-        await anyio.sleep(0.05)
-
-
-async def read_keys(view: TopView, redraw: Callable[[], None]) -> None:
-    """Feed key presses from the terminal on stdin to *view* (cbreak mode while running)."""
-    fd = sys.stdin.fileno()
-    with _cbreak(fd):
-        while not view.quit:
-            await _wait_readable(fd)
-            data = os.read(fd, 64)
-            if not data:
-                return
-            for key in parse_keys(data):
-                view.key(key)
-            redraw()

@@ -1,16 +1,24 @@
-"""The screen of ``aiocelev top``, drawn with rich from a :class:`~aiocelev._state.ClusterState`.
+"""The screen of ``aiocelev top`` and ``aiocelev demo``, drawn with rich from a
+:class:`~aiocelev._state.ClusterState`, and its live loop with key handling.
 
 Importing this module imports rich (the ``cli`` extra); the commands import it
 only when they draw.  :func:`render` is pure (state and time in, renderable
-out), so the screen can be checked as text with :func:`to_text`.
+out), so the screen can be checked as text with :func:`to_text`;
+:func:`live_view` redraws it until ``q`` or a signal.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import os
+import select
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import anyio
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
@@ -19,8 +27,9 @@ from rich.text import Text
 
 from .._state import ClusterState
 from .._state_models import TaskState, WorkerState
+from ._common import Context
 
-__all__ = ["STATE_ORDER", "TopView", "render", "to_text"]
+__all__ = ["STATE_ORDER", "TopView", "live_view", "parse_keys", "read_keys", "render", "to_text"]
 
 #: Task states in the order the counts are shown (others follow, sorted).
 STATE_ORDER = (
@@ -314,3 +323,134 @@ def to_text(renderable: RenderableType, width: int = 120) -> str:
     )
     console.print(renderable)
     return buffer.getvalue()
+
+
+# -- the live loop and the keyboard ------------------------------------------------
+
+
+async def live_view(view: TopView, ctx: Context, *, title: str, refresh: float = 0.5) -> None:
+    """Draw *view* until ``q`` or a signal; keys are read when stdin is a terminal."""
+    from rich.live import Live
+
+    console = Console()
+    view.keys = _stdin_is_terminal()
+    wake = _Wake()
+    live = Live(
+        view.render(time.time(), title=title),
+        console=console,
+        auto_refresh=False,
+        screen=console.is_terminal,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+    with live, ctx.interruptible():
+        async with anyio.create_task_group() as tg:
+            if view.keys:
+                tg.start_soon(read_keys, view, wake.set)
+            while not view.quit:
+                now = time.time()
+                view.fit(now, console.width, console.height, title=title)
+                live.update(view.render(now, title=title), refresh=True)
+                with anyio.move_on_after(refresh):
+                    await wake.wait()
+            tg.cancel_scope.cancel()
+
+
+class _Wake:
+    """A re-armable event: the screen loop sleeps on it, a key press sets it."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        try:
+            await self._event.wait()
+        finally:
+            if self._event.is_set():
+                self._event = anyio.Event()
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextmanager
+def _cbreak(fd: int) -> Iterator[None]:
+    """Keys without Enter and without echo, restored afterwards."""
+    try:
+        import termios
+        import tty
+    except ImportError:  # not a POSIX terminal
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+_SEQUENCES = {
+    b"\x1b[A": "up",
+    b"\x1b[B": "down",
+    b"\x1bOA": "up",
+    b"\x1bOB": "down",
+    b"\x1b[H": "home",
+}
+
+
+def parse_keys(data: bytes) -> list[str]:
+    """Key names in *data* read from a terminal: letters as themselves, arrows as ``up``/``down``."""
+    keys: list[str] = []
+    i = 0
+    while i < len(data):
+        if data[i] == 0x1B:
+            for seq, name in _SEQUENCES.items():
+                if data.startswith(seq, i):
+                    keys.append(name)
+                    i += len(seq)
+                    break
+            else:
+                j = i + 1
+                if j == len(data):
+                    keys.append("escape")
+                elif data[j] in b"[O":  # an unknown sequence: skip it whole
+                    j += 1
+                    while j < len(data) and data[j] in b"0123456789;":
+                        j += 1
+                    j += 1
+                i = j
+            continue
+        keys.append(chr(data[i]))
+        i += 1
+    return keys
+
+
+async def _wait_readable(fd: int) -> None:
+    waiter = getattr(anyio, "wait_readable", None)
+    if waiter is not None:
+        await waiter(fd)
+        return
+    while not select.select([fd], [], [], 0)[0]:  # noqa: ASYNC110 - anyio < 4.7 cannot wait on a fd
+        await anyio.sleep(0.05)
+
+
+async def read_keys(view: TopView, redraw: Callable[[], None]) -> None:
+    """Feed key presses from the terminal on stdin to *view* (cbreak mode while running)."""
+    fd = sys.stdin.fileno()
+    with _cbreak(fd):
+        while not view.quit:
+            await _wait_readable(fd)
+            data = os.read(fd, 64)
+            if not data:
+                return
+            for key in parse_keys(data):
+                view.key(key)
+            redraw()

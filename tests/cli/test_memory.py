@@ -18,7 +18,7 @@ import pytest
 
 from aiocelev import EventDispatcher, EventReceiver, OutgoingMessage
 from aiocelev.brokers.memory import MemoryHub, from_url, memory_hub
-from aiocelev.cli import _demo, _events, _record, _top, build_parser
+from aiocelev.cli import _common, _demo, _events, _record, _top, build_parser
 from aiocelev.cli._common import Context
 
 Command = Callable[[Any, Context], Awaitable[int]]
@@ -143,14 +143,14 @@ async def test_events_filter_by_routing_key(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_filters_also_bind_batches() -> None:
-    keys, check = _events.binding_keys(["task.succeeded", "worker.#"])
+    keys, check = _common.binding_keys(["task.succeeded", "worker.#"])
     assert keys == ("task.succeeded", "worker.#", "task.multi", "worker.multi")
     assert check is not None
     assert check("task.succeeded") and check("worker.heartbeat")
     assert not check("task.failed") and not check("task.multi")
-    assert _events.binding_keys(None) == (("#",), None)
-    assert _events.binding_keys(["#", "task.#"]) == (("#",), None)
-    assert _events.binding_keys(["*.failed"])[0] == ("*.failed", "*.multi")
+    assert _common.binding_keys(None) == (("#",), None)
+    assert _common.binding_keys(["#", "task.#"]) == (("#",), None)
+    assert _common.binding_keys(["*.failed"])[0] == ("*.failed", "*.multi")
 
 
 async def test_events_timeout_without_events(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,11 +7,10 @@ from typing import Any
 import pytest
 
 from aiocelev._state import ClusterState
-from aiocelev.cli._top import parse_keys
 
 pytest.importorskip("rich")
 
-from aiocelev.cli._topview import TopView, render, to_text
+from aiocelev.cli._topview import TopView, parse_keys, render, to_text
 
 NOW = 1_800_000_000.0
 
