@@ -8,7 +8,9 @@ authentication are enforced by :mod:`._security` before a handler runs.
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
@@ -33,15 +35,25 @@ def hub_of(request: Request) -> Hub:
 
 
 async def _params(request: Request) -> dict[str, str]:
-    """Query parameters, plus form fields of a POST (Flower reads both)."""
+    """Query parameters, plus the fields of a form-encoded or JSON POST body (Flower
+    reads both; parsed here so no multipart library is needed)."""
     params = dict(request.query_params)
     if request.method == "POST":
         ctype = request.headers.get("content-type", "")
-        if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-            form = await request.form()
-            for key, value in form.items():
-                if isinstance(value, str):
-                    params.setdefault(key, value)
+        body = await request.body()
+        fields: dict[str, Any] = {}
+        if ctype.startswith("application/x-www-form-urlencoded"):
+            text = body.decode("utf-8", "replace")
+            fields = {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True).items()}
+        elif ctype.startswith("application/json") and body:
+            try:
+                decoded = json.loads(body)
+            except ValueError:
+                decoded = None
+            if isinstance(decoded, dict):
+                fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in decoded.items()}
+        for key, value in fields.items():
+            params.setdefault(key, value)
     return params
 
 

@@ -347,6 +347,7 @@ class Hub:
                     tg.start_soon(one, control, method, destination)
         now = time.time()
         for node, info in found.items():
+            info = found[node] = _scrub(info)
             info["timestamp"] = now
             self.inspected[node] = info
             self.inspected.move_to_end(node)
@@ -365,3 +366,21 @@ class Hub:
         for control in self.controls_for(hostname):
             replies.extend(await getattr(control, method)(*args, **kw))
         return replies
+
+
+_SECRET_KEYS = frozenset({"password", "passwd", "secret", "sentinel_password"})
+
+
+def _scrub(value: Any) -> Any:
+    """*value* without secrets: ``password``-like keys blanked, URLs masked (inspect replies
+    carry the worker's broker and configuration)."""
+    if isinstance(value, dict):
+        return {
+            k: ("***" if isinstance(k, str) and k.lower() in _SECRET_KEYS and v else _scrub(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, str) and "@" in value:
+        return mask(value)
+    return value
