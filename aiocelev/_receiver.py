@@ -162,6 +162,7 @@ class EventReceiver:
         self._connect_timeout = connect_timeout
 
         self._buffer: deque[_Item] = deque()
+        self._acks_buffered = 0  # _Ack markers in the buffer (not events)
         # Wake-ups cost an Event only when the other side is actually waiting.
         self._readable = anyio.Event()
         self._writable = anyio.Event()
@@ -192,7 +193,7 @@ class EventReceiver:
             messages=self._messages,
             events=self._events,
             delivered=self._delivered,
-            buffered=len(self._buffer),
+            buffered=len(self._buffer) - self._acks_buffered,
             dropped=self._dropped,
             malformed=dict(self._malformed),
             invalid_clocks=self._invalid_clocks,
@@ -229,6 +230,7 @@ class EventReceiver:
                 if self._pump_waiting:
                     self._writable.set()
                 if type(item) is _Ack:
+                    self._acks_buffered -= 1
                     self._acknowledge(item)
                     continue
                 self._delivered += 1
@@ -330,6 +332,7 @@ class EventReceiver:
                     if self._owns_broker:
                         await self._broker.aclose()
                     self._buffer.clear()
+                    self._acks_buffered = 0
                     self._pump_done = True
                     self._lifecycle.closed()
                     self._readable.set()
@@ -463,12 +466,14 @@ class EventReceiver:
                 self._readable.set()
         if message.ack is not None:
             buffer.append(_Ack(message.ack))
+            self._acks_buffered += 1
 
     def _drop_oldest(self) -> None:
         buffer = self._buffer
         while buffer:
             item = buffer.popleft()
             if type(item) is _Ack:
+                self._acks_buffered -= 1
                 self._acknowledge(item)
                 continue
             self._count_drop()

@@ -44,8 +44,14 @@ def hub_fixture(url: str, broker: MemoryBroker) -> MemoryHub:
     return memory_hub(url)
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll *predicate* until it is true; fail after *timeout* seconds."""
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.002)
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    """Poll *predicate* until it is true; fail the test after *timeout* seconds.
+
+    :raises AssertionError: *predicate* stayed false (the message names *what*).
+    """
+    try:
+        with anyio.fail_after(timeout):
+            while not predicate():
+                await anyio.sleep(0.002)
+    except TimeoutError:
+        raise AssertionError(f"not true within {timeout}s: {what or predicate}") from None

@@ -536,6 +536,24 @@ async def test_messages_acknowledged_once_their_events_were_taken() -> None:
     assert [e["uuid"] for e in first + rest] == ["1", "2", "3"]
 
 
+async def test_buffered_counts_events_not_acknowledgement_markers() -> None:
+    broker = _ScriptedBroker(
+        [
+            IncomingMessage(
+                "task.multi", json.dumps([ev(uuid="1"), ev(uuid="2")]).encode(), ack=dict
+            ),
+            IncomingMessage("task.started", json.dumps(ev(uuid="3")).encode(), ack=dict),
+        ]
+    )
+    async with EventReceiver(broker) as receiver:
+        await wait_until(lambda: receiver.statistics().messages == 2)
+        assert receiver.statistics().buffered == 3
+        await take(receiver, 2)
+        assert receiver.statistics().buffered == 1
+        await take(receiver, 1)
+        assert receiver.statistics().buffered == 0
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"routing_keys": []}, {"buffer_size": 0}, {"overflow": "sideways"}]
 )

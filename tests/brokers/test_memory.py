@@ -6,12 +6,15 @@ import re
 
 import anyio
 import pytest
+from anyio import wait_all_tasks_blocked
 
 from aiocelev import BrokerConnectionError, ClosedError, ConfigurationError, OutgoingMessage
 from aiocelev.brokers import Broker, Subscription, open_broker
 from aiocelev.brokers._topic import compile_bindings, topic_matches
 from aiocelev.brokers.memory import MemoryBroker, from_url, memory_hub
-from aiocelev.testing import check_broker, unwrap
+from aiocelev.testing import check_broker
+
+from .._helpers import wait_until
 
 
 @pytest.fixture
@@ -74,16 +77,14 @@ async def test_max_queue_backpressure(url: str) -> None:
             done.set()
 
         tg.start_soon(publish)
-        with anyio.fail_after(5):
-            while hub.published < 3:
-                await anyio.sleep(0.001)
-        for _ in range(20):
-            await anyio.sleep(0)
+        await wait_until(lambda: hub.published == 3)
+        await wait_all_tasks_blocked()  # the publisher can go no further by itself
         # two queued, the third waits: the publisher is held back
         assert hub.published == 3
         assert not done.is_set()
         got = await take(sub, 6)
-    assert done.is_set()
+        with anyio.fail_after(5):
+            await done.wait()
     assert got == [f"[{i}]".encode() for i in range(6)]
     await broker.aclose()
 
@@ -91,12 +92,22 @@ async def test_max_queue_backpressure(url: str) -> None:
 async def test_closing_a_full_subscription_releases_the_publisher(url: str) -> None:
     broker = MemoryBroker(url, max_queue=1)
     sub = await broker.subscribe(["#"])
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(broker.publish, [msg("a.b", b"1"), msg("a.b", b"2"), msg("a.b", b"3")])
-        for _ in range(10):
-            await anyio.sleep(0)
-        with anyio.fail_after(5):
+    hub = memory_hub(url)
+    done = anyio.Event()
+
+    async def publish() -> None:
+        await broker.publish([msg("a.b", b"1"), msg("a.b", b"2"), msg("a.b", b"3")])
+        done.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publish)
+            await wait_until(lambda: hub.published == 2)
+            await wait_all_tasks_blocked()
+            assert not done.is_set()  # "1" queued, "2" waits for room
             await sub.aclose()
+            await done.wait()  # released: the rest goes nowhere
+    assert hub.published == 3
     await broker.aclose()
 
 
@@ -128,12 +139,12 @@ async def test_closed_broker(url: str) -> None:
     assert memory_hub(url)._subscriptions == []
 
 
-async def test_envelope_content_type_passes_through(url: str) -> None:
+async def test_content_type_passes_through(url: str) -> None:
     broker = MemoryBroker(url)
     sub = await broker.subscribe(["#"])
     await broker.publish([OutgoingMessage("x.y", b"{}", content_type="application/x-yaml")])
     with anyio.fail_after(5):
-        got = unwrap(await sub.__anext__())
+        got = await sub.__anext__()
     assert got.content_type == "application/x-yaml"
     await broker.aclose()
 

@@ -28,6 +28,7 @@ from aiocelev import EventDispatcher, EventReceiver
 from aiocelev._saferepr import saferepr
 from aiocelev._worker import WorkerInstrument, worker_events
 
+from .._helpers import wait_until
 from ..brokers._rabbitmq import delete_exchanges
 
 celery = pytest.importorskip("celery")
@@ -169,10 +170,8 @@ class CeleryMonitor:
 
 
 async def wait_for(flag: threading.Event, what: str) -> None:
-    with anyio.fail_after(WAIT):
-        while not flag.is_set():
-            await anyio.sleep(0.02)
-    assert flag.is_set(), what
+    """Wait until *flag* (set by Celery's receiver thread) is set; fail after ``WAIT`` seconds."""
+    await wait_until(flag.is_set, timeout=WAIT, what=what)
 
 
 @asynccontextmanager

@@ -11,9 +11,11 @@ import uuid
 import anyio
 import anyio.to_thread
 import pytest
+from anyio import wait_all_tasks_blocked
 
 from aiocelev import EventDispatcher, EventReceiver
 
+from .._helpers import wait_until
 from ..brokers._redis import free_port
 from ._helpers import StallProxy
 from .conftest import Target
@@ -41,15 +43,14 @@ async def _no_connections(target: Target, name: str) -> bool:
     return await anyio.to_thread.run_sync(check)
 
 
-async def _tasks_back_to(before: set[asyncio.Task[object]], timeout: float = 5.0) -> bool:
-    """Whether every task started since *before* ends (within *timeout*; client
-    libraries may finish their own close handshakes a moment after ``aclose``)."""
-    with anyio.move_on_after(timeout):
-        while asyncio.all_tasks() - before:
-            await anyio.sleep(0.02)
-    leaked = asyncio.all_tasks() - before
-    assert not leaked, leaked
-    return True
+async def _tasks_back_to(before: set[asyncio.Task[object]], timeout: float = 5.0) -> None:
+    """Wait until every task started since *before* ended; fail after *timeout* seconds
+    (client libraries may finish their own close handshakes a moment after ``aclose``)."""
+    await wait_until(
+        lambda: not asyncio.all_tasks() - before,
+        timeout=timeout,
+        what=f"tasks left behind: {asyncio.all_tasks() - before}",
+    )
 
 
 async def test_cancelling_a_receiver_blocked_in_iteration(target: Target) -> None:
@@ -65,9 +66,9 @@ async def test_cancelling_a_receiver_blocked_in_iteration(target: Target) -> Non
         assert scope.cancelled_caught
         async with anyio.create_task_group() as tg:  # cancelled from another task
             tg.start_soon(receiver.receive)
-            await anyio.sleep(0.1)
+            await wait_all_tasks_blocked()  # receive() waits for an event
             tg.cancel_scope.cancel()
-    assert await _tasks_back_to(before)
+    await _tasks_back_to(before)
     assert await _no_connections(target, name)
 
 
@@ -110,7 +111,7 @@ async def test_cancelling_a_send_blocked_on_a_full_buffer(target: Target) -> Non
 
                         tg.start_soon(sender)
                         await blocked.wait()
-                        await anyio.sleep(0.2)
+                        await wait_all_tasks_blocked()  # nothing here can make progress
                         assert dispatcher.statistics().buffered == 5  # it really blocks
                         tg.cancel_scope.cancel()
         stats = dispatcher.statistics()
@@ -118,7 +119,7 @@ async def test_cancelling_a_send_blocked_on_a_full_buffer(target: Target) -> Non
     finally:
         proxy.resume()
         proxy.close()
-    assert await _tasks_back_to(before)
+    await _tasks_back_to(before)
     assert await _no_connections(target, name)
 
 
@@ -141,7 +142,7 @@ async def test_leaving_the_dispatcher_flushes_buffered_events(target: Target) ->
     assert pending > 0  # there was work pending when the context was left
     assert got == [f"e{i}" for i in range(2000)]
     assert (stats.sent, stats.dropped) == (2000, 0)
-    assert await _tasks_back_to(before)
+    await _tasks_back_to(before)
     assert await _no_connections(target, name)
 
 
@@ -161,4 +162,4 @@ async def test_leaving_with_the_broker_unreachable_is_bounded_by_close_timeout(
     stats = dispatcher.statistics()
     assert (stats.sent, stats.dropped) == (0, 10)
     assert "closing with 10 events not delivered" in caplog.text
-    assert await _tasks_back_to(before)
+    await _tasks_back_to(before)
