@@ -15,7 +15,7 @@ from typing import Any
 
 from ._events import Event
 from ._state_liveness import detect_restart
-from ._state_models import CUSTOM_RANK, PRECEDENCE, TaskState, WorkerState
+from ._state_models import CUSTOM_RANK, PRECEDENCE, READY_STATES, TaskState, WorkerState
 from ._state_store import StateStore
 
 __all__ = ["Reducer"]
@@ -32,8 +32,6 @@ _COMMON = frozenset(
 
 _NUMBER = (float, int)
 
-_RECEIVED_FIELDS = ("args", "kwargs", "root_id", "retries", "eta", "expires")
-_SENT_FIELDS = (*_RECEIVED_FIELDS, "queue", "exchange", "routing_key")
 
 _rank_of = PRECEDENCE.get
 _RETRY_RANK = PRECEDENCE["RETRY"]
@@ -128,7 +126,8 @@ class Reducer(StateStore):
             hostname = f.get("hostname")
             if type(hostname) is str:
                 if t.worker != hostname:
-                    self._set_worker(t, hostname)
+                    self._by_worker.move(t.worker, hostname, uuid, t)
+                    t.worker = hostname
                 w = self._workers.get(hostname)
                 if w is None:
                     w = self._new_worker(hostname)
@@ -155,8 +154,13 @@ class Reducer(StateStore):
         clock = f.get("clock")
         if clock is not None:
             t.clock = clock
-        if t.state != state:
-            self._set_state(t, state)
+        old = t.state
+        if old != state:
+            self._by_state.move(old, state, t.uuid, t)
+            ready = state in READY_STATES
+            if ready is not (old in READY_STATES):
+                self._requeue(t, ready)
+            t.state = state
         t._rank = rank
         return True
 
@@ -166,19 +170,35 @@ class Reducer(StateStore):
         if parent_id is not None:
             self._add_child(parent_id, t.uuid)
 
-    def _copy_fields(self, t: TaskState, f: Mapping[str, Any], names: tuple[str, ...]) -> None:
-        """Copy the present fields *names* (plus ``name``/``parent_id``) onto the task."""
+    def _copy_fields(self, t: TaskState, f: Mapping[str, Any]) -> None:
+        """Copy the message fields of ``task-sent`` / ``task-received`` present in *f*.
+
+        ``name`` and ``parent_id`` go through their index and parent links;
+        ``args``, ``kwargs``, ``root_id``, ``retries``, ``eta`` and ``expires``
+        are copied as they are.
+        """
         if "name" in f:
             name = f["name"]
             if name != t.name and (name is None or type(name) is str):
-                self._set_name(t, name)
+                self._by_name.move(t.name, name, t.uuid, t)
+                t.name = name
         if "parent_id" in f:
             parent_id = f["parent_id"]
             if parent_id != t.parent_id and (parent_id is None or type(parent_id) is str):
                 self._set_parent(t, parent_id)
-        for key in names:
-            if key in f:
-                setattr(t, key, f[key])
+        # Plain attribute stores: much cheaper than setattr() in a loop.
+        if "args" in f:
+            t.args = f["args"]
+        if "kwargs" in f:
+            t.kwargs = f["kwargs"]
+        if "root_id" in f:
+            t.root_id = f["root_id"]
+        if "retries" in f:
+            t.retries = f["retries"]
+        if "eta" in f:
+            t.eta = f["eta"]
+        if "expires" in f:
+            t.expires = f["expires"]
 
     def _record_wait(self, t: TaskState) -> None:
         """Add ``started - received`` to the queue-wait reservoir once per attempt."""
@@ -206,7 +226,13 @@ class Reducer(StateStore):
             return None
         t.client = f.get("hostname")
         t.sent = f.get("timestamp")
-        self._copy_fields(t, f, _SENT_FIELDS)
+        self._copy_fields(t, f)
+        if "queue" in f:
+            t.queue = f["queue"]
+        if "exchange" in f:
+            t.exchange = f["exchange"]
+        if "routing_key" in f:
+            t.routing_key = f["routing_key"]
         self._transition(t, "PENDING", f)
         return t
 
@@ -217,7 +243,7 @@ class Reducer(StateStore):
             return None
         t.received = f.get("timestamp")
         t._waited = False
-        self._copy_fields(t, f, _RECEIVED_FIELDS)
+        self._copy_fields(t, f)
         self._transition(t, "RECEIVED", f)
         if t.started is not None:
             self._record_wait(t)

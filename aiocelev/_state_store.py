@@ -2,10 +2,11 @@
 
 :class:`StateStore` owns every container: the tasks (with their eviction
 queues and :class:`~aiocelev._state_index.TaskIndex` indexes), the workers,
-the counters and samples.  Its methods are the only code that changes a
-task's state, name or worker, or drops a task, so every index is updated in
-the same step.  The reducer (``_state_reducer``) decides *what* changes, the
-query mixins read.
+the counters and samples.  Its methods create and drop tasks (every index is
+updated in the same step) and keep the eviction queues in step with the
+finished line.  The reducer (``_state_reducer``) decides *what* changes and
+moves a task between index groups with the index helper; the query mixins
+read.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 
 from ._exceptions import ConfigurationError
 from ._state_index import TaskIndex
-from ._state_models import READY_STATES, TaskState, WorkerState
+from ._state_models import TaskState, WorkerState
 from ._state_stats import RateCounter, Reservoir
 
 __all__ = ["StateStore"]
@@ -131,30 +132,15 @@ class StateStore:
             self._evict_task()
         return t
 
-    def _set_state(self, t: TaskState, state: str) -> None:
-        """Change a task's state (different from the current one) and its indexes."""
-        old = t.state
+    def _requeue(self, t: TaskState, ready: bool) -> None:
+        """Move a task whose state crossed the finished line to the other eviction queue."""
         uuid = t.uuid
-        self._by_state.move(old, state, uuid, t)
-        now_ready = state in READY_STATES
-        if (old in READY_STATES) is not now_ready:
-            if now_ready:
-                del self._unready[uuid]
-                self._ready[uuid] = t
-            else:
-                del self._ready[uuid]
-                self._unready[uuid] = t
-        t.state = state
-
-    def _set_name(self, t: TaskState, name: str | None) -> None:
-        """Change a task's name, keeping the by-name index in step."""
-        self._by_name.move(t.name, name, t.uuid, t)
-        t.name = name
-
-    def _set_worker(self, t: TaskState, hostname: str) -> None:
-        """Change a task's worker, keeping the by-worker index in step."""
-        self._by_worker.move(t.worker, hostname, t.uuid, t)
-        t.worker = hostname
+        if ready:
+            del self._unready[uuid]
+            self._ready[uuid] = t
+        else:
+            del self._ready[uuid]
+            self._unready[uuid] = t
 
     def _evict_task(self) -> None:
         """Drop one task: the oldest finished one, else the oldest unfinished one."""
