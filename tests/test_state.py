@@ -7,9 +7,12 @@ from typing import Any
 
 import pytest
 
+from aiocelev import ConfigurationError
 from aiocelev._events import Event
 from aiocelev._state import ClusterState
-from aiocelev._state_models import CUSTOM_RANK, PRECEDENCE, READY_STATES
+from aiocelev._state_index import TaskIndex, newest
+from aiocelev._state_liveness import detect_restart
+from aiocelev._state_models import CUSTOM_RANK, PRECEDENCE, READY_STATES, TaskState
 from aiocelev._state_stats import RateCounter, Reservoir, percentile
 
 T0 = 1_795_500_000.0
@@ -429,9 +432,80 @@ def test_worker_bound() -> None:
     assert s.evicted_workers == 1
 
 
-def test_invalid_bounds() -> None:
-    with pytest.raises(ValueError):
-        ClusterState(max_tasks=0)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_tasks": 0},
+        {"max_tasks": 1.5},
+        {"max_workers": 0},
+        {"max_workers": True},
+        {"expire_window": 0},
+        {"expire_window": "200"},
+        {"rate_window": 0},
+        {"reservoir_size": 0},
+        {"time_source": 1_700_000_000.0},
+    ],
+)
+def test_invalid_arguments(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        ClusterState(**options)
+
+
+def test_time_source_is_the_only_name_for_the_time_source() -> None:
+    # ``clock`` means the Lamport clock everywhere else in the library.
+    with pytest.raises(TypeError):
+        ClusterState(clock=FakeClock())  # type: ignore[call-arg]
+
+
+# --------------------------------------------------------------------- index helper
+
+
+def test_task_index_add_move_remove() -> None:
+    idx: TaskIndex[str] = TaskIndex()
+    idx.add("A", "u1", "r1")
+    idx.add("A", "u2", "r2")
+    idx.add("B", "u3", "r3")
+    assert idx.newest("A") == ["r2", "r1"]
+    assert idx.newest("A", limit=1) == ["r2"]
+    assert idx.counts() == {"A": 2, "B": 1}
+    # A move puts the record at the newest end of its new group.
+    idx.move("A", "B", "u1", "r1")
+    assert idx.newest("B") == ["r1", "r3"] and idx.newest("A") == ["r2"]
+    # The last record leaving a group drops the group.
+    idx.move("A", "C", "u2", "r2")
+    assert "A" not in idx and idx.newest("A") == []
+    assert idx.keys() == ["B", "C"] and len(idx) == 2 and sorted(idx) == ["B", "C"]
+    idx.remove("C", "u2")
+    assert idx.counts() == {"B": 2}
+    assert "TaskIndex" in repr(idx)
+    idx.clear()
+    assert idx.counts() == {} and len(idx) == 0
+
+
+def test_task_index_none_means_not_indexed() -> None:
+    idx: TaskIndex[str] = TaskIndex()
+    idx.move(None, "A", "u1", "r1")  # only adds
+    assert idx.counts() == {"A": 1}
+    idx.move("A", None, "u1", "r1")  # only removes
+    assert idx.counts() == {}
+    idx.remove(None, "u1")  # nothing to do
+    assert idx.counts() == {}
+
+
+def test_task_index_refuses_a_record_it_does_not_hold() -> None:
+    idx: TaskIndex[str] = TaskIndex()
+    idx.add("A", "u1", "r1")
+    with pytest.raises(KeyError):
+        idx.remove("A", "u2")
+    with pytest.raises(KeyError):
+        idx.move("B", "A", "u1", "r1")
+    assert idx.counts() == {"A": 1}
+
+
+def test_newest_of_a_plain_dict() -> None:
+    assert newest(None, 3) == []
+    assert newest({}, None) == []
+    assert newest({"a": 1, "b": 2, "c": 3}, 2) == [3, 2]
 
 
 # --------------------------------------------------------------------- workers
@@ -540,6 +614,19 @@ def test_restart_detection(second: dict[str, Any]) -> None:
     fields = {"pid": 10, "processed": 42, "clock": 420, **second}
     s.apply(worker_ev(**fields))
     assert w.restarts == 1
+
+
+def test_detect_restart_compares_with_the_record_before_the_event() -> None:
+    s = ClusterState()
+    w = s.apply(worker_ev(pid=10, processed=40, clock=400))
+    assert w is not None and not isinstance(w, TaskState)
+    assert detect_restart(w, 10, 41, 401, online=False) == (False, False)
+    assert detect_restart(w, 11, 41, 401, online=False) == (True, True)  # new pid
+    assert detect_restart(w, 10, 39, 401, online=False) == (True, True)  # counter went down
+    assert detect_restart(w, 10, 41, 5, online=False) == (True, True)  # clock restarted
+    assert detect_restart(w, 10, 41, 395, online=False) == (False, False)  # small step back
+    w.offline = True
+    assert detect_restart(w, 10, 41, 401, online=True) == (True, False)  # back online
 
 
 def test_restart_online_after_offline() -> None:
@@ -793,7 +880,9 @@ async def test_follow_a_real_receiver_over_the_memory_broker() -> None:
     from aiocelev import EventDispatcher, EventReceiver
 
     url = "memory://state-follow"
-    s = ClusterState()
+    clock = FakeClock()
+    s = ClusterState(time_source=clock)
+    online: list[Event] = []
     async with EventReceiver(url) as receiver, EventDispatcher(url, hostname="celery@m") as d:
         await d.send("worker-online", freq=2.0, active=0, processed=0)
         await d.send("task-received", uuid="e2e", name="proj.add", args="(1,)", kwargs="{}")
@@ -803,13 +892,19 @@ async def test_follow_a_real_receiver_over_the_memory_broker() -> None:
         with anyio.fail_after(5):
             async with aclosing(s.follow(receiver)) as events:
                 async for ev in events:
+                    if ev.type == "worker-online":
+                        online.append(ev)
                     if ev.type == "task-succeeded":
                         break
     t = s.task("e2e")
     assert t is not None and t.state == "SUCCESS" and t.worker == "celery@m"
     assert t.name == "proj.add" and t.result == "2"
     w = s.worker("celery@m")
-    assert w is not None and w.alive and w.drift is not None and abs(w.drift) < 5
+    assert w is not None and len(online) == 1
+    received_at = online[0]["local_received"]
+    assert w.drift == received_at - online[0]["timestamp"]
+    clock.now = received_at + 1.0  # within 2 x freq of the latest event
+    assert w.alive
     assert s.runtime_percentiles((50,)) == {50: 0.25}
 
 
