@@ -18,8 +18,8 @@ from typing import Any
 
 from celery.events.state import State
 
-from aiocelev._codec import decode_message, wrap
-from aiocelev._events import Event
+from aiocelev._codec import decode_message
+from aiocelev._events import Event, _wrap as wrap
 from aiocelev._message import IncomingMessage
 from aiocelev._state import ClusterState
 
