@@ -18,7 +18,6 @@ from ._control_client import Control as Control
 from ._dispatcher import (
     DispatcherStatistics as DispatcherStatistics,
     EventDispatcher as EventDispatcher,
-    Overflow as Overflow,
 )
 from ._events import (
     Event as Event,
@@ -45,14 +44,26 @@ from ._exceptions import (
     ConfigurationError as ConfigurationError,
     DecodeError as DecodeError,
     DuplicateNodeError as DuplicateNodeError,
+    EndOfStream as EndOfStream,
     MissingDependencyError as MissingDependencyError,
     NotSupportedError as NotSupportedError,
     PublishError as PublishError,
     UnknownSchemeError as UnknownSchemeError,
 )
 from ._message import IncomingMessage as IncomingMessage, OutgoingMessage as OutgoingMessage
-from ._receiver import EventReceiver as EventReceiver, ReceiverStatistics as ReceiverStatistics
+from ._overflow import Overflow as Overflow
+from ._receiver import (
+    ErrorCallback as ErrorCallback,
+    EventReceiver as EventReceiver,
+    Handler as Handler,
+    ReceiverStatistics as ReceiverStatistics,
+)
 from ._saferepr import saferepr as saferepr
+from ._simulation import (
+    Simulation as Simulation,
+    SimulationStatistics as SimulationStatistics,
+    simulate_cluster as simulate_cluster,
+)
 from ._state import ClusterState as ClusterState
 from ._state_models import TaskState as TaskState, WorkerState as WorkerState
 from ._task_scope import TaskRetry as TaskRetry, TaskScope as TaskScope
@@ -86,9 +97,12 @@ __all__ = [
     "DecodeError",
     "DispatcherStatistics",
     "DuplicateNodeError",
+    "EndOfStream",
+    "ErrorCallback",
     "Event",
     "EventDispatcher",
     "EventReceiver",
+    "Handler",
     "IncomingMessage",
     "LamportClock",
     "MissingDependencyError",
@@ -98,6 +112,8 @@ __all__ = [
     "PublishError",
     "ReceiverStatistics",
     "Replies",
+    "Simulation",
+    "SimulationStatistics",
     "TaskEvent",
     "TaskFailed",
     "TaskReceived",
@@ -124,6 +140,7 @@ __all__ = [
     "open_broker",
     "register_broker",
     "saferepr",
+    "simulate_cluster",
     "worker_events",
 ]
 

@@ -29,7 +29,7 @@ from ._lifecycle import Lifecycle, LifecycleState
 from ._message import OutgoingMessage
 from ._overflow import (
     DISPATCHER_POLICIES,
-    Overflow as Overflow,  # aiocelev/__init__.py still imports it from here
+    Overflow,
     parse_overflow,
 )
 from ._url import mask_url

@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("brokers", ("brokers", "brokers.*")),
     ("core", ("_dispatcher", "_receiver", "_state", "_state_*", "_control_client")),
     ("instrumentation", ("_worker", "_worker_control", "_task_scope", "_simulation")),
-    ("surface", ("cli", "cli.*", "testing", "__init__", "__main__")),
+    ("surface", ("cli", "cli.*", "dashboard", "dashboard.*", "testing", "__init__", "__main__")),
 ]
 
 

@@ -606,18 +606,19 @@ async def test_disable_events_on_an_unrestricted_dispatcher(url: str) -> None:
 
 
 async def test_heartbeat_command_sends_a_heartbeat_now(url: str) -> None:
-    async with EventReceiver(url) as receiver, Control(url) as control:
-        async with (
-            EventDispatcher(url, hostname=NODE) as dispatcher,
-            worker_events(dispatcher, freq=3600),
-        ):
-            await next_event(receiver, "worker-online")
-            # Fire and forget, as receivers do on connect.
-            assert await control.heartbeat(reply=False) == []
-            beat = await next_event(receiver, "worker-heartbeat")
-            assert wire_keys(beat) == HEARTBEAT_ORDER
-            # With a reply wanted, Celery's handler answers null.
-            assert await call(control, "heartbeat", limit=1) == [{NODE: None}]
+    async with (
+        EventReceiver(url) as receiver,
+        Control(url) as control,
+        EventDispatcher(url, hostname=NODE) as dispatcher,
+        worker_events(dispatcher, freq=3600),
+    ):
+        await next_event(receiver, "worker-online")
+        # Fire and forget, as receivers do on connect.
+        assert await control.heartbeat(reply=False) == []
+        beat = await next_event(receiver, "worker-heartbeat")
+        assert wire_keys(beat) == HEARTBEAT_ORDER
+        # With a reply wanted, Celery's handler answers null.
+        assert await call(control, "heartbeat", limit=1) == [{NODE: None}]
 
 
 async def test_destination_pattern_and_unknown_commands(url: str) -> None:
@@ -741,9 +742,11 @@ async def test_a_broker_without_remote_control(url: str) -> None:
             raise NotSupportedError("no remote control here")
 
     broker = Plain(MemoryBroker(url))
-    async with EventDispatcher(broker, hostname=NODE) as dispatcher:  # type: ignore[arg-type]
-        async with worker_events(dispatcher, freq=60) as worker:
-            assert worker.control_transport is None
+    async with (
+        EventDispatcher(broker, hostname=NODE) as dispatcher,  # type: ignore[arg-type]
+        worker_events(dispatcher, freq=60) as worker,
+    ):
+        assert worker.control_transport is None
     with pytest.raises(NotSupportedError):
         async with Control(broker):  # type: ignore[arg-type]
             pass

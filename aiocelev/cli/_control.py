@@ -23,11 +23,11 @@ from ._common import (
     Context,
     Style,
     add_broker_options,
+    connect_broker,
     diag,
     positive_float,
     resolve_broker_url,
 )
-from ._record import connect_broker
 
 __all__ = ["CONTROL", "INSPECT", "Command", "compile_arguments", "format_reply", "register"]
 

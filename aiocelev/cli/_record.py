@@ -18,7 +18,7 @@ from ._common import (
     Context,
     add_broker_options,
     add_event_source_options,
-    connect_broker as connect_broker,  # cli/_control.py still imports it from here
+    connect_broker,
     diag,
     fail,
     listening_line,

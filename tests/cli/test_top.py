@@ -29,7 +29,7 @@ def ev(type_: str, hostname: str, at: float, **fields: Any) -> dict[str, Any]:
 
 
 def make_state() -> ClusterState:
-    state = ClusterState(clock=lambda: NOW)
+    state = ClusterState(time_source=lambda: NOW)
     beat = {"freq": 2.0, "active": 1, "processed": 3, "loadavg": [0.5, 0.25, 0.125]}
     state.apply(ev("worker-online", "alpha@host", NOW - 10, **beat))
     state.apply(ev("worker-heartbeat", "alpha@host", NOW - 1.5, **beat))
@@ -115,7 +115,7 @@ def test_render_details_the_selected_task_with_its_traceback() -> None:
 
 
 def test_render_empty_state() -> None:
-    text = to_text(render(ClusterState(clock=lambda: NOW), NOW), width=100)
+    text = to_text(render(ClusterState(time_source=lambda: NOW), NOW), width=100)
     assert "no worker seen yet" in text
     assert "no task seen yet" in text
     assert "no task selected" in text
