@@ -26,7 +26,7 @@ from typing import Any
 from aiocelev._url import mask_url
 
 from ._common import URLS, delete_exchange, median, run_child
-from ._patches import ENV as PATCH_ENV, PATCHES
+from ._patches import ENV as PATCH_ENV, PATCHES, missing_requirements
 
 
 @dataclass
@@ -581,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown case(s): {', '.join(unknown)} (choose from {', '.join(names)})")
     if args.patch:
+        missing = missing_requirements(args.patch)
+        if missing:
+            parser.error("; ".join(missing))
         os.environ[PATCH_ENV] = ",".join(args.patch)
         print(f"what-if patches applied to aiocelev: {', '.join(args.patch)}", flush=True)
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)

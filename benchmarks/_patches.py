@@ -63,7 +63,7 @@ def _fast_loads() -> None:
     import orjson
 
     from aiocelev import _codec
-    from aiocelev.brokers import redis as redis_adapter
+    from aiocelev.brokers import _redis_envelope
 
     exact = _codec.loads
 
@@ -77,7 +77,8 @@ def _fast_loads() -> None:
         return obj
 
     _codec.loads = loads
-    redis_adapter.loads = loads  # type: ignore[attr-defined]
+    # The Redis adapter decodes kombu's envelope with its own reference.
+    _redis_envelope.loads = loads  # type: ignore[attr-defined]
 
 
 def _orjson_encode() -> None:
@@ -106,13 +107,14 @@ def _orjson_encode() -> None:
 def _amqp_frames() -> None:
     import struct
 
+    from aiormq.abc import ChannelFrame
     from pamqp import commands
 
     from aiocelev._exceptions import BrokerConnectionError, BrokerError, ClosedError
-    from aiocelev.brokers import amqp
     from aiocelev.brokers._amqp_errors import map_errors
+    from aiocelev.brokers._amqp_publish import AmqpPublisher
 
-    original = amqp.AmqpBroker.publish
+    original = AmqpPublisher.publish
     props_cache: dict[tuple[Any, ...], bytes] = {}
 
     def frame(kind: int, channel: int, payload: bytes) -> bytes:
@@ -123,19 +125,20 @@ def _amqp_frames() -> None:
         return bytes((len(raw),)) + raw
 
     async def publish(self: Any, messages: Sequence[Any]) -> None:
-        if self._opts.confirm_publish:
+        link = self._link
+        if link.opts.confirm_publish:
             await original(self, messages)
             return
-        if self._closed:
+        if link.closed:
             raise ClosedError("the AMQP broker is closed")
-        exchange = await self._publisher_exchange()
-        where = f"publishing to {self._current_masked()}"
+        channel = await self._ready_channel()
+        where = f"publishing to {link.current_masked}"
         try:
             with map_errors(where, publish=True):
-                channel = await exchange.channel.get_underlay_channel()
-                number = channel.number
-                chunk = channel.max_content_size
-                exchange_name = shortstr(exchange.name)
+                underlay = await channel.get_underlay_channel()
+                number = underlay.number
+                chunk = underlay.max_content_size
+                exchange_name = shortstr(link.opts.exchange)
                 parts: list[bytes] = []
                 for m in messages:
                     key = (
@@ -166,21 +169,19 @@ def _amqp_frames() -> None:
                     parts.append(frame(2, number, struct.pack(">HHQ", 60, 0, len(body)) + props))
                     for i in range(0, len(body), chunk):
                         parts.append(frame(3, number, body[i : i + chunk]))
-                from aiormq.abc import ChannelFrame
-
-                drained = channel.create_future()
-                await channel.connection.write_queue.put(
+                drained = underlay.create_future()
+                await underlay.connection.write_queue.put(
                     ChannelFrame(payload=b"".join(parts), should_close=False, drain_future=drained)
                 )
                 await drained
         except BrokerError as exc:
-            if isinstance(exc, BrokerConnectionError) or not self._connection_alive():
-                await self._drop_connection()
+            if isinstance(exc, BrokerConnectionError) or not link.alive():
+                await link.drop()
                 if not isinstance(exc, BrokerConnectionError):
                     raise BrokerConnectionError(str(exc)) from exc
             raise
 
-    amqp.AmqpBroker.publish = publish  # type: ignore[method-assign]
+    AmqpPublisher.publish = publish  # type: ignore[method-assign]
 
 
 def _redis_fast_drain() -> None:
@@ -211,6 +212,25 @@ PATCHES: dict[str, Callable[[], None]] = {
     "fast-loads": _fast_loads,
     "orjson-encode": _orjson_encode,
 }
+
+
+#: Modules a patch needs beyond aiocelev's own dependencies.
+REQUIRES: dict[str, tuple[str, ...]] = {
+    "fast-loads": ("orjson",),
+    "orjson-encode": ("orjson",),
+}
+
+
+def missing_requirements(names: Sequence[str]) -> list[str]:
+    """``"NAME needs MODULE"`` for each patch in *names* whose modules are not installed."""
+    from importlib.util import find_spec
+
+    return [
+        f"--patch {name} needs {module} (pip install {module})"
+        for name in names
+        for module in REQUIRES.get(name, ())
+        if find_spec(module) is None
+    ]
 
 
 def apply_from_env() -> list[str]:
