@@ -16,7 +16,7 @@ import pytest
 
 from aiocelev._clock import MAX_CLOCK, LamportClock
 from aiocelev._control import accept_reply
-from aiocelev._worker import ControlRequest
+from aiocelev._control import ControlRequest
 
 ABSURD = [10**30, MAX_CLOCK, -5, True]
 
