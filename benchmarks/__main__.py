@@ -58,6 +58,8 @@ class Case:
     extra_metrics: tuple[str, ...] = ()
     #: A-only cases (no Celery counterpart): each "B" is another A configuration.
     a_only: bool = False
+    #: Extra metrics where lower is better (their ratio is B/A) in a throughput case.
+    lower_extras: tuple[str, ...] = ()
 
     def target(self, b_label: str, broker: str) -> float | None:
         return self.targets.get((b_label, broker), self.targets.get((b_label, "*")))
@@ -266,6 +268,47 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
             a_only=True,
         )
     )
+    dash_tasks = size(100_000, 300)
+    dash_common = {
+        "tasks": dash_tasks,
+        "max_tasks": max(dash_tasks, 1_000),
+        "latency_rates": [2_000, 20_000],
+        "latency_seconds": 0.5 if quick else 5.0,
+    }
+    cases.append(
+        Case(
+            "dashboard",
+            "dashboard",
+            Variant("aiocelev dashboard", dict(dash_common, impl="aiocelev")),
+            [Variant("flower 2.2", dict(dash_common, impl="flower"))],
+            "rate",
+            True,
+            {("flower 2.2", "*"): 10.0},
+            rounds=3,
+            timeout=900.0,
+            extra_metrics=(
+                "cpu_rate",
+                "server_peak_rss_mib",
+                "server_rss_mib",
+                "server_base_rss_mib",
+                "publish_rate",
+                "p50_ms_2000",
+                "p99_ms_2000",
+                "p50_ms_20000",
+                "p99_ms_20000",
+                "achieved_rate_20000",
+            ),
+            lower_extras=(
+                "server_peak_rss_mib",
+                "server_rss_mib",
+                "server_base_rss_mib",
+                "p50_ms_2000",
+                "p99_ms_2000",
+                "p50_ms_20000",
+                "p99_ms_20000",
+            ),
+        )
+    )
     return cases
 
 
@@ -348,7 +391,12 @@ def run_case(case: Case, broker: str, rounds: int, log: Any) -> dict[str, Any]:
                     m: (
                         median([res[m] for res in raw[case.a.label] if value(res, m) is not None]),
                         median([res[m] for res in raw[v.label] if value(res, m) is not None]),
-                        _pair_ratio(raw[case.a.label], raw[v.label], m, case.higher_is_better),
+                        _pair_ratio(
+                            raw[case.a.label],
+                            raw[v.label],
+                            m,
+                            case.higher_is_better and m not in case.lower_extras,
+                        ),
                     )
                     for m in case.extra_metrics
                 },

@@ -219,16 +219,32 @@ def wait_side(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
 
 
 def delete_exchange(broker: str) -> None:
-    """Remove this run's durable exchange from RabbitMQ (best effort)."""
-    if broker != "amqp":
-        return
-    from kombu.connection import Connection
+    """Remove this run's exchange from the broker (best effort).
 
-    try:
-        with Connection(URLS["amqp"], connect_timeout=5) as conn:  # type: ignore[no-untyped-call]
-            conn.default_channel.exchange_delete(EXCHANGE)
-    except Exception:
-        pass
+    RabbitMQ: the durable exchange.  Redis: the binding table that kombu
+    (Celery's and Flower's receivers) keeps for it, and its entry in kombu's
+    binding deadline index.
+    """
+    if broker == "amqp":
+        from kombu.connection import Connection
+
+        try:
+            with Connection(URLS["amqp"], connect_timeout=5) as conn:  # type: ignore[no-untyped-call]
+                conn.default_channel.exchange_delete(EXCHANGE)
+        except Exception:
+            pass
+    elif broker == "redis":
+        try:
+            import redis
+
+            client = redis.Redis.from_url(URLS["redis"], socket_timeout=5)
+            try:
+                client.delete(f"_kombu.binding.{EXCHANGE}", f"_kombu.binding_permanent.{EXCHANGE}")
+                client.zrem("_kombu.binding_deadlines", EXCHANGE)
+            finally:
+                client.close()
+        except Exception:
+            pass
 
 
 def celery_app(url: str) -> Any:
