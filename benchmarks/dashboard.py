@@ -36,6 +36,8 @@ turn the measurement into a measurement of that limit.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -206,6 +208,63 @@ def parse_metrics(text: str) -> tuple[float, bool]:
     return total, probe
 
 
+# -- profiling the server --------------------------------------------------------
+
+#: ``DIR``: sample the server with py-spy during the ingest phase, collapsed stacks
+#: into ``DIR/<impl>-<broker>-<pid>.txt`` (``python -m benchmarks.dashboard FILE`` sums them).
+PROFILE_ENV = "AIOCELEV_BENCH_SERVER_PROFILE"
+
+
+def _start_py_spy(spec: dict[str, Any], pid: int) -> subprocess.Popen[bytes] | None:
+    where = os.environ.get(PROFILE_ENV)
+    if not where:
+        return None
+    exe = os.environ.get("AIOCELEV_BENCH_PY_SPY") or shutil.which("py-spy")
+    if exe is None:
+        raise RuntimeError(f"{PROFILE_ENV} is set but py-spy is not installed")
+    out = os.path.join(where, f"{spec['impl']}-{spec['broker']}-{pid}.txt")
+    spy = subprocess.Popen(
+        [exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--output", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # attached
+    return spy
+
+
+def summarize_profile(path: str, top: int = 25) -> str:
+    """Own and cumulative shares of the functions in a py-spy raw (collapsed) profile."""
+    own: dict[str, int] = {}
+    cum: dict[str, int] = {}
+    total = 0
+    with open(path) as fh:
+        for line in fh:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            # "function (path/file.py:line)" -> "function file.py" (lines merged)
+            frames = [
+                f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")").rsplit(":", 1)[0]
+                for f in stack.split(";")
+            ]
+            # idle: the event loop blocked in select
+            if "select " in frames[-1] or "poll " in frames[-1]:
+                continue
+            total += n
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+            for f in set(frames):
+                cum[f] = cum.get(f, 0) + n
+    lines = [f"{total} busy samples", f"{'own %':>6} {'cum %':>6}  function"]
+    for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{100 * n / total:6.1f} {100 * cum[name] / total:6.1f}  {name}")
+    lines.append("")
+    lines.append(f"{'cum %':>6}  function (by cumulative)")
+    for name, n in sorted(cum.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{100 * n / total:6.1f}  {name}")
+    return "\n".join(lines)
+
+
 # -- the measurement ----------------------------------------------------------------
 
 
@@ -283,6 +342,7 @@ async def _measure(
                         return
                     await anyio.sleep(0.1)
 
+            spy = _start_py_spy(spec, proc.pid)
             cpu0 = proc_cpu(proc.pid)
             t0 = time.monotonic()
             published = 0
@@ -301,6 +361,9 @@ async def _measure(
                 await done.wait()
             end_t = progress[-1][0] if progress else time.monotonic()
             cpu1 = proc_cpu(proc.pid)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             elapsed = end_t - t0
             mem = proc_mem(proc.pid)
             result.update(
@@ -420,3 +483,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        print(name)
+        print(summarize_profile(name))
