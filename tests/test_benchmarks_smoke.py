@@ -2,7 +2,9 @@
 
 No speed is asserted: the benchmarks compare aiocelev with Celery's own events
 code on real brokers, so this runs ``python -m benchmarks --quick`` against
-the RabbitMQ / Redis of the ``amqp_url`` / ``redis_url`` fixtures.
+the RabbitMQ / Redis of the ``amqp_url`` / ``redis_url`` fixtures.  That
+includes the ``dashboard`` case (a real ``aiocelev dashboard`` and a real
+Flower process, 300 tasks each: about 15 s per broker).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ CASES = {
     "latency_layers",
     "memory_state",
     "memory_overload",
+    "dashboard",
 }
 
 
@@ -59,6 +62,11 @@ def _check(report: dict, broker: str) -> None:  # type: ignore[type-arg]
     for summary in report["results"]:
         assert summary["broker"] in (broker, "none")
         assert summary["rows"], summary["case"]
+        if summary["case"] == "dashboard":
+            for result in summary["raw"]["aiocelev dashboard"]:
+                # The whole stream reached the dashboard, and SSE delays were measured.
+                assert result.get("complete"), result
+                assert result.get("p99_ms_2000", 0) > 0, result
         for row in summary["rows"]:
             assert row["a_median"] > 0, (summary["case"], row)
             if row.get("b") is not None:
