@@ -24,6 +24,7 @@ are :class:`~aiocelev.brokers.PidboxTransport`'s.  Get it with
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, final
@@ -75,10 +76,25 @@ def pidbox_queue_name(nodename: str, namespace: str) -> str:
     return f"{nodename}.{namespace}.pidbox"
 
 
+def amqp_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """Headers as an AMQP table that keeps their meaning.
+
+    The table encoder under aio-pika writes a Python float as a 32-bit float,
+    which rounds an epoch time such as ``expires`` to the nearest 128 seconds
+    (often into the past, so nodes drop the request as expired).  A float is
+    sent as the next whole second instead: a request lives at most one second
+    longer than asked, never shorter.
+    """
+    return {
+        key: math.ceil(value) if isinstance(value, float) and math.isfinite(value) else value
+        for key, value in headers.items()
+    }
+
+
 def _message(body: bytes, headers: Mapping[str, Any], delivery_mode: int) -> aio_pika.Message:
     return aio_pika.Message(
         body,
-        headers=dict(headers),
+        headers=amqp_headers(headers),
         content_type="application/json",
         content_encoding="utf-8",
         delivery_mode=delivery_mode,
