@@ -83,6 +83,12 @@ def _ts(value: Any) -> str:
     return dt.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
+def _clock(value: Any) -> str:
+    """The time of day of an epoch value (table cells; the full date is in ``_ts``)."""
+    full = _ts(value)
+    return full[11:23] if full else ""
+
+
 def _age(value: Any) -> str:
     if not isinstance(value, int | float) or not math.isfinite(value):
         return ""
@@ -128,7 +134,7 @@ _env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.filters.update(ts=_ts, age=_age, short=_short, seg=_seg, qs=_qs, pretty=_pretty, num=_num)
+_env.filters.update(ts=_ts, clock=_clock, age=_age, short=_short, seg=_seg, qs=_qs, pretty=_pretty, num=_num)
 _env.globals["TASK_STATES"] = TASK_STATES
 
 
