@@ -64,6 +64,9 @@ class FlowerMetrics:
         # Label sets written per worker, so a purge removes exactly those
         # (prometheus_client has no public way to list a metric's children).
         self._labels: dict[str, set[tuple[str, tuple[str, ...]]]] = {}
+        # The children already made: ``labels()`` validates and locks on every
+        # call, which was the largest cost per event; a hit here is one lookup.
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._by_name: dict[str, Any] = {
             "events": self.events,
             "runtime": self.runtime,
@@ -74,8 +77,12 @@ class FlowerMetrics:
         }
 
     def _child(self, metric: str, *labels: str) -> Any:
-        self._labels.setdefault(labels[0], set()).add((metric, labels))
-        return self._by_name[metric].labels(*labels)
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            self._labels.setdefault(labels[0], set()).add(key)
+            child = self._children[key] = self._by_name[metric].labels(*labels)
+        return child
 
     def observe(self, event: Mapping[str, Any], record: TaskState | WorkerState | None) -> None:
         """Update the series for one applied *event* (*record*: what the state returned)."""
@@ -124,6 +131,7 @@ class FlowerMetrics:
                 continue
             removed += 1
             for metric, labels in labelsets:
+                self._children.pop((metric, labels), None)
                 try:
                     self._by_name[metric].remove(*labels)
                 except KeyError:
