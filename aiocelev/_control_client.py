@@ -25,41 +25,7 @@ from ._exceptions import ClosedError, ConfigurationError
 from .brokers import Broker, open_broker
 from .brokers._control import ControlTransport, Replies
 
-__all__ = ["INSPECT_COMMANDS", "CONTROL_COMMANDS", "Control"]
-
-#: Read-only commands (``celery inspect``): name → whether it takes arguments.
-INSPECT_COMMANDS: tuple[str, ...] = (
-    "active",
-    "active_queues",
-    "clock",
-    "conf",
-    "ping",
-    "query_task",
-    "registered",
-    "report",
-    "reserved",
-    "revoked",
-    "scheduled",
-    "stats",
-)
-
-#: Commands that change workers (``celery control``).
-CONTROL_COMMANDS: tuple[str, ...] = (
-    "add_consumer",
-    "autoscale",
-    "cancel_consumer",
-    "disable_events",
-    "enable_events",
-    "heartbeat",
-    "pool_grow",
-    "pool_shrink",
-    "rate_limit",
-    "revoke",
-    "revoke_by_stamped_headers",
-    "shutdown",
-    "terminate",
-    "time_limit",
-)
+__all__ = ["Control"]
 
 #: Celery's default signal for ``revoke(terminate=True)`` (billiard's ``TERM_SIGNAME``).
 TERM_SIGNAME = "SIGTERM"

@@ -242,32 +242,63 @@ class AmqpControl(PidboxTransport):
             name, aio_pika.ExchangeType(kind), durable=False, auto_delete=False
         )
 
-    async def open_reply_queue(self, reply_key: str) -> _AmqpReplyQueue:
+    async def _consume(
+        self,
+        consumer: _Consumer,
+        *,
+        queue_name: str,
+        exchange: str,
+        kind: str,
+        routing_key: str,
+        arguments: dict[str, Any],
+        where: str,
+    ) -> None:
+        """Declare *queue_name* (exclusive, auto-delete), bind it and consume it into *consumer*.
+
+        :raises DuplicateNodeError: another connection holds the exclusive queue.
+        """
         conn = await self._link.get(wait=True)
-        namespace = self.namespace
-        queue_name = reply_queue_name(reply_key, namespace)
-        consumer = _AmqpReplyQueue(f"reply queue {queue_name}")
         channel: AbstractChannel | None = None
         try:
-            with map_errors(f"declaring the reply queue on {self._link.current_masked}"):
+            with map_errors(f"{where} on {self._link.current_masked}"):
                 channel = await conn.channel(publisher_confirms=False)
-                exchange = await self._declare(channel, reply_exchange(namespace), "direct")
-                queue = await channel.declare_queue(
-                    queue_name,
-                    durable=False,
-                    exclusive=True,
-                    auto_delete=True,
-                    arguments={
-                        "x-expires": ms(REPLY_QUEUE_EXPIRES),
-                        "x-message-ttl": ms(REPLY_QUEUE_TTL),
-                    },
-                )
-                await queue.bind(exchange, routing_key=reply_key)
+                declared = await self._declare(channel, exchange, kind)
+                try:
+                    queue = await channel.declare_queue(
+                        queue_name,
+                        durable=False,
+                        exclusive=True,
+                        auto_delete=True,
+                        arguments=arguments,
+                    )
+                except aiormq.exceptions.ChannelLockedResource as exc:
+                    raise DuplicateNodeError(
+                        f"{queue_name} is already consumed on {self._identity} from another "
+                        "connection: a node name must be unique"
+                    ) from exc
+                await queue.bind(declared, routing_key=routing_key)
                 consumer._attach(channel)
                 await queue.consume(consumer._on_message, no_ack=True)
         except BaseException:
             await close_quietly(channel)
             raise
+
+    async def open_reply_queue(self, reply_key: str) -> _AmqpReplyQueue:
+        namespace = self.namespace
+        queue_name = reply_queue_name(reply_key, namespace)
+        consumer = _AmqpReplyQueue(f"reply queue {queue_name}")
+        await self._consume(
+            consumer,
+            queue_name=queue_name,
+            exchange=reply_exchange(namespace),
+            kind="direct",
+            routing_key=reply_key,
+            arguments={
+                "x-expires": ms(REPLY_QUEUE_EXPIRES),
+                "x-message-ttl": ms(REPLY_QUEUE_TTL),
+            },
+            where="declaring the reply queue",
+        )
         return consumer
 
     async def publish_request(self, body: bytes, headers: Mapping[str, Any]) -> None:
@@ -279,36 +310,19 @@ class AmqpControl(PidboxTransport):
             )
 
     async def consume_pidbox(self, nodename: str) -> _AmqpPidbox:
-        conn = await self._link.get(wait=True)
         pidbox = _AmqpPidbox(nodename)
-        queue_name = pidbox_queue_name(nodename, self.namespace)
-        channel: AbstractChannel | None = None
-        try:
-            with map_errors(f"consuming the pidbox of {nodename} on {self._link.current_masked}"):
-                channel = await conn.channel(publisher_confirms=False)
-                exchange = await self._declare(channel, pidbox_exchange(self.namespace), "fanout")
-                try:
-                    queue = await channel.declare_queue(
-                        queue_name,
-                        durable=False,
-                        exclusive=True,
-                        auto_delete=True,
-                        arguments={
-                            "x-message-ttl": ms(PIDBOX_QUEUE_TTL),
-                            "x-expires": ms(PIDBOX_QUEUE_EXPIRES),
-                        },
-                    )
-                except aiormq.exceptions.ChannelLockedResource as exc:
-                    raise DuplicateNodeError(
-                        f"a node named {nodename!r} already consumes its pidbox "
-                        f"({queue_name}) on {self._identity} from another connection"
-                    ) from exc
-                await queue.bind(exchange, routing_key="")
-                pidbox._attach(channel)
-                await queue.consume(pidbox._on_message, no_ack=True)
-        except BaseException:
-            await close_quietly(channel)
-            raise
+        await self._consume(
+            pidbox,
+            queue_name=pidbox_queue_name(nodename, self.namespace),
+            exchange=pidbox_exchange(self.namespace),
+            kind="fanout",
+            routing_key="",
+            arguments={
+                "x-message-ttl": ms(PIDBOX_QUEUE_TTL),
+                "x-expires": ms(PIDBOX_QUEUE_EXPIRES),
+            },
+            where=f"consuming the pidbox of {nodename}",
+        )
         return pidbox
 
     async def send_reply(

@@ -134,7 +134,9 @@ _env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.filters.update(ts=_ts, clock=_clock, age=_age, short=_short, seg=_seg, qs=_qs, pretty=_pretty, num=_num)
+_env.filters.update(
+    ts=_ts, clock=_clock, age=_age, short=_short, seg=_seg, qs=_qs, pretty=_pretty, num=_num
+)
 _env.globals["TASK_STATES"] = TASK_STATES
 
 
