@@ -30,12 +30,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "_lifecycle",
             "_overflow",
             "_time",
+            "_link",
         ),
     ),
     ("model", ("_events", "_message", "_codec", "_control")),
     ("brokers", ("brokers", "brokers.*")),
     ("core", ("_dispatcher", "_receiver", "_state", "_state_*", "_control_client")),
     ("instrumentation", ("_worker", "_worker_control", "_task_scope", "_simulation")),
+    ("history", ("store", "store.*")),
+    ("integrations", ("integrations", "integrations.*")),
     ("surface", ("cli", "cli.*", "dashboard", "dashboard.*", "testing", "__init__", "__main__")),
 ]
 
