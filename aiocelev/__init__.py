@@ -58,6 +58,7 @@ from ._receiver import (
     Handler as Handler,
     ReceiverStatistics as ReceiverStatistics,
 )
+from ._link import ConnectionCallback as ConnectionCallback, ConnectionStatus as ConnectionStatus
 from ._saferepr import saferepr as saferepr
 from ._simulation import (
     Simulation as Simulation,
@@ -88,6 +89,8 @@ __all__ = [
     "ClosedError",
     "ClusterState",
     "ConfigurationError",
+    "ConnectionCallback",
+    "ConnectionStatus",
     "Control",
     "ControlHandler",
     "ControlReply",

@@ -27,6 +27,7 @@ from ._exceptions import (
     EndOfStream,
 )
 from ._lifecycle import Lifecycle, LifecycleState
+from ._link import ConnectionCallback, ConnectionStatus, LinkMonitor
 from ._message import IncomingMessage
 from ._overflow import RECEIVER_POLICIES, Overflow, parse_overflow
 from ._url import mask_url
@@ -127,6 +128,9 @@ class EventReceiver:
     :param connect_timeout: how long ``__aenter__`` keeps retrying (with backoff)
         to connect and subscribe before raising :class:`~aiocelev.BrokerConnectionError`.
     :param broker_options: options for ``open_broker`` when *broker* is a URL.
+    :param on_connection: called with a :class:`~aiocelev.ConnectionStatus` each
+        time the subscription loses its broker and each time it is back (see
+        :attr:`connection`); a plain function, its return value is ignored.
     :raises ConfigurationError: a bad argument, e.g. ``overflow="block"`` (a
         dispatcher policy) or no routing key.
     """
@@ -144,6 +148,7 @@ class EventReceiver:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         connect_timeout: float = 10.0,
         broker_options: Mapping[str, Any] | None = None,
+        on_connection: ConnectionCallback | None = None,
     ) -> None:
         if isinstance(routing_keys, str):
             routing_keys = [routing_keys]
@@ -179,6 +184,10 @@ class EventReceiver:
         self._subscription: Subscription | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._lifecycle = Lifecycle("EventReceiver")
+        self._link = LinkMonitor(mask_url(self._broker.url), connected=False)
+        self._unlisten: Callable[[], None] | None = None
+        if on_connection is not None:
+            self._link.listen(on_connection)
 
     # -- public API ---------------------------------------------------------
 
@@ -186,6 +195,23 @@ class EventReceiver:
     def broker(self) -> Broker:
         """The broker adapter this receiver consumes from."""
         return self._broker
+
+    @property
+    def connection(self) -> ConnectionStatus:
+        """Whether events can arrive now, and the gaps so far.
+
+        ``connected`` turns false as soon as the adapter notices a lost
+        connection (events published until it is back may be lost: a *gap*,
+        counted in ``gaps``) and true again once it has resubscribed; it is
+        also false before the receiver is open and after the adapter gave up.
+        Adapters that do not report their connection are taken as connected
+        while the subscription lasts.
+        """
+        return self._link.status
+
+    def add_connection_listener(self, callback: ConnectionCallback) -> Callable[[], None]:
+        """Like ``on_connection``, added later; returns a function that removes it."""
+        return self._link.listen(callback)
 
     def statistics(self) -> ReceiverStatistics:
         """A snapshot of the counters."""
@@ -291,6 +317,10 @@ class EventReceiver:
                 with anyio.CancelScope(shield=True):
                     await self._broker.aclose()
             raise
+        source = getattr(self._subscription, "link", None)
+        if isinstance(source, LinkMonitor):
+            self._unlisten = source.listen(self._follow_link)
+        self._link.restored()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._pump, self._subscription, name="aiocelev receiver pump")
@@ -324,6 +354,9 @@ class EventReceiver:
                 await self._task_group.__aexit__(None, None, None)
         finally:
             self._task_group = None
+            if self._unlisten is not None:
+                self._unlisten()
+                self._unlisten = None
             with anyio.CancelScope(shield=True):
                 try:
                     if self._subscription is not None:
@@ -363,6 +396,12 @@ class EventReceiver:
                     "cannot subscribe to %s (%s); retrying in %.2fs", self._broker.url, exc, delay
                 )
                 await anyio.sleep(delay)
+
+    def _follow_link(self, status: ConnectionStatus) -> None:
+        if status.connected:
+            self._link.restored()
+        else:
+            self._link.lost(status.reason or "connection lost")
 
     def _acknowledge(self, marker: _Ack) -> None:
         try:
@@ -407,6 +446,7 @@ class EventReceiver:
             if not isinstance(exc, AiocelevError):
                 logger.exception("the receiver's pump failed")
             self._pump_error = exc
+            self._link.lost(str(exc))
         finally:
             self._pump_done = True
             self._readable.set()

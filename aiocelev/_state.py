@@ -26,6 +26,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Ma
 from typing import Any
 
 from ._events import Event
+from ._link import ConnectionStatus
 from ._state_queries import TaskQueries
 from ._state_reducer import Reducer
 from ._state_stats import StatisticsQueries
@@ -87,11 +88,48 @@ class ClusterState(TaskQueries, StatisticsQueries, Reducer):
         ``receiver`` is any async iterable of events (e.g. an ``EventReceiver``).
         The generator owns nothing: closing it (``aclose``, or leaving an
         ``async with contextlib.aclosing(...)`` block) simply stops reading.
+        When *receiver* reports its connection (``add_connection_listener``, as
+        ``EventReceiver`` does), its losses and recoveries are tracked with
+        :meth:`connection_lost` / :meth:`connection_restored` while following.
         """
         apply = self.apply
-        async for event in receiver:
-            apply(event)
-            yield event
+        add_listener = getattr(receiver, "add_connection_listener", None)
+        remove = add_listener(self.track_connection) if callable(add_listener) else None
+        try:
+            async for event in receiver:
+                apply(event)
+                yield event
+        finally:
+            if callable(remove):
+                remove()
+
+    # -- connection -------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """False while a receiver feeding this state is disconnected (see :meth:`connection_lost`)."""
+        return not self._deaf.deaf
+
+    def connection_lost(self, at: float | None = None) -> None:
+        """The receiver feeding this state lost its broker at *at* (default: now).
+
+        Until :meth:`connection_restored`, workers do not age: one that was
+        alive stays alive (its heartbeats cannot arrive), and afterwards the
+        deaf time is not counted against it.  With several receivers, call it
+        once per lost one: the state is deaf until each is restored.
+        """
+        self._deaf.lost(self._time_source() if at is None else at)
+
+    def connection_restored(self, at: float | None = None) -> None:
+        """The receiver is connected again at *at* (default: now); see :meth:`connection_lost`."""
+        self._deaf.restored(self._time_source() if at is None else at)
+
+    def track_connection(self, status: ConnectionStatus) -> None:
+        """An ``on_connection`` callback: :meth:`connection_lost` or :meth:`connection_restored`."""
+        if status.connected:
+            self.connection_restored()
+        else:
+            self.connection_lost()
 
     def __len__(self) -> int:
         """How many tasks are kept."""

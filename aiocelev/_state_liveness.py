@@ -6,18 +6,21 @@ Two questions are answered here, from the worker events alone:
 * how many task events of this worker never arrived (:class:`LossEstimate`)?
 
 Both are described in ``docs/state.md`` ("Workers", "Lost-event estimate").
+:class:`DeafSpans` records when the state could not hear the cluster (its
+receiver was disconnected), so that workers do not age meanwhile.
 Whether a worker is alive right now is a property of the record
 (:attr:`~aiocelev.WorkerState.alive`).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._state_models import WorkerState
 
-__all__ = ["LossEstimate", "detect_restart"]
+__all__ = ["DeafSpans", "LossEstimate", "detect_restart"]
 
 #: A Lamport clock that falls back by more than this (and by more than half)
 #: belongs to a new process: a fresh process starts counting near zero.
@@ -113,3 +116,54 @@ class LossEstimate:
             return 0
         missed = (processed - self._base_started) - (w.started_seen - self._base_seen_started)
         return missed if missed > 0 else 0
+
+
+class DeafSpans:
+    """When the state could not hear its workers (disconnected from the broker).
+
+    A worker that was alive when the connection dropped must not turn *lost*
+    because its heartbeats could not arrive: liveness discounts the deaf time
+    after a worker's last event (:meth:`after`).  Several links may feed one
+    state: it is deaf while any of them is down.  The newest spans are kept
+    (older ones only matter for workers silent for longer than that).
+    """
+
+    __slots__ = ("_down", "_since", "_spans")
+
+    _KEEP = 64
+
+    def __init__(self) -> None:
+        self._spans: deque[tuple[float, float]] = deque(maxlen=self._KEEP)
+        self._down = 0
+        self._since = 0.0
+
+    @property
+    def deaf(self) -> bool:
+        """Whether a link is down now."""
+        return self._down > 0
+
+    def lost(self, at: float) -> None:
+        """A link went down at *at* (epoch seconds)."""
+        if self._down == 0:
+            self._since = at
+        self._down += 1
+
+    def restored(self, at: float) -> None:
+        """A link came back at *at*; the deaf span ends when every link is back."""
+        if self._down == 0:
+            return
+        self._down -= 1
+        if self._down == 0 and at > self._since:
+            self._spans.append((self._since, at))
+
+    def after(self, t: float, now: float) -> float:
+        """Seconds of deafness between *t* and *now*."""
+        total = 0.0
+        for start, end in self._spans:
+            if end > t:
+                total += end - (start if start > t else t)
+        if self._down:
+            since = self._since if self._since > t else t
+            if now > since:
+                total += now - since
+        return total

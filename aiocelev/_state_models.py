@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._state_liveness import LossEstimate
+from ._state_liveness import DeafSpans, LossEstimate
 
 __all__ = [
     "CUSTOM_RANK",
@@ -223,6 +223,7 @@ class WorkerState:
     """
 
     __slots__ = (
+        "_deaf",
         "_expire",
         "_loss",
         "_time_source",
@@ -275,11 +276,17 @@ class WorkerState:
     _time_source: Callable[[], float]
     _expire: float
     _loss: LossEstimate
+    _deaf: DeafSpans | None
 
     def __init__(
-        self, hostname: str, time_source: Callable[[], float], expire_window: float = 200.0
+        self,
+        hostname: str,
+        time_source: Callable[[], float],
+        expire_window: float = 200.0,
+        deaf: DeafSpans | None = None,
     ) -> None:
         self.hostname = hostname
+        self._deaf = deaf
         self._time_source = time_source
         self._expire = expire_window / 100.0
         self.pid = self.clock = self.active = self.processed = None
@@ -300,17 +307,35 @@ class WorkerState:
 
     @property
     def heartbeat_expires(self) -> float | None:
-        """When :attr:`alive` turns false without news: ``last_seen + freq * window``."""
+        """When :attr:`alive` turns false without news: ``last_seen + freq * window``.
+
+        Pushed back by the time the state could not hear the cluster since
+        ``last_seen`` (see :meth:`ClusterState.connection_lost`).
+        """
         seen = self.last_seen
         if seen is None:
             return None
-        return float(seen + self.freq * self._expire)
+        expires = float(seen + self.freq * self._expire)
+        if self._deaf is not None:
+            expires += self._deaf.after(seen, self._time_source())
+        return expires
 
     @property
     def alive(self) -> bool:
-        """Heard from within the expiry window (``2 x freq`` by default) and not offline."""
+        """Heard from within the expiry window (``2 x freq`` by default) and not offline.
+
+        Time during which the state could not hear the cluster does not count
+        (see :meth:`ClusterState.connection_lost`).
+        """
         seen = self.last_seen
-        return seen is not None and self._time_source() < seen + self.freq * self._expire
+        if seen is None:
+            return False
+        now = self._time_source()
+        limit = seen + self.freq * self._expire
+        if now < limit:
+            return True
+        deaf = self._deaf
+        return deaf is not None and now < limit + deaf.after(seen, now)
 
     @property
     def status(self) -> str:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from ._exceptions import ConfigurationError
 from ._state_index import TaskIndex
+from ._state_liveness import DeafSpans
 from ._state_models import TaskState, WorkerState
 from ._state_stats import RateCounter, Reservoir
 
@@ -31,6 +32,7 @@ class StateStore:
         "_by_state",
         "_by_worker",
         "_counts",
+        "_deaf",
         "_expire_window",
         "_pending_children",
         "_rates",
@@ -85,6 +87,8 @@ class StateStore:
         self.max_workers = max_workers
         self._expire_window = float(expire_window)
         self._time_source = time_source
+        #: When the state could not hear the cluster (see ``connection_lost``).
+        self._deaf = DeafSpans()
         #: Every task by id, ordered by the arrival of its latest event.
         self._tasks: dict[str, TaskState] = {}
         #: Finished tasks, in the order they finished (eviction candidates first).
@@ -174,7 +178,7 @@ class StateStore:
 
     def _new_worker(self, hostname: str) -> WorkerState:
         """Create and store a worker record, evicting the least recently heard one if full."""
-        w = WorkerState(hostname, self._time_source, self._expire_window)
+        w = WorkerState(hostname, self._time_source, self._expire_window, self._deaf)
         workers = self._workers
         workers[hostname] = w
         if len(workers) > self.max_workers:

@@ -95,6 +95,8 @@ class AmqpConnection:
         self._connected_once = False
         self._dead: AbstractConnection | None = None
         self.closed = False
+        #: Why the connection was last lost (for connection statuses), if known.
+        self.last_error: str | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("connected" if self.alive() else "disconnected")
@@ -165,6 +167,7 @@ class AmqpConnection:
     def _on_closed(self, sender: Any, exc: BaseException | None = None, *_: Any) -> None:
         if sender is not None:
             self._dead = sender
+        self.last_error = describe(exc) if exc else "connection closed"
         if not self.closed:
             logger.warning(
                 "connection to %s lost%s",

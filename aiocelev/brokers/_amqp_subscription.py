@@ -24,6 +24,7 @@ from aiormq.abc import DeliveredMessage
 
 from .._backoff import Backoff
 from .._exceptions import AiocelevError, BrokerConnectionError, BrokerError, ClosedError
+from .._link import LinkMonitor
 from .._message import IncomingMessage
 from ._amqp_connection import AmqpConnection, close_quietly, declare_event_exchange, ms
 from ._amqp_errors import map_errors
@@ -63,6 +64,8 @@ class AmqpSubscription:
         self._closed = False
         self._reconnects = 0
         self._dropped = 0
+        #: Whether this subscription hears the broker now; each loss is a gap.
+        self.link = LinkMonitor(connection.masked)
         #: Name of the queue currently consumed (changes after a reconnect
         #: unless a fixed ``queue_name`` is configured).
         self.queue_name: str | None = None
@@ -230,6 +233,7 @@ class AmqpSubscription:
         old, self._channel = self._channel, None
         if first:
             self._reconnects += 1
+            self.link.lost(link.last_error or "channel closed")
             logger.warning(
                 "subscription %s lost its channel on %s; re-subscribing",
                 self.queue_name,
@@ -261,6 +265,7 @@ class AmqpSubscription:
                 with anyio.move_on_after(delay):
                     await self._wakeup.wait()
             else:
+                self.link.restored()
                 if first:
                     logger.warning(
                         "subscription re-created as %s on %s",

@@ -26,6 +26,7 @@ import anyio.lowlevel
 from redis.asyncio.connection import AbstractConnection
 
 from .._backoff import Backoff
+from .._link import LinkMonitor
 from .._message import IncomingMessage
 from ._redis_channels import RedisChannels
 from ._redis_connection import RedisConnection
@@ -85,6 +86,8 @@ class RedisSubscription:
         self._last_patterns: set[bytes] = set()
         #: How many times the connection was lost and re-established (each is a gap).
         self.reconnects = 0
+        #: Whether this subscription hears the broker now; each loss is a gap.
+        self.link = LinkMonitor(link.url)
         #: Messages delivered to the caller.
         self.received = 0
         #: Messages dropped because their routing key did not match (Redis globs over-match).
@@ -150,6 +153,7 @@ class RedisSubscription:
         self.reconnects += 1
         self._link.subscription_gaps += 1
         self._lost_at = time.monotonic()
+        self.link.lost(reason)
         logger.warning(
             "Redis %s: pub/sub connection of %s lost (%s); reconnecting. Events published "
             "until it is back are lost (gap #%d). If this repeats under load the subscriber "
@@ -178,6 +182,7 @@ class RedisSubscription:
                 await anyio.sleep(delay)
                 continue
             self._backoff.reset()
+            self.link.restored()
             down = time.monotonic() - self._lost_at if self._lost_at is not None else 0.0
             logger.warning(
                 "Redis %s: resubscribed to %s after %.2fs (gap #%d)",

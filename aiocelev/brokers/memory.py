@@ -24,6 +24,7 @@ import anyio
 import anyio.lowlevel
 
 from .._exceptions import BrokerConnectionError, ClosedError, ConfigurationError
+from .._link import LinkMonitor
 from .._message import IncomingMessage, OutgoingMessage
 from ._memory_control import Mailbox, MemoryControl
 from ._topic import compile_bindings
@@ -75,6 +76,8 @@ class _MemorySubscription:
         self._readable = anyio.Event()
         self._writable = anyio.Event()
         self._closed = False
+        #: Always connected in-process; tests may call ``link.lost()`` / ``link.restored()``.
+        self.link = LinkMonitor(f"memory://{hub.name}")
 
     def offer(self, message: IncomingMessage) -> bool:
         """Queue *message* if there is room (the fast path)."""
