@@ -195,11 +195,34 @@ class StatisticsQueries:
     def runtime_percentiles(
         self, qs: Iterable[float] = (50, 90, 95, 99)
     ) -> dict[float, float | None]:
-        """Percentiles of the recent task runtimes (seconds): ``{q: value}``."""
-        return self.runtimes.percentiles(qs)
+        """Percentiles of the recent task runtimes (seconds): ``{q: value}``.
+
+        *qs* are on the 0-100 scale (``50`` is the median, as in
+        ``statistics.quantiles(n=100)`` cut points), never fractions of 1.
+
+        :raises ValueError: a *q* outside ``[0, 100]``, or *qs* written as
+            fractions (every one within ``[0, 1]``, one of them fractional,
+            such as ``(0.5, 0.99)``).
+        """
+        return self.runtimes.percentiles(_percent_scale(qs))
 
     def queue_wait_percentiles(
         self, qs: Iterable[float] = (50, 90, 95, 99)
     ) -> dict[float, float | None]:
-        """Percentiles of the recent ``started - received`` delays (seconds): ``{q: value}``."""
-        return self.queue_waits.percentiles(qs)
+        """Percentiles of the recent ``started - received`` delays (seconds): ``{q: value}``.
+
+        *qs* are on the 0-100 scale, as for :meth:`runtime_percentiles`.
+        """
+        return self.queue_waits.percentiles(_percent_scale(qs))
+
+
+def _percent_scale(qs: Iterable[float]) -> tuple[float, ...]:
+    """*qs* checked to be percentiles (0-100), not quantiles written as fractions of 1."""
+    values = tuple(qs)
+    if values and all(0 <= q <= 1 for q in values) and any(0 < q < 1 for q in values):
+        scaled = ", ".join(f"{q * 100:g}" for q in values)
+        raise ValueError(
+            f"percentiles are on the 0-100 scale (50 is the median), not fractions of 1: "
+            f"got {values!r}; did you mean ({scaled})?"
+        )
+    return values
