@@ -60,6 +60,8 @@ def _factory_for(scheme: str, url: str) -> BrokerFactory:
     module_name, extra = _BUILTIN[scheme]
     try:
         module = importlib.import_module(module_name)
+    except MissingDependencyError:
+        raise  # the adapter already said which extra is missing
     except ImportError as exc:
         if extra is None:
             raise

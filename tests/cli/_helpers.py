@@ -62,12 +62,19 @@ def run_demo(broker_url: str, name: str) -> subprocess.CompletedProcess[str]:
 
 def run_cli_without_rich(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``aiocelev ARGS`` in a Python where importing ``rich`` fails (as if not installed)."""
+    return run_cli_without("rich", *args, timeout=timeout)
+
+
+def run_cli_without(
+    module: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``aiocelev ARGS`` in a Python where importing *module* fails (as if not installed)."""
     code = (
         "import sys, builtins\n"
         "real = builtins.__import__\n"
         "def guard(name, *a, **k):\n"
-        "    if name == 'rich' or name.startswith('rich.'):\n"
-        "        raise ImportError('No module named ' + repr(name))\n"
+        f"    if name == {module!r} or name.startswith({module + '.'!r}):\n"
+        "        raise ImportError('No module named ' + repr(name), name=name)\n"
         "    return real(name, *a, **k)\n"
         "builtins.__import__ = guard\n"
         "from aiocelev.cli import main\n"
