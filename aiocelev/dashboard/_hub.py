@@ -10,6 +10,7 @@ cancels everything and closes the brokers it opened.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from aiocelev import (
     AiocelevError,
     Broker,
     ClusterState,
+    ConnectionStatus,
     Control,
     ControlReply,
     Event,
@@ -67,6 +69,13 @@ class Feed:
         self.error: str | None = None
         self.since = time.time()
         self.events = 0
+        #: Connection losses since the dashboard started (each one a gap in the stream).
+        self.gaps = 0
+        #: How long the newest finished gap lasted (seconds).
+        self.last_gap: float | None = None
+        #: Whether this feed's loss is counted in the state's deafness now.
+        self.deaf = False
+        self.lost_at = 0.0
         self.control = Control(broker)
         #: Set the first time the receiver is subscribed (created by :meth:`Hub.run`).
         self.ready: anyio.Event | None = None
@@ -84,6 +93,8 @@ class Feed:
             "since": self.since,
             "error": self.error,
             "events": self.events,
+            "gaps": self.gaps,
+            "last_gap": self.last_gap,
         }
 
 
@@ -241,13 +252,52 @@ class Hub:
         stop = anyio.Event()
         await demo(feed.label, stop)
 
+    def _lost(self, feed: Feed, reason: str) -> None:
+        """*feed* cannot hear its broker: say so, and stop ageing workers meanwhile."""
+        feed.status, feed.since, feed.error = "disconnected", time.time(), mask(reason)
+        if not feed.deaf:
+            feed.deaf = True
+            feed.gaps += 1
+            feed.lost_at = time.monotonic()
+            self.state.connection_lost()
+        self.version += 1
+
+    def _heard(self, feed: Feed) -> None:
+        """*feed* hears its broker (again)."""
+        feed.status, feed.since, feed.error = "connected", time.time(), None
+        if feed.deaf:
+            feed.deaf = False
+            feed.last_gap = time.monotonic() - feed.lost_at
+            self.state.connection_restored()
+            logger.warning(
+                "dashboard: %s is back after %.1fs (gap #%d)", feed.label, feed.last_gap, feed.gaps
+            )
+        self.version += 1
+
+    def _on_connection(self, feed: Feed, status: ConnectionStatus) -> None:
+        if status.connected:
+            self._heard(feed)
+        else:
+            self._lost(feed, status.reason or "connection lost")
+            logger.warning(
+                "dashboard: disconnected from %s (%s); reconnecting (gap #%d)",
+                feed.label,
+                feed.error,
+                feed.gaps,
+            )
+
     async def _feed(self, feed: Feed) -> None:
         delay = self.reconnect_delay
         while True:
-            feed.status, feed.since = "connecting", time.time()
+            if not feed.deaf:
+                feed.status, feed.since = "connecting", time.time()
             try:
-                async with EventReceiver(feed.broker, connect_timeout=10.0) as receiver:
-                    feed.status, feed.since, feed.error = "connected", time.time(), None
+                async with EventReceiver(
+                    feed.broker,
+                    connect_timeout=10.0,
+                    on_connection=functools.partial(self._on_connection, feed),
+                ) as receiver:
+                    self._heard(feed)
                     if feed.ready is not None:
                         feed.ready.set()
                     delay = self.reconnect_delay
@@ -256,12 +306,10 @@ class Hub:
                     apply = self._apply
                     async for event in receiver:
                         apply(feed, event)
-                feed.error = "the broker ended the subscription"
+                self._lost(feed, "the broker ended the subscription")
             except AiocelevError as exc:
-                feed.error = mask(str(exc))
+                self._lost(feed, str(exc))
                 logger.warning("dashboard: %s: %s", feed.label, feed.error)
-            feed.status, feed.since = "disconnected", time.time()
-            self.version += 1
             await anyio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
