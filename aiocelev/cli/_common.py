@@ -55,6 +55,7 @@ __all__ = [
     "require_rich",
     "resolve_broker_url",
     "run_command",
+    "take_file_after_filters",
 ]
 
 #: Celery's own default broker URL (``broker_url`` unset).
@@ -150,6 +151,20 @@ def add_event_source_options(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="exit after this many seconds (default: run until interrupted)",
     )
+
+
+def take_file_after_filters(args: argparse.Namespace) -> None:
+    """``record --filter KEY ... FILE``: the FILE that ``--filter`` took as its last key.
+
+    ``--filter`` takes one or more keys, so a FILE written after them is read
+    as one more key; when FILE is missing, the last key is the FILE.
+
+    :raises CommandError: no FILE at all (exit status 2).
+    """
+    if args.file is None and args.filter:
+        args.file = args.filter.pop()
+    if args.file is None:
+        fail(f"{args.command} needs FILE ('-' for stdout)", EXIT_USAGE)
 
 
 def positive_float(text: str) -> float:

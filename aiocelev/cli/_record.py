@@ -25,6 +25,7 @@ from ._common import (
     non_negative_float,
     open_receiver,
     resolve_broker_url,
+    take_file_after_filters,
 )
 
 __all__ = ["iter_recording", "register", "run_record", "run_replay"]
@@ -41,7 +42,12 @@ def register(subparsers: Any) -> None:
             "FILE '-' is stdout. Every line is flushed as it is written."
         ),
     )
-    record.add_argument("file", metavar="FILE", help="output file ('-' for stdout)")
+    record.add_argument(
+        "file",
+        metavar="FILE",
+        nargs="?",
+        help="output file ('-' for stdout); it may also come after --filter's keys",
+    )
     record.add_argument(
         "-a", "--append", action="store_true", help="append to FILE instead of replacing it"
     )
@@ -74,6 +80,7 @@ def register(subparsers: Any) -> None:
 
 async def run_record(args: argparse.Namespace, ctx: Context) -> int:
     """Run ``aiocelev record``."""
+    take_file_after_filters(args)
     receiver, check = open_receiver(args)
     count = 0
     async with receiver:

@@ -18,7 +18,7 @@ import pytest
 
 from aiocelev import EventDispatcher, EventReceiver, OutgoingMessage
 from aiocelev.brokers.memory import MemoryHub, from_url, memory_hub
-from aiocelev.cli import _common, _demo, _events, _record, _top, build_parser
+from aiocelev.cli import _common, _demo, _events, _record, _top, build_parser, main
 from aiocelev.cli._common import Context
 
 Command = Callable[[Any, Context], Awaitable[int]]
@@ -329,3 +329,22 @@ async def test_demo_no_ui_summary_in_process(capsys: pytest.CaptureFixture[str])
     received = int(out.split("sent, ")[1].split(" received")[0])
     assert sent > 0 and sent == received
     assert "workers seen by the receiver: 3/3" in out
+
+
+@pytest.mark.parametrize("order", ["file-first", "file-last"])
+def test_record_file_may_follow_the_filter_keys(order: str, tmp_path: Path) -> None:
+    out = tmp_path / "filtered.jsonl"
+    keys = ["--filter", "task.#", "worker.online"]
+    tail = ["--broker", "memory://", "--timeout", "0.2"]
+    argv = (
+        ["record", str(out), *keys, *tail]
+        if order == "file-first"
+        else ["record", *keys, str(out), *tail]
+    )
+    assert main(argv) == 0
+    assert out.exists()
+
+
+def test_record_without_file_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["record", "--broker", "memory://", "--timeout", "0.1"]) == 2
+    assert "record needs FILE" in capsys.readouterr().err
