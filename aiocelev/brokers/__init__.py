@@ -17,6 +17,7 @@ from ._control import (
     Replies as Replies,
     ReplyQueue as ReplyQueue,
 )
+from ._queues import QueueInfo as QueueInfo, QueueInspector as QueueInspector
 from ._registry import (
     BrokerFactory as BrokerFactory,
     known_schemes as known_schemes,
@@ -30,6 +31,8 @@ __all__ = [
     "ControlSubscription",
     "ControlTransport",
     "PidboxTransport",
+    "QueueInfo",
+    "QueueInspector",
     "RawReply",
     "Replies",
     "ReplyQueue",

@@ -51,7 +51,9 @@ from ._amqp_connection import AmqpConnection
 from ._amqp_control import AmqpControl
 from ._amqp_options import AmqpOptions, Endpoint, parse_options
 from ._amqp_publish import AmqpPublisher
+from ._amqp_queues import amqp_queue_info
 from ._amqp_subscription import AmqpSubscription
+from ._queues import QueueInfo
 
 __all__ = ["AmqpBroker", "AmqpControl", "AmqpSubscription", "from_url"]
 
@@ -165,6 +167,13 @@ class AmqpBroker:
         await sub.start()
         self._subscriptions.add(sub)
         return sub
+
+    async def queue_info(self, names: Sequence[str]) -> list[QueueInfo]:
+        """Ready messages and consumers of each queue (passive declare; ``None`` if missing).
+
+        :raises BrokerConnectionError: RabbitMQ is unreachable.
+        """
+        return await amqp_queue_info(self._connection, names)
 
     def control(self) -> AmqpControl:
         """The remote-control transport over this adapter's connection (same object each call).

@@ -45,12 +45,14 @@ from typing import Any, final
 import anyio
 
 from .._message import OutgoingMessage
+from ._queues import QueueInfo
 from ._redis_channels import RedisChannels
 from ._redis_connection import RedisConnection
 from ._redis_control import RedisControl
 from ._redis_envelope import encode_envelope
 from ._redis_errors import CONNECTION_ERRORS, REDIS_ERRORS, translate
 from ._redis_options import ParsedUrl, RedisOptions
+from ._redis_queues import redis_queue_info
 from ._redis_subscription import RedisSubscription
 from ._topic import compile_bindings
 
@@ -195,6 +197,15 @@ class RedisBroker:
             await sub.aclose()
             raise
         return sub
+
+    async def queue_info(self, names: Sequence[str]) -> list[QueueInfo]:
+        """Messages waiting in each kombu queue (all priority lists; ``None`` if missing).
+
+        Redis cannot tell how many workers consume a queue: ``consumers`` is ``None``.
+
+        :raises BrokerConnectionError: Redis is unreachable.
+        """
+        return await redis_queue_info(self._link, self._channels, names)
 
     def control(self) -> RedisControl:
         """The remote-control transport over this adapter's connections (same object each call).
