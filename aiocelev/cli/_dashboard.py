@@ -95,6 +95,12 @@ def register(subparsers: Any) -> None:
         help="drop the metrics of workers offline for longer than this",
     )
     parser.add_argument(
+        "--broker-api",
+        metavar="URL",
+        default=None,
+        help="RabbitMQ management API for the broker page (http://user:pass@host:15672/api/)",
+    )
+    parser.add_argument(
         "--demo", action="store_true", help="simulated workers on memory:// (demo data)"
     )
     parser.add_argument(
@@ -154,6 +160,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         inspect_timeout=args.inspect_timeout,
         actions_without_auth=args.no_auth_for_actions,
         purge_offline_workers=args.purge_offline_workers,
+        broker_api=args.broker_api or os.environ.get("AIOCELEV_BROKER_API") or None,
         simulation=_demo_simulation(DEMO_WORKERS, DEMO_RATE) if args.demo else None,
     )
     config = uvicorn.Config(

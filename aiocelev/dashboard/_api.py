@@ -292,6 +292,24 @@ async def shutdown(request: Request) -> Response:
     return Json({"message": "Shutting down!"})
 
 
+async def queues_length(request: Request) -> Response:
+    """``GET /api/queues/length``, as Flower: ``{"active_queues": [{"name", "messages"}]}``.
+
+    Each entry also says which ``broker`` it is on and its ``consumers`` where known.
+    """
+    rows, errors = await request.app.state.queues.rows()
+    queues = [
+        {
+            "name": r["name"],
+            "messages": r["messages"],
+            "consumers": r["consumers"],
+            "broker": r["broker"],
+        }
+        for r in rows
+    ]
+    return Json({"active_queues": queues, "errors": errors})
+
+
 def api_routes() -> list[Route]:
     """Every JSON route (paths relative to the app's root)."""
     return [
@@ -305,6 +323,7 @@ def api_routes() -> list[Route]:
         Route("/api/worker/pool/grow/{worker:path}", pool_grow, methods=["POST"]),
         Route("/api/worker/pool/shrink/{worker:path}", pool_shrink, methods=["POST"]),
         Route("/api/worker/shutdown/{worker:path}", shutdown, methods=["POST"]),
+        Route("/api/queues/length", queues_length),
         Route("/healthz", healthz),
         Route("/metrics", metrics),
     ]

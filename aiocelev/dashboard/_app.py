@@ -18,6 +18,7 @@ from ._api import api_routes
 from ._hub import Hub, Simulation
 from ._metrics import DEFAULT_RUNTIME_BUCKETS, FlowerMetrics
 from ._pages import page_routes
+from ._queues import QueueBoard
 from ._security import Guard, parse_credentials
 from ._sse import stream
 
@@ -51,6 +52,7 @@ def create_app(
     push_interval: float = 0.5,
     max_clients: int = 100,
     simulation: Simulation | None = None,
+    broker_api: str | None = None,
 ) -> Starlette:
     """Build the dashboard: pages, Flower-compatible JSON API, SSE, ``/metrics``, ``/healthz``.
 
@@ -82,6 +84,11 @@ def create_app(
     :param simulation: ``async fn(broker_url, stop_event)`` run while the app
         runs, once the first broker is subscribed (the CLI's ``--demo`` passes
         the demo's simulated workers).
+    :param broker_api: RabbitMQ's management API root
+        (``http://user:pass@host:15672/api/``, Flower's ``--broker_api``): the
+        broker page then lists every queue of each RabbitMQ vhost with its
+        unacknowledged messages; without it, queue depths come from the broker
+        protocol itself.
     :raises ConfigurationError: no broker, bad credentials or bounds.
 
     .. versionadded:: 0.2
@@ -149,5 +156,6 @@ def create_app(
         ],
     )
     app.state.hub = hub
+    app.state.queues = QueueBoard(hub, broker_api)
     app.state.config = Config(read_only=read_only, demo=demo)
     return app

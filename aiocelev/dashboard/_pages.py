@@ -315,6 +315,23 @@ async def task_page(request: Request) -> Response:
     )
 
 
+# -- broker -------------------------------------------------------------------------
+
+
+async def broker_page(request: Request) -> Response:
+    """Queue depths and consumers on every broker (see ``_queues``)."""
+    board = request.app.state.queues
+    rows, errors = await board.rows()
+    return render(
+        request,
+        "broker.html",
+        rows=rows,
+        errors=errors,
+        broker_api=board.broker_api is not None,
+        page="broker",
+    )
+
+
 async def index(request: Request) -> Response:
     """``/`` is the workers page."""
     return await workers_page(request)
@@ -328,4 +345,5 @@ def page_routes() -> list[Route]:
         Route("/worker/{hostname:path}", worker_page),
         Route("/tasks", tasks_page),
         Route("/task/{task_id:path}", task_page),
+        Route("/broker", broker_page),
     ]
