@@ -12,14 +12,22 @@ edge and never reach the caller.
   * BrokerError: the broker failed.
     * BrokerConnectionError: the broker cannot be reached, or the connection was lost.
     * PublishError: the broker refused or did not confirm a publish.
+    (``BrokerError.reason`` is the cause in a few words, without the URL.)
   * DecodeError: a message is not a valid event message; ``reason`` says why.
   * ClosedError: a dispatcher, receiver or broker was used after it was closed.
   * EndOfStream: a receiver has no more events (it was closed, or its subscription ended).
   * BufferFullError: a bounded buffer had no room and the policy says to fail.
   * NotSupportedError (also ``NotImplementedError``): the broker adapter cannot do this.
+  * StoreError: the task-history store failed (a database error, translated).
+    * StoreConnectionError (also ``ConnectionError``): the database cannot be reached, or
+      is busy; retrying may succeed.
 """
 
 from __future__ import annotations
+
+import errno
+import re
+import socket
 
 __all__ = [
     "AiocelevError",
@@ -34,6 +42,8 @@ __all__ = [
     "MissingDependencyError",
     "NotSupportedError",
     "PublishError",
+    "StoreConnectionError",
+    "StoreError",
     "UnknownSchemeError",
 ]
 
@@ -64,6 +74,11 @@ class NotSupportedError(AiocelevError, NotImplementedError):
 
 class BrokerError(AiocelevError):
     """The broker failed to do what was asked."""
+
+    #: Why, in a few words and without the broker's URL (for example
+    #: ``"connection refused by 127.0.0.1:5672 (is the broker running there?)"`` or
+    #: ``"vhost 'x' not found"``); ``None`` when the adapter gave no reason.
+    reason: str | None = None
 
 
 class BrokerConnectionError(BrokerError, ConnectionError):
@@ -102,3 +117,39 @@ class EndOfStream(AiocelevError):
 
 class BufferFullError(AiocelevError):
     """A bounded buffer had no room and its overflow policy says to fail."""
+
+
+def network_reason(exc: BaseException) -> str | None:
+    """What an operating-system connection error in *exc*'s chain means, in a few words.
+
+    Looks through ``__cause__`` / ``__context__`` for a refused connection, an
+    unknown host or a reset; ``None`` when there is none of these.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code = getattr(current, "errno", None)
+        text = str(current)
+        if isinstance(current, ConnectionRefusedError) or code == errno.ECONNREFUSED:
+            found = re.search(r"\('([^']*)', (\d+)", text) or re.search(
+                r"connecting to (\S+?:\d+)", text
+            )
+            where = ""
+            if found is not None:
+                where = " by " + (":".join(found.groups()) if found.lastindex == 2 else found[1])
+            return f"connection refused{where} (is the broker running there?)"
+        if isinstance(current, socket.gaierror):
+            return f"unknown host ({current.strerror or text})"
+        if isinstance(current, ConnectionResetError) or code == errno.ECONNRESET:
+            return "connection reset by the server"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class StoreError(AiocelevError):
+    """The task-history store failed: a database error, translated at the store's edge."""
+
+
+class StoreConnectionError(StoreError, ConnectionError):
+    """The store's database cannot be reached, or is busy: retrying may succeed."""

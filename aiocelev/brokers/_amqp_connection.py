@@ -131,6 +131,7 @@ class AmqpConnection:
     async def _connect_locked(self) -> AbstractConnection:
         """Try each endpoint once, starting with the last good one (lock held)."""
         errors: list[str] = []
+        reasons: list[str] = []
         count = len(self.endpoints)
         for step in range(count):
             index = (self._index + step) % count
@@ -146,6 +147,8 @@ class AmqpConnection:
                     exc.__cause__ and describe(exc.__cause__),
                 )
                 errors.append(str(exc))
+                reason = exc.reason or str(exc)
+                reasons.append(reason if count == 1 else f"{endpoint.masked}: {reason}")
                 continue
             self._index = index
             try:
@@ -162,7 +165,9 @@ class AmqpConnection:
             conn.close_callbacks.add(self._on_closed)
             return conn
         self._next_attempt = time.monotonic() + self.backoff.next_delay()
-        raise BrokerConnectionError("; ".join(errors) or f"cannot connect to {self.masked}")
+        error = BrokerConnectionError("; ".join(errors) or f"cannot connect to {self.masked}")
+        error.reason = "; ".join(reasons) or None
+        raise error
 
     def _on_closed(self, sender: Any, exc: BaseException | None = None, *_: Any) -> None:
         if sender is not None:

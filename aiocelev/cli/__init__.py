@@ -22,12 +22,12 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from . import _control, _dashboard, _demo, _events, _record, _top
-from ._common import EXIT_USAGE, run_command
+from ._common import DEFAULT_CONNECT_TIMEOUT, EXIT_USAGE, positive_float, run_command
 
 __all__ = ["build_parser", "main"]
 
 _EPILOG = """\
-The broker URL comes from --broker (given after the subcommand), else
+The broker URL comes from --broker (before or after the command), else
 $AIOCELEV_BROKER_URL, else amqp://guest:guest@localhost:5672// (demo: memory://).
 
 exit status: 0 ok, 1 runtime or broker error, 2 usage error,
@@ -35,16 +35,71 @@ exit status: 0 ok, 1 runtime or broker error, 2 usage error,
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: options given before the command count as if given after it."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse, then merge the options given before the command into the command's."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        _merge_global_options(parsed)
+        return parsed, extras
+
+
+def _merge_global_options(args: argparse.Namespace) -> None:
+    """``aiocelev --broker URL events`` as ``aiocelev events --broker URL``.
+
+    A value given after the command wins over one given before it.
+    """
+    values = vars(args)
+    broker = values.pop("global_broker", None)
+    timeout = values.pop("global_connect_timeout", None)
+    verbose = values.pop("global_verbose", 0)
+    if broker is not None and "broker" in values:
+        if isinstance(values["broker"], list):  # a repeatable --broker (dashboard)
+            if not values["broker"]:
+                args.broker = [broker]
+        elif values["broker"] is None:
+            args.broker = broker
+    if "connect_timeout" in values and values["connect_timeout"] is None:
+        args.connect_timeout = timeout if timeout is not None else DEFAULT_CONNECT_TIMEOUT
+    if verbose and "verbose" in values:
+        args.verbose = (values["verbose"] or 0) + verbose
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``aiocelev`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="aiocelev",
         description="Watch, record, replay and simulate Celery's monitoring event stream.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"aiocelev {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = parser.add_argument_group(
+        "options of every command (accepted before the command as well as after it)"
+    )
+    common.add_argument("-b", "--broker", dest="global_broker", metavar="URL", help="broker URL")
+    common.add_argument(
+        "--connect-timeout",
+        dest="global_connect_timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help=f"give up if the broker cannot be reached in this time (default: "
+        f"{DEFAULT_CONNECT_TIMEOUT:g})",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        dest="global_verbose",
+        action="count",
+        default=0,
+        help="log the library's warnings (-v) or debug messages (-vv) on stderr",
+    )
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=argparse.ArgumentParser
+    )
     for module in (_events, _top, _demo, _control, _record, _dashboard):
         module.register(subparsers)
     return parser

@@ -7,14 +7,17 @@ Subcommand modules import from here, never from each other.
 from __future__ import annotations
 
 import argparse
+import difflib
+import fnmatch
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import traceback
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import datetime, timezone
 from typing import IO, Any, NoReturn
 
@@ -28,6 +31,7 @@ from .._exceptions import (
     DecodeError,
     MissingDependencyError,
 )
+from .._link import ConnectionStatus
 from .._message import IncomingMessage
 from .._receiver import EventReceiver
 from .._url import mask_url, scheme_of
@@ -36,19 +40,27 @@ from ..brokers._topic import compile_bindings
 
 __all__ = [
     "DEFAULT_BROKER_URL",
+    "DEFAULT_CONNECT_TIMEOUT",
     "ENV_BROKER_URL",
     "EXIT_ERROR",
     "EXIT_OK",
     "EXIT_USAGE",
+    "CELERY_KEYS",
     "CommandError",
+    "ConnectionReporter",
     "Context",
     "MalformedReporter",
     "Style",
     "add_broker_options",
     "add_event_source_options",
     "binding_keys",
+    "broker_reason",
+    "check_filters",
     "connect_broker",
+    "connection_line",
     "diag",
+    "event_source",
+    "format_duration",
     "format_timestamp",
     "listening_line",
     "open_receiver",
@@ -60,6 +72,8 @@ __all__ = [
 
 #: Celery's own default broker URL (``broker_url`` unset).
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
+#: Seconds a command waits for the broker to answer (``--connect-timeout``).
+DEFAULT_CONNECT_TIMEOUT = 3.0
 #: The environment variable naming the broker when ``--broker`` is not given.
 ENV_BROKER_URL = "AIOCELEV_BROKER_URL"
 
@@ -119,9 +133,10 @@ def add_broker_options(
     group.add_argument(
         "--connect-timeout",
         type=positive_float,
-        default=3.0,
+        default=None,  # DEFAULT_CONNECT_TIMEOUT, unless given before the command
         metavar="SECONDS",
-        help="give up if the broker cannot be reached within this time (default: 3)",
+        help=f"give up if the broker cannot be reached within this time "
+        f"(default: {DEFAULT_CONNECT_TIMEOUT:g})",
     )
     parser.add_argument(
         "-v",
@@ -226,27 +241,46 @@ def require_rich(command: str, alternative: str = "") -> None:
         )
 
 
+def broker_reason(exc: BaseException) -> str:
+    """Why a broker operation failed, in a few words and without the broker's URL.
+
+    The first :attr:`~aiocelev.BrokerError.reason` along the chain of causes,
+    else the error's own message.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, BrokerError) and current.reason:
+            return current.reason
+        current = current.__cause__ or current.__context__
+    return str(exc) or type(exc).__name__
+
+
 async def connect_broker(url: str, timeout: float) -> Broker:
-    """Open and connect the broker at *url*, or fail with one line after *timeout* seconds."""
+    """Open and connect the broker at *url*, or fail with one line.
+
+    A broker that answers with an error (refused connection, refused login,
+    unknown vhost...) fails at once with its reason; one that does not answer
+    fails after *timeout* seconds.
+    """
     broker = open_broker(url)
-    last: BaseException | None = None
     try:
-        with anyio.move_on_after(timeout):
-            while True:
-                try:
-                    await broker.connect()
-                    return broker
-                except BrokerError as exc:
-                    last = exc
-                    await anyio.sleep(0.25)
+        with anyio.fail_after(timeout):
+            await broker.connect()
+    except TimeoutError:
+        reason = f"no answer within {timeout:g}s (--connect-timeout)"
+    except BrokerError as exc:
+        reason = broker_reason(exc)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await broker.aclose()
         raise
+    else:
+        return broker
     with anyio.CancelScope(shield=True):
         await broker.aclose()
-    reason = f": {last}" if last is not None else " (timed out)"
-    fail(f"cannot connect to {mask_url(url)}{reason}")
+    fail(f"cannot connect to {mask_url(url)}: {reason}")
 
 
 class MalformedReporter:
@@ -273,8 +307,83 @@ class MalformedReporter:
         )
 
 
+#: The routing key of every event Celery sends: its type with ``.`` for ``-``.
+CELERY_KEYS = (
+    "task.sent",
+    "task.received",
+    "task.started",
+    "task.succeeded",
+    "task.failed",
+    "task.retried",
+    "task.rejected",
+    "task.revoked",
+    "worker.online",
+    "worker.heartbeat",
+    "worker.offline",
+)
+#: Events that carry a task's name (kept for ``events``' text lines even when filtered out).
+NAME_KEYS = ("task.received", "task.sent")
+_WORD = re.compile(r"[a-z0-9_]+")
+
+
+def _suggest(key: str) -> list[str]:
+    """Celery keys (or patterns) *key* was probably meant to be."""
+    fixed = re.sub(r"[-.]+", ".", key.strip().lower()).strip(".")
+    words = fixed.split(".")
+    if any(("*" in w or "#" in w) and w not in ("*", "#") for w in words):
+        pattern = fixed.replace("#", "*")
+        hits = [k for k in CELERY_KEYS if fnmatch.fnmatchcase(k, pattern)]
+        if hits:
+            return hits if len(hits) <= 3 else [f"{words[0].strip('*#')}.#"]
+    if fixed in CELERY_KEYS or (fixed and all(_WORD.fullmatch(w) or w in "*#" for w in words)):
+        return [fixed]
+    return difflib.get_close_matches(fixed, CELERY_KEYS, n=1, cutoff=0.6)
+
+
+def _did_you_mean(key: str) -> str:
+    hints = _suggest(key)
+    return f"; did you mean {' or '.join(hints)}?" if hints else ""
+
+
+def check_filters(keys: Sequence[str]) -> None:
+    """Reject binding keys that can never match an event, or say what they probably meant.
+
+    A key is words joined by dots; a word is lower-case letters, digits and
+    ``_``, or a whole-word wildcard (``*`` one word, ``#`` any number).
+    Well-formed keys that match none of Celery's events are kept (custom events
+    exist) with a note on stderr when they look like a typo.
+
+    :raises CommandError: a malformed key (exit status 2).
+    """
+    for key in keys:
+        words = key.split(".")
+        if not key.strip():
+            problem = "an empty key matches no event ('#' matches every event)"
+        elif any(not w for w in words):
+            problem = "a key has no empty words"
+        elif any(("*" in w or "#" in w) and w not in ("*", "#") for w in words):
+            problem = "'*' and '#' stand for whole words only"
+        elif "-" in key:
+            problem = "routing keys use '.' where event types use '-'"
+        elif key != key.lower():
+            problem = "event routing keys are lower case"
+        elif not all(_WORD.fullmatch(w) or w in ("*", "#") for w in words):
+            problem = "a word is letters, digits and '_', or a wildcard ('*' or '#')"
+        else:
+            matcher = compile_bindings([key])
+            if not any(matcher(k) for k in CELERY_KEYS):
+                hints = difflib.get_close_matches(key, CELERY_KEYS, n=1, cutoff=0.75)
+                if hints:
+                    diag(
+                        f"note: --filter {key!r} matches no Celery event (custom events only); "
+                        f"did you mean {hints[0]}?"
+                    )
+            continue
+        fail(f"--filter {key!r}: {problem}{_did_you_mean(key)}", EXIT_USAGE)
+
+
 def binding_keys(
-    filters: Sequence[str] | None,
+    filters: Sequence[str] | None, *, names: bool = False
 ) -> tuple[tuple[str, ...], Callable[[str], bool] | None]:
     """The keys to bind for *filters*, and the per-event check they need (``None``: none).
 
@@ -282,33 +391,109 @@ def binding_keys(
     says nothing about the events inside: a filter like ``task.succeeded``
     therefore also binds ``task.multi``, and each event is then checked against
     the filters by the routing key it would have on its own.
+
+    :param names: also bind the events that carry task names (``task-received``,
+        ``task-sent``), so that a text formatter learns names of events it shows;
+        the check still rejects them when *filters* do not match them.
     """
     keys = tuple(filters or ("#",))
     if "#" in keys:
         return ("#",), None
-    extra = []
-    for key in keys:
+    check = compile_bindings(keys)
+    extra: list[str] = []
+    wanted = [*keys, *(k for k in NAME_KEYS if names and not check(k))]
+    for key in wanted:
         first = key.split(".", 1)[0]
         multi = "#" if first == "#" else f"{first}.multi"
-        if multi not in keys and multi not in extra:
-            extra.append(multi)
-    return (*keys, *extra), compile_bindings(keys)
+        for needed in (key, multi):
+            if needed not in keys and needed not in extra:
+                extra.append(needed)
+    return (*keys, *extra), check
 
 
-def open_receiver(args: argparse.Namespace) -> tuple[EventReceiver, Callable[[str], bool] | None]:
+def open_receiver(
+    args: argparse.Namespace,
+    broker: Broker | None = None,
+    *,
+    names: bool = False,
+    on_connection: Callable[[ConnectionStatus], None] | None = None,
+) -> tuple[EventReceiver, Callable[[str], bool] | None]:
     """An :class:`EventReceiver` for the command's broker, filters and connect timeout.
 
     Also returns the check events must pass (see :func:`binding_keys`).
+
+    :param broker: a connected broker (see :func:`connect_broker`); else the URL's.
+    :param names: also receive the events that name tasks (see :func:`binding_keys`).
+    :param on_connection: the receiver's ``on_connection`` callback.
     """
-    url = resolve_broker_url(args.broker)
-    keys, check = binding_keys(args.filter)
+    check_filters(args.filter or ())
+    keys, check = binding_keys(args.filter, names=names)
     receiver = EventReceiver(
-        url,
+        broker if broker is not None else resolve_broker_url(args.broker),
         routing_keys=keys,
         connect_timeout=args.connect_timeout,
         on_error=MalformedReporter(),
+        on_connection=on_connection,
     )
     return receiver, check
+
+
+@asynccontextmanager
+async def event_source(
+    args: argparse.Namespace, *, names: bool = False, report: bool = True
+) -> AsyncIterator[tuple[EventReceiver, Callable[[str], bool] | None]]:
+    """Connect to the command's broker and subscribe: ``(receiver, check)``.
+
+    Every failure to start is one line (:class:`CommandError`): a malformed
+    ``--filter`` (exit status 2), an unreachable broker, a refused subscription.
+
+    :param names: see :func:`binding_keys`.
+    :param report: say on stderr each time the connection is lost and back
+        (see :class:`ConnectionReporter`).
+    """
+    check_filters(args.filter or ())
+    url = resolve_broker_url(args.broker)
+    broker = await connect_broker(url, args.connect_timeout)
+    try:
+        receiver, check = open_receiver(
+            args, broker, names=names, on_connection=ConnectionReporter() if report else None
+        )
+        async with AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(receiver)
+            except BrokerError as exc:
+                fail(f"cannot subscribe to {mask_url(url)}: {broker_reason(exc)}")
+            yield receiver, check
+    finally:
+        with anyio.CancelScope(shield=True):
+            await broker.aclose()
+
+
+class ConnectionReporter:
+    """A receiver's ``on_connection``: one line on stderr per loss and per recovery."""
+
+    def __call__(self, status: ConnectionStatus) -> None:
+        diag(connection_line(status))
+
+
+def connection_line(status: ConnectionStatus) -> str:
+    """``disconnected from URL, reconnecting (gap #n): reason`` or ``reconnected to URL after Xs``."""
+    if not status.connected:
+        reason = f": {status.reason}" if status.reason else ""
+        return f"disconnected from {status.broker}, reconnecting (gap #{status.gaps}){reason}"
+    gap = f" after {format_duration(status.last_gap)}" if status.last_gap is not None else ""
+    return f"reconnected to {status.broker}{gap} (gap #{status.gaps})"
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as ``0.42s``, ``12.3s``, ``4m05s`` or ``2h03m``."""
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
 def listening_line(

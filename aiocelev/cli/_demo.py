@@ -77,7 +77,6 @@ def register(subparsers: Any) -> None:
         help="about how many events per second all workers send together (default: 30)",
     )
     parser.add_argument(
-        "-d",
         "--duration",
         type=non_negative_float,
         metavar="SECONDS",

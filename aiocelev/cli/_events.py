@@ -18,9 +18,9 @@ from ._common import (
     add_broker_options,
     add_event_source_options,
     diag,
+    event_source,
     format_timestamp,
     listening_line,
-    open_receiver,
 )
 
 __all__ = ["EventFormatter", "human_type", "register", "run"]
@@ -33,6 +33,8 @@ _HUMAN_TYPES = {
 
 # Fields shown in a line's prefix, or not at all (``--json`` shows everything).
 _PREFIX_FIELDS = frozenset({"type", "hostname", "timestamp", "local_received", "pid", "utcoffset"})
+# Events that name a task (learnt even when a filter hides them).
+_NAMING_TYPES = frozenset({"task-received", "task-sent"})
 # Task fields folded into "name(uuid) args=... kwargs=...".
 _TASK_HEAD_FIELDS = frozenset({"uuid", "name", "args", "kwargs"})
 
@@ -67,28 +69,48 @@ def _value(value: Any) -> str:
 class EventFormatter:
     """Format events as ``<hostname> [<UTC time>] <human type>: k=v, …`` lines.
 
-    Task events show ``name(uuid)`` (the name is remembered from the task's
-    ``task-received`` / ``task-sent`` event, as Celery's dumper does).  To keep
-    lines readable, fields whose value is null, the sender's ``pid`` and
-    ``utcoffset``, and a ``root_id`` equal to the task's own id are left out.
+    Task events show ``name(uuid) args=… kwargs=…``: as Celery's dumper does,
+    the name and arguments are remembered from the task's ``task-received`` /
+    ``task-sent`` event and shown on its later events too (``task-started``,
+    ``task-succeeded``…).  To keep lines readable, fields whose value is null,
+    the sender's ``pid`` and ``utcoffset``, and a ``root_id`` equal to the
+    task's own id are left out.  A traceback follows its event's line as
+    indented lines (the event then spans several lines).
 
     :param style: colours the hostname and type when enabled.
-    :param names: how many task names to remember.
+    :param names: how many tasks' names to remember.
     """
 
     def __init__(self, style: Style | None = None, names: int = 4096) -> None:
         self._style = style
-        self._names: OrderedDict[str, str] = OrderedDict()
+        self._heads: OrderedDict[str, str] = OrderedDict()
         self._max_names = names
 
-    def _remember(self, uuid: str, name: str) -> None:
-        self._names[uuid] = name
-        self._names.move_to_end(uuid)
-        while len(self._names) > self._max_names:
-            self._names.popitem(last=False)
+    def learn(self, event: Event | dict[str, Any]) -> None:
+        """Remember the task name and arguments *event* carries, without printing it.
+
+        Called for events a filter hides, so that the events it shows still
+        name their task.
+        """
+        fields = event.to_dict() if isinstance(event, Event) else event
+        self._head(fields)
+
+    def _head(self, fields: dict[str, Any]) -> str:
+        uuid = str(fields["uuid"])
+        name = fields.get("name")
+        if isinstance(name, str) and name:
+            head = f"{name}({uuid})"
+            if "args" in fields or "kwargs" in fields:
+                head += f" args={_value(fields.get('args'))} kwargs={_value(fields.get('kwargs'))}"
+            self._heads[uuid] = head
+            self._heads.move_to_end(uuid)
+            while len(self._heads) > self._max_names:
+                self._heads.popitem(last=False)
+            return head
+        return self._heads.get(uuid, uuid)
 
     def format(self, event: Event | dict[str, Any]) -> str:
-        """One line for *event* (no trailing newline)."""
+        """The text of *event*: one line, then its traceback's lines if it has one."""
         fields = event.to_dict() if isinstance(event, Event) else dict(event)
         type_ = str(fields.get("type", "?"))
         hostname = str(fields.get("hostname", "?"))
@@ -96,28 +118,37 @@ class EventFormatter:
         head = head_id = ""
         skip = _PREFIX_FIELDS
         if type_.startswith("task-") and "uuid" in fields:
-            uuid = head_id = str(fields["uuid"])
-            name = fields.get("name")
-            if isinstance(name, str):
-                self._remember(uuid, name)
-            else:
-                name = self._names.get(uuid, "")
-            head = f"{name}({uuid})" if name else uuid
-            if "args" in fields or "kwargs" in fields:
-                head += f" args={_value(fields.get('args'))} kwargs={_value(fields.get('kwargs'))}"
+            head_id = str(fields["uuid"])
+            head = self._head(fields)
             skip = _PREFIX_FIELDS | _TASK_HEAD_FIELDS
+        traceback = fields.get("traceback")
+        block = isinstance(traceback, str) and "\n" in traceback.strip()
         rest = ", ".join(
             f"{key}={_value(value)}"
             for key, value in sorted(fields.items())
-            if key not in skip and value is not None and not (key == "root_id" and value == head_id)
+            if key not in skip
+            and value is not None
+            and not (key == "root_id" and value == head_id)
+            and not (key == "traceback" and block)
         )
         human = human_type(type_)
         style = self._style
-        if style is not None and style.enabled:
+        colour = style is not None and style.enabled
+        if style is not None and colour:
             hostname = style(hostname, "1;36")
             human = style(human, _TYPE_COLOURS.get(type_, "1"))
         body = " ".join(part for part in (head, rest) if part)
-        return f"{hostname} [{when}] {human}{': ' + body if body else ''}"
+        line = f"{hostname} [{when}] {human}{': ' + body if body else ''}"
+        if block:
+            assert isinstance(traceback, str)
+            lines = [_INDENT + text for text in traceback.rstrip().splitlines()]
+            text = "\n".join(lines)
+            line += "\n" + (style(text, "2") if style is not None and colour else text)
+        return line
+
+
+#: Where the lines of a traceback start.
+_INDENT = "    "
 
 
 def register(subparsers: Any) -> None:
@@ -143,13 +174,14 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     """Run ``aiocelev events``."""
     out: IO[str] = sys.stdout
     formatter = EventFormatter(Style(out))
-    receiver, check = open_receiver(args)
     count = 0
-    async with receiver:
+    async with event_source(args, names=not args.json) as (receiver, check):
         diag(listening_line(receiver, args))
         with ctx.interruptible(), anyio.move_on_after(args.timeout):
             async for event in receiver:
                 if check is not None and not check(event.routing_key):
+                    if not args.json and event.type in _NAMING_TYPES:
+                        formatter.learn(event)
                     continue
                 line = dumps(event.to_dict()) if args.json else formatter.format(event)
                 out.write(line + "\n")

@@ -20,10 +20,10 @@ from ._common import (
     add_event_source_options,
     connect_broker,
     diag,
+    event_source,
     fail,
     listening_line,
     non_negative_float,
-    open_receiver,
     resolve_broker_url,
     take_file_after_filters,
 )
@@ -81,9 +81,8 @@ def register(subparsers: Any) -> None:
 async def run_record(args: argparse.Namespace, ctx: Context) -> int:
     """Run ``aiocelev record``."""
     take_file_after_filters(args)
-    receiver, check = open_receiver(args)
     count = 0
-    async with receiver:
+    async with event_source(args) as (receiver, check):
         out = _open_output(args.file, args.append)
         try:
             diag(f"{listening_line(receiver, args, 'recording')} to {args.file}")

@@ -18,8 +18,8 @@ from ._common import (
     EXIT_OK,
     Context,
     add_broker_options,
+    event_source,
     non_negative_float,
-    open_receiver,
     positive_float,
     require_rich,
 )
@@ -91,8 +91,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     from ._topview import TopView, live_view, render, to_text
 
     state = ClusterState()
-    receiver, check = open_receiver(args)
-    async with receiver, anyio.create_task_group() as tg:
+    async with event_source(args) as (receiver, check), anyio.create_task_group() as tg:
         tg.start_soon(feed, receiver, state, check)
         title = f"aiocelev top · {mask_url(receiver.broker.url)}"
         if args.once:

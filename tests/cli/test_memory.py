@@ -84,16 +84,24 @@ async def test_events_prints_one_readable_line_per_event(
     assert results == [0]
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert len(lines) == 6, out
-    assert all(line.startswith("w1@example [") for line in lines)
+    assert len(lines) == 9, out
     assert " UTC] started: " in lines[0] and "sw_ident=py-celery" in lines[0]
     assert "task received: proj.add(t-1) args=(2, 2) kwargs={}" in lines[1]
-    assert "task started: proj.add(t-1)" in lines[2]
-    assert "task succeeded: proj.add(t-1)" in lines[3] and "result=4" in lines[3]
+    # As in Celery's dump, later events of a task repeat its name and arguments.
+    assert "task started: proj.add(t-1) args=(2, 2) kwargs={} clock=" in lines[2]
+    assert "task succeeded: proj.add(t-1) args=(2, 2)" in lines[3] and "result=4" in lines[3]
     assert "runtime=0.25" in lines[3]
-    # A multi-line traceback stays on its line.
-    assert "task failed: t-2" in lines[4] and "\\nValueError: bad" in lines[4]
-    assert "task progress: proj.add(t-1)" in lines[5] and "done=3" in lines[5]
+    # A multi-line traceback follows its event as indented lines.
+    assert "task failed: t-2" in lines[4] and "exception=ValueError('bad')" in lines[4]
+    assert "traceback=" not in lines[4]
+    assert lines[5:8] == [
+        "    Traceback (most recent call last):",
+        '      File "x.py", line 1',
+        "    ValueError: bad",
+    ]
+    assert "task progress: proj.add(t-1)" in lines[8] and "done=3" in lines[8]
+    events = [line for line in lines if not line.startswith(" ")]
+    assert all(line.startswith("w1@example [") for line in events)
     assert "pid=" not in out and "=None" not in out  # envelope noise left to --json
     assert "\x1b[" not in out  # no colour when stdout is not a terminal
 
@@ -151,6 +159,32 @@ def test_filters_also_bind_batches() -> None:
     assert _common.binding_keys(None) == (("#",), None)
     assert _common.binding_keys(["#", "task.#"]) == (("#",), None)
     assert _common.binding_keys(["*.failed"])[0] == ("*.failed", "*.multi")
+    # For text lines, the events naming tasks are received too (and then hidden).
+    keys, check = _common.binding_keys(["task.failed"], names=True)
+    assert keys == ("task.failed", "task.multi", "task.received", "task.sent")
+    assert check is not None and not check("task.received")
+    assert _common.binding_keys(["task.#"], names=True)[0] == ("task.#", "task.multi")
+
+
+async def test_filtered_text_lines_still_name_their_tasks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = "memory://cli-events-filtered-names"
+    results: list[int] = []
+    args = parse("events", "-b", url, "--filter", "task.failed", "task.succeeded", "-n", "2")
+    async with bounded_group() as tg:
+        await start_listening(tg, _events.run, args, url, results)
+        async with EventDispatcher(url, hostname="w1@example") as d:
+            await d.send("task-received", uuid="t-9", name="proj.mul", args="(3,)", kwargs="{}")
+            await d.send("task-started", uuid="t-9")
+            await d.send("task-succeeded", uuid="t-9", result="9", runtime=0.1)
+            await d.send("task-sent", uuid="t-8", name="proj.div", args="(1, 0)", kwargs="{}")
+            await d.send("task-failed", uuid="t-8", exception="ZeroDivisionError()")
+            await d.flush()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines
+    assert "task succeeded: proj.mul(t-9) args=(3,) kwargs={}" in lines[0]
+    assert "task failed: proj.div(t-8) args=(1, 0) kwargs={}" in lines[1]
 
 
 async def test_events_timeout_without_events(capsys: pytest.CaptureFixture[str]) -> None:
