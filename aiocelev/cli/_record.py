@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -73,6 +74,12 @@ def register(subparsers: Any) -> None:
         default=1.0,
         metavar="X",
         help="replay X times faster (default: 1; 0: as fast as possible)",
+    )
+    replay.add_argument(
+        "--retime",
+        action="store_true",
+        help="stamp each event with the time it is sent (workers then look alive to a "
+        "monitor) instead of its recorded timestamp",
     )
     add_broker_options(replay)
     replay.set_defaults(func=run_replay)
@@ -157,7 +164,8 @@ async def run_replay(args: argparse.Namespace, ctx: Context) -> int:
         broker = await connect_broker(url, args.connect_timeout)
         try:
             async with EventDispatcher(broker, hostname=None) as dispatcher:
-                diag(f"replaying {source} to {mask_url(url)} (speed {args.speed:g})")
+                retimed = ", timestamps of now" if args.retime else ""
+                diag(f"replaying {source} to {mask_url(url)} (speed {args.speed:g}{retimed})")
                 first: float | None = None
                 start = anyio.current_time()
                 with ctx.interruptible():
@@ -170,6 +178,8 @@ async def run_replay(args: argparse.Namespace, ctx: Context) -> int:
                             if delay > 0:
                                 await anyio.sleep(delay)
                         data.pop("local_received", None)
+                        if args.retime:
+                            data["timestamp"] = time.time()
                         await dispatcher.send_event(data)
                         sent += 1
                     await dispatcher.flush()

@@ -7,6 +7,7 @@ coroutines next to a dispatcher or receiver on the same event loop.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -295,6 +296,26 @@ async def test_replay_keeps_original_order_with_timing(tmp_path: Path) -> None:
             got = [await receiver.receive() for _ in range(4)]
     assert [e.clock for e in got] == [1, 2, 3, 4]
     assert [e.timestamp for e in got] == [e["timestamp"] for e in lines]
+
+
+async def test_replay_retime_stamps_events_with_the_time_they_are_sent(tmp_path: Path) -> None:
+    recording = tmp_path / "old.jsonl"
+    lines = [
+        {"type": "worker-heartbeat", "hostname": "a@x", "timestamp": 100.0 + i, "clock": i + 1}
+        for i in range(3)
+    ]
+    recording.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    target = "memory://cli-replay-retime"
+    async with EventReceiver(target) as receiver:
+        before = time.time()
+        args = parse("replay", str(recording), "-b", target, "--speed", "0", "--retime")
+        assert await _record.run_replay(args, Context()) == 0
+        after = time.time()
+        with anyio.fail_after(5):
+            got = [await receiver.receive() for _ in range(3)]
+    assert [e.clock for e in got] == [1, 2, 3]
+    assert all(before <= e.timestamp <= after for e in got)
+    assert [e.timestamp for e in got] == sorted(e.timestamp for e in got)
 
 
 async def test_replay_skips_bad_lines_with_their_number(
