@@ -322,7 +322,8 @@ def to_text(renderable: RenderableType, width: int = 120) -> str:
         highlight=False,
     )
     console.print(renderable)
-    return buffer.getvalue()
+    # rich pads every line to the full width; plain text has no trailing spaces.
+    return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
 
 
 # -- the live loop and the keyboard ------------------------------------------------

@@ -362,6 +362,7 @@ async def test_top_once_shows_workers_and_tasks(capsys: pytest.CaptureFixture[st
     assert "SUCCESS" in out and "FAILURE" in out
     assert "proj.add" in out
     assert "\x1b[" not in out
+    assert [line for line in out.splitlines() if line != line.rstrip()] == []
 
 
 async def test_demo_no_ui_summary_in_process(capsys: pytest.CaptureFixture[str]) -> None:
