@@ -1,0 +1,432 @@
+"""The PostgreSQL store (``postgresql://...``) on asyncpg.
+
+asyncpg because it is asyncio-native, the fastest PostgreSQL driver for Python,
+and speaks ``COPY`` directly: a batch goes to the server as one binary ``COPY``
+into a temporary table and one ``UPDATE ... FROM``, whatever its size.
+
+A write is one transaction on the writer's own connection: it inserts a
+placeholder row for each new task or worker (``ON CONFLICT DO NOTHING``, in key
+order), locks the rows it touches (``SELECT ... FOR UPDATE``, in key order),
+replays the batch over them and writes them back.  Several processes may write
+into one database: rows of a task two writers touch are updated one writer after
+the other, never lost.  Reads use the other connections of a small pool.  Text
+search is a ``pg_trgm`` GIN index over the first 64 KiB of ``args``, ``kwargs``,
+``result`` and ``exception`` (substring, case-insensitive), when the extension
+can be created; without it the same queries scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio
+
+from .._exceptions import (
+    ConfigurationError,
+    MissingDependencyError,
+    StoreConnectionError,
+    StoreError,
+)
+from .._url import mask_url
+from ._base import EventStore, Where, _escape_like
+from ._filter import Term
+from ._rows import (
+    TASK_COLUMNS,
+    TEXT_FIELDS,
+    TIME_FIELDS,
+    WORKER_COLUMNS,
+    Batch,
+    event_row,
+    task_dict,
+)
+
+try:
+    import asyncpg  # type: ignore[import-untyped,import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - the postgres extra is missing
+    asyncpg = None
+
+__all__ = ["PostgresStore"]
+
+logger = logging.getLogger("aiocelev.store")
+
+
+SCHEMA_V1 = [
+    f"""CREATE TABLE tasks (
+        uuid text PRIMARY KEY,
+        state text NOT NULL DEFAULT 'PENDING',
+        ready boolean NOT NULL DEFAULT false,
+        broker text,
+        {", ".join(f"{c} text" for c in TEXT_FIELDS)},
+        retries bigint,
+        runtime double precision,
+        {", ".join(f"{c} double precision" for c in TIME_FIELDS)},
+        ts double precision NOT NULL DEFAULT 0,
+        clock bigint,
+        raw text,
+        search text GENERATED ALWAYS AS (left(
+            coalesce(args, '') || E'\\x1f' || coalesce(kwargs, '') || E'\\x1f' ||
+            coalesce(result, '') || E'\\x1f' || coalesce(exception, ''), 65536)) STORED
+    )""",
+    "CREATE INDEX tasks_ts ON tasks (ts, uuid)",
+    "CREATE INDEX tasks_state ON tasks (state, name, ts, uuid)",
+    "CREATE INDEX tasks_name ON tasks (name, ts, uuid)",
+    "CREATE INDEX tasks_worker ON tasks (worker, ts, uuid)",
+    "CREATE INDEX tasks_parent ON tasks (parent_id) WHERE parent_id IS NOT NULL",
+    "CREATE INDEX tasks_unfinished ON tasks (ts) WHERE NOT ready",
+    """CREATE TABLE workers (
+        hostname text PRIMARY KEY,
+        broker text,
+        last_seen double precision,
+        last_heartbeat double precision,
+        heartbeat_count bigint NOT NULL DEFAULT 0,
+        offline boolean NOT NULL DEFAULT false,
+        ts double precision NOT NULL DEFAULT 0,
+        raw text
+    )""",
+    """CREATE TABLE events (
+        key text PRIMARY KEY,
+        type text NOT NULL,
+        hostname text,
+        uuid text,
+        timestamp double precision NOT NULL,
+        data text NOT NULL
+    )""",
+    "CREATE INDEX events_uuid ON events (uuid, timestamp)",
+    "CREATE INDEX events_ts ON events (timestamp)",
+]
+_TRIGRAM_INDEX = "CREATE INDEX IF NOT EXISTS tasks_search ON tasks USING gin (search gin_trgm_ops)"
+
+#: Schema migrations, in order: ``(version, statements)``.
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1)]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+_OPTIONS = {"schema", "events", "pool_size"}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def _numbered(sql: str) -> str:
+    counter = iter(range(1, 10_000))
+    return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", sql)
+
+
+def _update(table: str, temp: str, columns: Sequence[str], key: str) -> str:
+    cols = [c for c in columns if c != key]
+    return (
+        f"UPDATE {table} AS t SET ({', '.join(cols)}) = ({', '.join('s.' + c for c in cols)}) "
+        f"FROM {temp} AS s WHERE t.{key} = s.{key}"
+    )
+
+
+_UPDATE_TASKS = _update("tasks", "aiocelev_tasks_in", TASK_COLUMNS, "uuid")
+_UPDATE_WORKERS = _update("workers", "aiocelev_workers_in", WORKER_COLUMNS, "hostname")
+
+
+def _translate(exc: BaseException, doing: str) -> StoreError:
+    if asyncpg is not None and isinstance(
+        exc,
+        (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.TooManyConnectionsError,
+            asyncpg.DeadlockDetectedError,
+            asyncpg.SerializationError,
+            asyncpg.AdminShutdownError,
+        ),
+    ):
+        return StoreConnectionError(f"PostgreSQL {doing}: {mask_url(str(exc))}")
+    if isinstance(exc, (OSError, TimeoutError)):
+        return StoreConnectionError(f"PostgreSQL {doing}: {mask_url(str(exc))}")
+    return StoreError(f"PostgreSQL {doing}: {type(exc).__name__}: {mask_url(str(exc))}")
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    base: tuple[type[BaseException], ...] = (OSError, TimeoutError, UnicodeError, OverflowError)
+    if asyncpg is None:  # pragma: no cover
+        return base
+    return (*base, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class PostgresStore(EventStore):
+    """An :class:`EventStore` on PostgreSQL (see the module doc).
+
+    :param url: ``postgresql://user:password@host:port/database`` (libpq's
+        parameters such as ``sslmode`` pass through) plus the options
+        ``schema`` (a schema of its own, created if needed; default: the
+        server's search path), ``pool_size`` (read connections, default 4) and
+        ``events=1`` (keep the raw event log).
+    :param event_log: keep every event in the ``events`` table too.
+    """
+
+    schemes = ("postgresql", "postgres")
+
+    def __init__(self, url: str, *, event_log: bool = False) -> None:
+        parts = urlsplit(url)
+        params = parse_qsl(parts.query)
+        options = {k: v for k, v in params if k in _OPTIONS}
+        rest = [(k, v) for k, v in params if k not in _OPTIONS]
+        schema = options.get("schema")
+        if schema is not None and not _NAME.match(schema):
+            raise ConfigurationError(f"invalid schema name {schema!r}")
+        try:
+            pool_size = int(options.get("pool_size", "4"))
+        except ValueError:
+            raise ConfigurationError("pool_size must be an integer") from None
+        if pool_size < 1:
+            raise ConfigurationError("pool_size must be at least 1")
+        events = options.get("events", "").lower() in ("1", "true", "yes", "on")
+        super().__init__(url, event_log=event_log or events)
+        self.schema = schema
+        self._dsn = urlunsplit(parts._replace(query=urlencode(rest)))
+        self._pool_size = pool_size
+        self._pool: Any = None
+        self._wconn: Any = None
+        self._version = 0
+        self.trigram = False
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open database."""
+        return self._version
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect (a pool, plus the writer's connection) and create or migrate the schema."""
+        if self._pool is not None:
+            return
+        if asyncpg is None:
+            raise MissingDependencyError(
+                "the PostgreSQL store needs asyncpg: pip install 'aiocelev[postgres]'"
+            )
+        settings = {"application_name": "aiocelev"}
+        if self.schema is not None:
+            settings["search_path"] = f'"{self.schema}", public'
+        try:
+            pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=self._pool_size + 1,
+                server_settings=settings,
+                timeout=10.0,
+            )
+        except _errors() as exc:
+            raise _translate(exc, f"connecting to {self.url}") from exc
+        try:
+            async with pool.acquire() as conn:
+                await self._migrate(conn)
+        except BaseException as exc:
+            pool.terminate()
+            if isinstance(exc, _errors()):
+                raise _translate(exc, "migrating the schema") from exc
+            raise
+        self._pool = pool
+
+    async def _migrate(self, conn: Any) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('aiocelev.store.migrate'))")
+            if self.schema is not None:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS aiocelev_meta (key text PRIMARY KEY, value text)"
+            )
+            value = await conn.fetchval(
+                "SELECT value FROM aiocelev_meta WHERE key = 'schema_version'"
+            )
+            version = int(value) if value else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database has schema version {version}, newer than this aiocelev "
+                    f"knows ({SCHEMA_VERSION}): upgrade aiocelev"
+                )
+            for target, statements in MIGRATIONS:
+                if target > version:
+                    for sql in statements:
+                        await conn.execute(sql)
+                    version = target
+            await conn.execute(
+                "INSERT INTO aiocelev_meta VALUES ('schema_version', $1) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                str(version),
+            )
+            self.trigram = await self._trigram(conn)
+        self._version = version
+
+    @staticmethod
+    async def _trigram(conn: Any) -> bool:
+        try:
+            async with conn.transaction():
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+                await conn.execute(_TRIGRAM_INDEX)
+            return True
+        except asyncpg.PostgresError as exc:
+            logger.warning("no trigram index for text search (searches will scan): %s", exc)
+            return False
+
+    async def aclose(self) -> None:
+        """Close the connections (after a write in progress)."""
+        pool, self._pool = self._pool, None
+        conn, self._wconn = self._wconn, None
+        if pool is None:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                if conn is not None:
+                    await pool.release(conn)
+                await pool.close()
+            except _errors():
+                pool.terminate()
+
+    def _need_pool(self) -> Any:
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        return self._pool
+
+    async def _writer(self) -> Any:
+        conn = self._wconn
+        if conn is not None and not conn.is_closed():
+            return conn
+        pool = self._need_pool()
+        if conn is not None:
+            self._wconn = None
+            await pool.release(conn)
+        conn = await pool.acquire()
+        try:
+            for temp, table in (("aiocelev_tasks_in", "tasks"), ("aiocelev_workers_in", "workers")):
+                await conn.execute(
+                    f"CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {table} INCLUDING DEFAULTS) "
+                    "ON COMMIT DELETE ROWS"
+                )
+            await conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS aiocelev_events_in (LIKE events) "
+                "ON COMMIT DELETE ROWS"
+            )
+        except BaseException:
+            await pool.release(conn)
+            raise
+        self._wconn = conn
+        return conn
+
+    # -- writing ----------------------------------------------------------------
+
+    async def _write(self, batch: Batch, broker: str | None) -> tuple[int, int]:
+        done = False
+        conn = None
+        try:
+            conn = await self._writer()
+            result = await self._write_batch(conn, batch, broker)
+            done = True
+            return result
+        except _errors() as exc:
+            done = not (conn is not None and conn.is_closed())
+            raise _translate(exc, "writing a batch") from exc
+        finally:
+            if not done and conn is not None and self._wconn is conn:
+                # Cancelled mid-transaction: drop the connection, the server rolls back.
+                self._wconn = None
+                conn.terminate()
+                with anyio.CancelScope(shield=True):
+                    await self._need_pool().release(conn)
+
+    async def _write_batch(self, conn: Any, batch: Batch, broker: str | None) -> tuple[int, int]:
+        async with conn.transaction():
+            tasks: list[dict[str, Any]] = []
+            workers: list[Mapping[str, Any]] = []
+            if batch.uuids:
+                await conn.execute(
+                    "INSERT INTO tasks (uuid) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+                    batch.uuids,
+                )
+                rows = await conn.fetch(
+                    f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE uuid = ANY($1::text[]) "
+                    "ORDER BY uuid FOR UPDATE",
+                    batch.uuids,
+                )
+                tasks = [task_dict(r) for r in rows]
+            if batch.hosts:
+                await conn.execute(
+                    "INSERT INTO workers (hostname) SELECT unnest($1::text[]) "
+                    "ON CONFLICT DO NOTHING",
+                    batch.hosts,
+                )
+                workers = await conn.fetch(
+                    f"SELECT {', '.join(WORKER_COLUMNS)} FROM workers "
+                    "WHERE hostname = ANY($1::text[]) ORDER BY hostname FOR UPDATE",
+                    batch.hosts,
+                )
+            task_rows, worker_rows = batch.reduce(tasks, workers, broker)
+            if task_rows:
+                await conn.copy_records_to_table(
+                    "aiocelev_tasks_in", records=task_rows, columns=TASK_COLUMNS
+                )
+                await conn.execute(_UPDATE_TASKS)
+            if worker_rows:
+                await conn.copy_records_to_table(
+                    "aiocelev_workers_in",
+                    records=[_worker_record(r) for r in worker_rows],
+                    columns=WORKER_COLUMNS,
+                )
+                await conn.execute(_UPDATE_WORKERS)
+            if self.event_log:
+                await conn.copy_records_to_table(
+                    "aiocelev_events_in", records=[event_row(f) for f in batch.events]
+                )
+                await conn.execute(
+                    "INSERT INTO events SELECT * FROM aiocelev_events_in ON CONFLICT DO NOTHING"
+                )
+        return len(task_rows), len(worker_rows)
+
+    async def _execute(self, sql: str, params: Sequence[Any]) -> int:
+        pool = self._need_pool()
+        try:
+            async with pool.acquire() as conn:
+                status: str = await conn.execute(_numbered(sql), *params)
+        except _errors() as exc:
+            raise _translate(exc, "writing") from exc
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    # -- reading ------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Mapping[str, Any]]:
+        pool = self._need_pool()
+        try:
+            async with pool.acquire() as conn:
+                rows: list[Mapping[str, Any]] = await conn.fetch(_numbered(sql), *params)
+        except _errors() as exc:
+            raise _translate(exc, "reading") from exc
+        return rows
+
+    def _ilike(self, column: str) -> str:
+        return f"coalesce({column}, '') ILIKE ? ESCAPE '\\'"
+
+    def _search(self, where: Where, term: Term) -> None:
+        not_ = "NOT " if term.negate else ""
+        pattern = _escape_like(term.text)
+        if term.field is None:
+            where.add(f"{not_}(search ILIKE ? ESCAPE '\\')", pattern)
+        elif term.negate:
+            where.add(f"NOT {self._ilike(term.field)}", pattern)
+        else:
+            # The indexed expression narrows, the column decides.
+            where.add(f"search ILIKE ? ESCAPE '\\' AND {self._ilike(term.field)}", pattern, pattern)
+
+
+def _worker_record(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    hostname, broker, last_seen, last_heartbeat, count, offline, ts, raw = row
+    return (
+        hostname,
+        broker,
+        None if last_seen is None else float(last_seen),
+        None if last_heartbeat is None else float(last_heartbeat),
+        count,
+        offline,
+        ts,
+        raw,
+    )

@@ -1,0 +1,422 @@
+"""Task and worker rows: built by replaying events over what is stored.
+
+A batch of events is applied by a throw-away :class:`~aiocelev.ClusterState`
+seeded with the stored rows of the tasks and workers it touches, so the store
+follows exactly the reducer's rules (Celery's precedence for out-of-order
+events, field merges, worker counters): the rules live in one place.
+
+Rows keep every value in typed columns when it fits; a value that does not
+(a string with NUL bytes or lone surrogates, a non-string ``result``, an
+integer beyond 64 bits...) gets a sanitised copy in its column, for filters
+and search, and its exact value in the row's ``raw`` JSON overlay, which wins
+when the row is read back.  Nothing is ever dropped or altered on the way back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from .._codec import loads
+from .._events import Event
+from .._state import ClusterState
+from .._state_models import CUSTOM_RANK, PRECEDENCE, READY_STATES, TaskState, WorkerState
+
+__all__ = [
+    "TASK_COLUMNS",
+    "WORKER_COLUMNS",
+    "Batch",
+    "dumps",
+    "seed_task",
+    "seed_worker",
+    "task_dict",
+]
+
+#: Text columns of a task row (a non-string or unclean value also goes to ``raw``).
+TEXT_FIELDS = (
+    "name",
+    "worker",
+    "client",
+    "args",
+    "kwargs",
+    "result",
+    "exception",
+    "traceback",
+    "eta",
+    "expires",
+    "parent_id",
+    "root_id",
+    "queue",
+    "exchange",
+    "routing_key",
+)
+#: Times (epoch seconds) kept in REAL / double columns.
+TIME_FIELDS = (
+    "sent",
+    "received",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "revoked",
+    "rejected",
+)
+#: Every column of the ``tasks`` table, in the order rows are built.
+TASK_COLUMNS = (
+    "uuid",
+    "state",
+    "ready",
+    "broker",
+    *TEXT_FIELDS,
+    "retries",
+    "runtime",
+    *TIME_FIELDS,
+    "ts",
+    "clock",
+    "raw",
+)
+#: Every column of the ``workers`` table.
+WORKER_COLUMNS = (
+    "hostname",
+    "broker",
+    "last_seen",
+    "last_heartbeat",
+    "heartbeat_count",
+    "offline",
+    "ts",
+    "raw",
+)
+#: Fields of a worker kept in its ``raw`` JSON.
+_WORKER_RAW = (
+    "pid",
+    "freq",
+    "clock",
+    "active",
+    "processed",
+    "loadavg",
+    "sw_ident",
+    "sw_ver",
+    "sw_sys",
+    "utcoffset",
+    "timestamp",
+    "drift",
+    "restarts",
+    "event_counts",
+    "done_seen",
+    "started_seen",
+)
+
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+_encode = msgspec.json.Encoder().encode
+
+
+def dumps(value: Any) -> str:
+    """JSON text of *value* that any database can store (NUL and lone surrogates escaped)."""
+    try:
+        return _encode(value).decode()
+    except (UnicodeEncodeError, TypeError, OverflowError, msgspec.EncodeError):
+        return json.dumps(value, ensure_ascii=True, default=repr)
+
+
+def clean_text(value: str) -> str:
+    """*value* with NUL bytes and lone surrogates replaced by U+FFFD (valid UTF-8 text)."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode().replace("?", "\ufffd")
+    return value
+
+
+def _text_of(value: Any) -> str:
+    return value if type(value) is str else repr(value)
+
+
+def _number(value: Any) -> bool:
+    kind = type(value)
+    if kind is float:
+        return math.isfinite(value)
+    return kind is int and _INT_MIN <= value <= _INT_MAX
+
+
+def _text_column(name: str, value: Any, raw: dict[str, Any]) -> str | None:
+    if value is None:
+        return None
+    if type(value) is str:
+        if "\x00" not in value and value.isascii():
+            return value
+        clean = clean_text(value)
+        if clean != value:
+            raw[name] = value
+        return clean
+    raw[name] = value
+    return clean_text(_text_of(value))
+
+
+def _float_column(name: str, value: Any, raw: dict[str, Any]) -> float | None:
+    if value is None:
+        return None
+    if _number(value):
+        if type(value) is int and float(value) != value:
+            raw[name] = value
+        return float(value)
+    raw[name] = value
+    return None
+
+
+def _int_column(name: str, value: Any, raw: dict[str, Any]) -> int | None:
+    if value is None:
+        return None
+    if type(value) is int and _INT_MIN <= value <= _INT_MAX:
+        return value
+    raw[name] = value
+    return None
+
+
+def task_row(t: TaskState, broker: str | None) -> tuple[Any, ...]:
+    """The ``tasks`` row of *t*, in :data:`TASK_COLUMNS` order."""
+    raw: dict[str, Any] = {}
+    row: list[Any] = [clean_text(t.uuid), clean_text(t.state), t.state in READY_STATES, broker]
+    if row[0] != t.uuid:
+        raw["uuid"] = t.uuid
+    if row[1] != t.state:
+        raw["state"] = t.state
+    row.extend(_text_column(name, getattr(t, name), raw) for name in TEXT_FIELDS)
+    row.append(_int_column("retries", t.retries, raw))
+    row.append(_float_column("runtime", t.runtime, raw))
+    row.extend(_float_column(name, getattr(t, name), raw) for name in TIME_FIELDS)
+    ts: Any = t.timestamp
+    if _number(ts):
+        row.append(float(ts))
+        if type(ts) is int and float(ts) != ts:
+            raw["timestamp"] = ts
+    else:
+        row.append(0.0)
+        raw["timestamp"] = ts
+    row.append(_int_column("clock", t.clock, raw))
+    if t.extra:
+        raw["extra"] = t.extra
+    row.append(dumps(raw) if raw else None)
+    return tuple(row)
+
+
+def task_dict(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored row as :meth:`TaskState.to_dict` shapes a task, plus ``broker``.
+
+    ``children`` is empty: the store fills it in where it is asked for.
+    """
+    raw = loads(row["raw"]) if row["raw"] else {}
+    get = raw.get
+    state = get("state", row["state"])
+    out: dict[str, Any] = {"uuid": get("uuid", row["uuid"]), "name": None, "state": state}
+    out["ready"] = state in READY_STATES
+    for name in ("worker", "client", "args", "kwargs", "result", "exception", "traceback"):
+        out[name] = get(name, row[name])
+    out["runtime"] = get("runtime", row["runtime"])
+    out["retries"] = get("retries", row["retries"])
+    for name in ("eta", "expires", "parent_id", "root_id"):
+        out[name] = get(name, row[name])
+    out["children"] = []
+    for name in ("queue", "exchange", "routing_key"):
+        out[name] = get(name, row[name])
+    for name in TIME_FIELDS:
+        out[name] = get(name, row[name])
+    out["timestamp"] = raw["timestamp"] if "timestamp" in raw else row["ts"]
+    out["clock"] = get("clock", row["clock"])
+    out["extra"] = dict(get("extra") or {})
+    out["name"] = get("name", row["name"])
+    out["broker"] = row["broker"]
+    return out
+
+
+def seed_task(state: ClusterState, d: Mapping[str, Any]) -> TaskState:
+    """Put task *d* (a :func:`task_dict`) into *state*, every index in step."""
+    uuid = d["uuid"]
+    t = state._tasks.get(uuid)
+    if t is None:
+        t = state._new_task(uuid)
+    s = d["state"]
+    if type(s) is str and s != t.state:
+        state._by_state.move(t.state, s, uuid, t)
+        if (s in READY_STATES) is not (t.state in READY_STATES):
+            state._requeue(t, s in READY_STATES)
+        t.state = s
+        t._rank = PRECEDENCE.get(s, CUSTOM_RANK)
+    name = d.get("name")
+    if name != t.name and (name is None or type(name) is str):
+        state._by_name.move(t.name, name, uuid, t)
+        t.name = name
+    worker = d.get("worker")
+    if worker != t.worker and (worker is None or type(worker) is str):
+        state._by_worker.move(t.worker, worker, uuid, t)
+        t.worker = worker
+    for key in (
+        "client",
+        "args",
+        "kwargs",
+        "result",
+        "exception",
+        "traceback",
+        "runtime",
+        "retries",
+        "eta",
+        "expires",
+        "root_id",
+        "queue",
+        "exchange",
+        "routing_key",
+        *TIME_FIELDS,
+        "timestamp",
+        "clock",
+    ):
+        setattr(t, key, d.get(key))
+    parent = d.get("parent_id")
+    if parent is not None and type(parent) is str:
+        state._set_parent(t, parent)
+    extra = d.get("extra")
+    t.extra = dict(extra) if extra else None
+    return t
+
+
+def worker_row(w: WorkerState, broker: str | None) -> tuple[Any, ...]:
+    """The ``workers`` row of *w*, in :data:`WORKER_COLUMNS` order."""
+    raw = {name: getattr(w, name) for name in _WORKER_RAW}
+    raw["events"] = w._worker_events
+    ts: Any = w.timestamp
+    seen: Any = w.last_seen
+    beat: Any = w.last_heartbeat
+    return (
+        clean_text(w.hostname),
+        broker,
+        float(seen) if _number(seen) else None,
+        float(beat) if _number(beat) else None,
+        w.heartbeat_count,
+        w.offline,
+        float(ts) if _number(ts) else 0.0,
+        dumps({"hostname": w.hostname, **raw}),
+    )
+
+
+def seed_worker(state: ClusterState, row: Mapping[str, Any]) -> WorkerState:
+    """Put a stored worker row into *state* (its lost-event baseline starts afresh)."""
+    raw = loads(row["raw"]) if row["raw"] else {}
+    hostname = raw.get("hostname", row["hostname"])
+    w = state._workers.get(hostname)
+    if w is None:
+        w = state._new_worker(hostname)
+    for name in _WORKER_RAW:
+        if name in raw:
+            setattr(w, name, raw[name])
+    counts: Any = w.event_counts
+    if not isinstance(counts, dict):
+        w.event_counts = {}
+    if type(w.freq) not in (int, float) or not w.freq > 0:
+        w.freq = 60.0
+    w._worker_events = raw.get("events", 0) if type(raw.get("events")) is int else 0
+    w.last_seen = row["last_seen"]
+    w.last_heartbeat = row["last_heartbeat"]
+    w.heartbeat_count = int(row["heartbeat_count"] or 0)
+    w.offline = bool(row["offline"])
+    return w
+
+
+def _fields(event: Event | Mapping[str, Any]) -> Mapping[str, Any]:
+    return event._fields if isinstance(event, Event) else event
+
+
+class Batch:
+    """Events to write together, and the keys of the rows they touch.
+
+    :param events: :class:`~aiocelev.Event` objects or wire dicts, in arrival order.
+    """
+
+    __slots__ = ("events", "hosts", "ignored", "uuids")
+
+    def __init__(self, events: Iterable[Event | Mapping[str, Any]]) -> None:
+        self.events: list[Mapping[str, Any]] = []
+        uuids: set[str] = set()
+        hosts: set[str] = set()
+        ignored = 0
+        for event in events:
+            f = _fields(event)
+            type_ = f.get("type")
+            if type(type_) is not str:
+                ignored += 1
+                continue
+            self.events.append(f)
+            hostname = f.get("hostname")
+            if type_.startswith("task-"):
+                uuid = f.get("uuid")
+                if type(uuid) is str:
+                    uuids.add(clean_text(uuid))
+                    if type_ != "task-sent" and type(hostname) is str:
+                        hosts.add(clean_text(hostname))
+                else:
+                    ignored += 1
+            elif type_.startswith("worker-") and type(hostname) is str:
+                hosts.add(clean_text(hostname))
+        #: Task ids touched, sorted (rows are locked in this order).
+        self.uuids: list[str] = sorted(uuids)
+        #: Worker hostnames touched, sorted.
+        self.hosts: list[str] = sorted(hosts)
+        #: Events that can change no row (no type; a task event without a string uuid).
+        self.ignored = ignored
+
+    def reduce(
+        self,
+        tasks: Sequence[Mapping[str, Any]],
+        workers: Sequence[Mapping[str, Any]],
+        broker: str | None,
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The new task and worker rows, given the stored ones the batch touches.
+
+        *tasks* are :func:`task_dict` dicts, *workers* stored worker rows.
+        """
+        state = ClusterState(
+            max_tasks=len(self.uuids) + len(tasks) + 1,
+            max_workers=len(self.hosts) + len(workers) + 1,
+        )
+        brokers: dict[str, str | None] = {}
+        for d in tasks:
+            seed_task(state, d)
+            brokers[d["uuid"]] = d.get("broker")
+        wbrokers: dict[str, str | None] = {}
+        for row in workers:
+            w = seed_worker(state, row)
+            wbrokers[w.hostname] = row["broker"]
+        apply = state.apply
+        for f in self.events:
+            apply(f)
+        task_rows = [
+            task_row(t, brokers.get(uuid) or broker) for uuid, t in sorted(state._tasks.items())
+        ]
+        worker_rows = [
+            worker_row(w, wbrokers.get(host) or broker)
+            for host, w in sorted(state._workers.items())
+        ]
+        return task_rows, worker_rows
+
+
+def event_key(f: Mapping[str, Any]) -> str:
+    """A key naming one event across redeliveries (for the raw event log)."""
+    return dumps([f.get("type"), f.get("hostname"), f.get("timestamp"), f.get("uuid")])
+
+
+def event_row(f: Mapping[str, Any]) -> tuple[Any, ...]:
+    """An ``events`` log row: key, type, hostname, uuid, timestamp, the event as JSON."""
+    uuid = f.get("uuid")
+    hostname = f.get("hostname")
+    ts: Any = f.get("timestamp")
+    return (
+        event_key(f),
+        clean_text(f["type"]),
+        clean_text(hostname) if type(hostname) is str else None,
+        clean_text(uuid) if type(uuid) is str else None,
+        float(ts) if _number(ts) else 0.0,
+        dumps(dict(f)),
+    )
