@@ -191,7 +191,11 @@ class WorkerNode:
         )
         ready = asyncio.ensure_future(self._ready.wait())
         try:
-            await asyncio.wait({ready, self._runner}, timeout=self._start_timeout)
+            await asyncio.wait(
+                {ready, self._runner},
+                timeout=self._start_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             ready.cancel()
         if self._worker is None and not self._runner.done():

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 from .._exceptions import MissingDependencyError
 from ..brokers import Broker
@@ -39,6 +39,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 __all__ = ["CONTEXT_KEY", "CeleryEvents"]
 
 logger = logging.getLogger("aiocelev.integrations.saq")
+
+_Settings = TypeVar("_Settings", bound=MutableMapping[str, Any])
 
 #: Where the job's report lives in SAQ's per-job context.
 CONTEXT_KEY = "aiocelev_report"
@@ -120,7 +122,7 @@ class CeleryEvents:
         except Exception:
             logger.exception("job %s: outcome not reported", job.key)
 
-    def install(self, settings: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    def install(self, settings: _Settings) -> _Settings:
         """Add the hooks to SAQ worker *settings* (the dict given to ``saq``), keeping the user's.
 
         The node goes online before the user's ``startup`` hooks and offline
