@@ -24,6 +24,7 @@ See ``docs/store.md``.
 
 from __future__ import annotations
 
+from .._exceptions import StoreConnectionError, StoreError
 from ._base import EventStore, StoreStatistics, TaskPage
 from ._filter import QueryError, TaskFilter, Term, parse_search, parse_time
 from ._ingest import Ingest, IngestStatistics
@@ -35,6 +36,8 @@ __all__ = [
     "Ingest",
     "IngestStatistics",
     "QueryError",
+    "StoreConnectionError",
+    "StoreError",
     "StoreStatistics",
     "StoreWriter",
     "TaskFilter",
