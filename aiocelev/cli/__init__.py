@@ -7,7 +7,9 @@ Run ``aiocelev --help`` (or ``python -m aiocelev --help``).  Subcommands:
 * ``demo``: simulated workers running realistic tasks;
 * ``control`` / ``inspect``: every ``celery control`` / ``celery inspect`` command,
   each reply printed as it arrives;
-* ``record`` / ``replay``: capture the stream to JSON Lines and publish it again.
+* ``record`` / ``replay``: capture the stream to JSON Lines (or a task-history
+  store) and publish it again;
+* ``tasks``: query the task history of a store.
 
 Exit status: ``0`` success, ``1`` runtime or broker error, ``2`` usage or
 configuration error (bad option, unknown URL scheme), ``130`` / ``143`` stopped
@@ -21,7 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import _control, _dashboard, _demo, _events, _record, _top
+from . import _control, _dashboard, _demo, _events, _record, _tasks, _top
 from ._common import DEFAULT_CONNECT_TIMEOUT, EXIT_USAGE, positive_float, run_command
 
 __all__ = ["build_parser", "main"]
@@ -100,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=argparse.ArgumentParser
     )
-    for module in (_events, _top, _demo, _control, _record, _dashboard):
+    for module in (_events, _top, _demo, _control, _record, _tasks, _dashboard):
         module.register(subparsers)
     return parser
 

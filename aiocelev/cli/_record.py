@@ -16,15 +16,21 @@ from .._dispatcher import EventDispatcher
 from .._url import mask_url
 from ._common import (
     EXIT_OK,
+    EXIT_USAGE,
     Context,
+    MalformedReporter,
     add_broker_options,
     add_event_source_options,
+    binding_keys,
+    check_filters,
     connect_broker,
     diag,
     event_source,
     fail,
     listening_line,
     non_negative_float,
+    positive_float,
+    positive_int,
     resolve_broker_url,
     take_file_after_filters,
 )
@@ -40,7 +46,12 @@ def register(subparsers: Any) -> None:
         description=(
             "Write every event to FILE, one JSON object per line (the full wire dict, "
             "local_received included), until --limit, --timeout or Ctrl-C. "
-            "FILE '-' is stdout. Every line is flushed as it is written."
+            "FILE '-' is stdout. Every line is flushed as it is written. "
+            "With --store URL instead of FILE, keep the task history in a database "
+            "(sqlite:///path.db or postgresql://...): one row per task and per worker, "
+            "written in batches; on a RabbitMQ durable queue (--broker "
+            "'amqp://...//?queue_name=NAME&durable=1') a message is acknowledged only "
+            "once its events are committed, so a crash loses nothing."
         ),
     )
     record.add_argument(
@@ -51,6 +62,27 @@ def register(subparsers: Any) -> None:
     )
     record.add_argument(
         "-a", "--append", action="store_true", help="append to FILE instead of replacing it"
+    )
+    store = record.add_argument_group("task history store (instead of FILE)")
+    store.add_argument(
+        "--store",
+        metavar="URL",
+        help="write into this store: sqlite:///path.db, postgresql://user@host/db",
+    )
+    store.add_argument(
+        "--max-age",
+        type=positive_float,
+        metavar="SECONDS",
+        help="delete stored tasks older than this, in the background",
+    )
+    store.add_argument(
+        "--max-rows",
+        type=positive_int,
+        metavar="N",
+        help="keep at most N stored tasks (the oldest go first)",
+    )
+    store.add_argument(
+        "--events-log", action="store_true", help="also keep every event in the store's raw log"
     )
     add_event_source_options(record)
     add_broker_options(record)
@@ -87,6 +119,10 @@ def register(subparsers: Any) -> None:
 
 async def run_record(args: argparse.Namespace, ctx: Context) -> int:
     """Run ``aiocelev record``."""
+    if args.store is not None:
+        if args.file is not None:
+            fail("give FILE or --store, not both", EXIT_USAGE)
+        return await _record_store(args, ctx)
     take_file_after_filters(args)
     count = 0
     async with event_source(args) as (receiver, check):
@@ -106,6 +142,49 @@ async def run_record(args: argparse.Namespace, ctx: Context) -> int:
             if out is not sys.stdout:
                 out.close()
     diag(f"recorded {count} event{'' if count == 1 else 's'} to {args.file}")
+    return EXIT_OK
+
+
+async def _record_store(args: argparse.Namespace, ctx: Context) -> int:
+    """``aiocelev record --store URL``: the stream into a task-history store."""
+    from ..store import Ingest, open_store
+
+    check_filters(args.filter or ())
+    url = resolve_broker_url(args.broker)
+    keys, check = binding_keys(args.filter)
+    count = 0
+    async with open_store(args.store, event_log=args.events_log) as store:
+        broker = await connect_broker(url, args.connect_timeout)
+        ingest = Ingest(
+            broker,
+            store,
+            routing_keys=keys,
+            connect_timeout=args.connect_timeout,
+            on_error=MalformedReporter(),
+            max_age=args.max_age,
+            max_rows=args.max_rows,
+        )
+        try:
+            async with ingest:
+                diag(f"{listening_line(ingest.receiver, args, 'recording')} into {store.url}")
+                with ctx.interruptible(), anyio.move_on_after(args.timeout):
+                    count = await ingest.run(
+                        limit=args.limit,
+                        check=None if check is None else (lambda e: check(e.routing_key)),
+                    )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await broker.aclose()
+        stats = ingest.statistics()
+    gaps = (
+        f", {stats.gaps} broker reconnect(s): events published meanwhile may be missing"
+        if stats.gaps
+        else ""
+    )
+    diag(
+        f"recorded {count} event{'' if count == 1 else 's'} into {store.url} "
+        f"({stats.committed} committed{gaps})"
+    )
     return EXIT_OK
 
 
