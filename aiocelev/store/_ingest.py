@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
 
+import anyio
+
 from .._message import IncomingMessage, OutgoingMessage
 from .._receiver import ErrorCallback, EventReceiver
 from .._url import mask_url
@@ -185,15 +187,20 @@ class Ingest:
         tb: TracebackType | None,
     ) -> None:
         try:
-            # The writer first: its commits release acknowledgements, which the
-            # subscription sends when it closes.
-            await self.writer.aclose(flush=exc_type is None)
+            if exc_type is None:
+                # Commit first: the commits release acknowledgements, which the
+                # subscription sends when it closes.
+                await self.writer.drain()
         finally:
             try:
                 await self.receiver.aclose()
             finally:
-                if self._owns_broker:
-                    await self._inner.aclose()
+                try:
+                    await self.writer.aclose(flush=False)
+                finally:
+                    if self._owns_broker:
+                        with anyio.CancelScope(shield=True):
+                            await self._inner.aclose()
 
     async def run(
         self, *, limit: int | None = None, check: Callable[[Any], bool] | None = None

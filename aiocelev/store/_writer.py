@@ -193,8 +193,28 @@ class StoreWriter:
         await self.aclose(flush=exc_type is None)
         return None
 
+    async def drain(self) -> None:
+        """Wait (at most *close_timeout*, shielded) for the buffered events to be committed.
+
+        What is left is logged; the writer keeps running.
+        """
+        if self._error is None and self._tg is not None and not self._closed:
+            with anyio.move_on_after(self._close_timeout, shield=True):
+                try:
+                    await self.flush()
+                except AiocelevError:
+                    pass
+        left = self._received - self._committed
+        if left:
+            logger.warning(
+                "closing the store writer with %d events not committed to %s",
+                left,
+                self.store.url,
+            )
+
     async def aclose(self, *, flush: bool = True) -> None:
-        """Commit what is buffered (at most *close_timeout*), then stop the tasks.
+        """Commit what is buffered (:meth:`drain`, unless *flush* is false), then stop
+        the tasks.
 
         A batch being written when the tasks stop is committed whole or rolled back.
         """
@@ -202,26 +222,16 @@ class StoreWriter:
         if tg is None or self._closed:
             return
         try:
-            if flush and self._error is None:
-                with anyio.move_on_after(self._close_timeout, shield=True):
-                    try:
-                        await self.flush()
-                    except AiocelevError:
-                        pass
-            left = self._received - self._committed
-            if left:
-                logger.warning(
-                    "closing the store writer with %d events not committed to %s",
-                    left,
-                    self.store.url,
-                )
+            if flush:
+                await self.drain()
         finally:
             self._closed = True
             tg.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
+            try:
                 await tg.__aexit__(None, None, None)
-            self._writable.set()
-            self._progress.set()
+            finally:
+                self._writable.set()
+                self._progress.set()
 
     # -- the writer task ----------------------------------------------------------------
 
