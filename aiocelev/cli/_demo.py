@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -23,10 +24,13 @@ from .._receiver import EventReceiver
 from .._simulation import SimulationStatistics, simulate_cluster
 from .._state import ClusterState
 from .._url import mask_url
+from ..brokers import Broker
 from ._common import (
     EXIT_OK,
+    ConnectionReporter,
     Context,
     add_broker_options,
+    connect_broker,
     diag,
     non_negative_float,
     positive_float,
@@ -127,6 +131,11 @@ async def _count(
             caught_up()
 
 
+async def _close(broker: Broker) -> None:
+    with anyio.CancelScope(shield=True):
+        await broker.aclose()
+
+
 def _summary(
     stats: SimulationStatistics,
     hostnames: Collection[str],
@@ -181,8 +190,17 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         if stopped and seen.received >= sim.statistics().sent:
             done.set()
 
-    receiver = EventReceiver(url, connect_timeout=args.connect_timeout)
-    async with receiver, anyio.create_task_group() as tg:
+    broker = await connect_broker(url, args.connect_timeout)
+    receiver = EventReceiver(
+        broker,
+        connect_timeout=args.connect_timeout,
+        on_connection=None if ui else ConnectionReporter(),
+    )
+    receiver.add_connection_listener(state.track_connection)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(_close, broker)
+        await stack.enter_async_context(receiver)
+        tg = await stack.enter_async_context(anyio.create_task_group())
         tg.start_soon(_count, receiver, state, seen, caught_up)
         async with sim:  # leaving it lets the workers wind down (not interruptible)
             with ctx.interruptible(), anyio.move_on_after(duration):
@@ -190,7 +208,9 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
                     from ._topview import TopView, live_view
 
                     title = f"aiocelev demo · {args.workers} workers · {mask_url(url)}"
-                    await live_view(TopView(state), ctx, title=title)
+                    await live_view(
+                        TopView(state), ctx, title=title, connection=lambda: receiver.connection
+                    )
                 else:
                     until = f"for {duration:g}s" if duration is not None else "until Ctrl-C"
                     diag(f"running {args.workers} simulated workers on {mask_url(url)} {until}")

@@ -18,6 +18,8 @@ from ._common import (
     EXIT_OK,
     Context,
     add_broker_options,
+    connection_line,
+    diag,
     event_source,
     non_negative_float,
     positive_float,
@@ -36,7 +38,9 @@ def register(subparsers: Any) -> None:
             "A live terminal view of the cluster: workers (status, heartbeat age, "
             "processed, active, load), tasks by state, event rates, the latest tasks "
             "and the detail of the selected one. Keys: j/k or arrows move the "
-            "selection, g follows the newest task, q quits. Needs the 'cli' extra (rich)."
+            "selection, space pauses, / searches, s and w filter by state and worker, "
+            "PgUp/PgDn scroll the task detail, enter zooms it, q quits. "
+            "Needs the 'cli' extra (rich)."
         ),
     )
     parser.add_argument(
@@ -75,14 +79,22 @@ def register(subparsers: Any) -> None:
 async def feed(
     receiver: EventReceiver, state: ClusterState, check: Callable[[str], bool] | None = None
 ) -> None:
-    """Apply every event of *receiver* (that passes *check*) to *state* until the stream ends."""
-    async for event in receiver:
-        if check is None or check(event.routing_key):
-            state.apply(event)
+    """Apply every event of *receiver* (that passes *check*) to *state* until the stream ends.
+
+    While the receiver is disconnected, *state* knows it (workers do not age).
+    """
+    remove = receiver.add_connection_listener(state.track_connection)
+    try:
+        async for event in receiver:
+            if check is None or check(event.routing_key):
+                state.apply(event)
+    finally:
+        remove()
 
 
-def _terminal_width() -> int:
-    return shutil.get_terminal_size((120, 40)).columns
+def _terminal_size() -> tuple[int, int]:
+    size = shutil.get_terminal_size((120, 40))
+    return size.columns, size.lines
 
 
 async def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -91,16 +103,33 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
     from ._topview import TopView, live_view, render, to_text
 
     state = ClusterState()
-    async with event_source(args) as (receiver, check), anyio.create_task_group() as tg:
+    # On the live screen, losses are shown in a banner; stderr would scribble over
+    # it, so they are said there after the screen closes.
+    later: list[str] = []
+    report = args.once or not sys.stdout.isatty()
+    async with (
+        event_source(args, report=report) as (receiver, check),
+        anyio.create_task_group() as tg,
+    ):
+        if not report:
+            receiver.add_connection_listener(lambda status: later.append(connection_line(status)))
         tg.start_soon(feed, receiver, state, check)
         title = f"aiocelev top · {mask_url(receiver.broker.url)}"
         if args.once:
             with ctx.interruptible():
                 await anyio.sleep(args.wait)
-            frame = render(state, time.time(), title=title, keys=False)
-            sys.stdout.write(to_text(frame, _terminal_width()))
+            width, _ = _terminal_size()
+            frame = render(
+                state, time.time(), title=title, keys=False, connection=receiver.connection
+            )
+            sys.stdout.write(to_text(frame, width))
             sys.stdout.flush()
         else:
-            await live_view(TopView(state), ctx, title=title, refresh=args.refresh)
+            view = TopView(state)
+            await live_view(
+                view, ctx, title=title, refresh=args.refresh, connection=lambda: receiver.connection
+            )
         tg.cancel_scope.cancel()
+    for line in later:
+        diag(line)
     return EXIT_OK

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from aiocelev._state import ClusterState
+from aiocelev import ClusterState
 
 pytest.importorskip("rich")
 
@@ -122,7 +122,7 @@ def test_render_empty_state() -> None:
 
 
 def test_keys_move_the_selection() -> None:
-    view = TopView(make_state(), rows=10)
+    view = TopView(make_state())
     assert [t.uuid for t in view.tasks()] == ["u-run", "u-bad", "u-ok"]
     view.key("j")
     assert view.selected == "u-bad"
@@ -142,5 +142,6 @@ def test_parse_keys() -> None:
     assert parse_keys(b"jk") == ["j", "k"]
     assert parse_keys(b"\x1b[A\x1b[B") == ["up", "down"]
     assert parse_keys(b"\x1bOB") == ["down"]
-    assert parse_keys(b"\x1b[5~q") == ["q"]  # an unknown sequence is skipped
+    assert parse_keys(b"\x1b[15~q") == ["q"]  # an unknown sequence (F5) is skipped
+    assert parse_keys(b"\x1b[5~\x1b[6~\r\x7f") == ["pageup", "pagedown", "enter", "backspace"]
     assert parse_keys(b"\x1b") == ["escape"]
