@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +31,7 @@ from aiocelev import (
     ControlReply,
     Event,
     EventReceiver,
+    TaskState,
     open_broker,
 )
 
@@ -322,6 +324,8 @@ class Hub:
                 if len(hosts) > self._host_limit:
                     hosts.popitem(last=False)
         record = self.state.apply(event)
+        if type(record) is TaskState and event.get("type") == "task-received":
+            _share_strings(record)
         self.metrics.observe(event, record)
         feed.events += 1
         self.version += 1
@@ -414,6 +418,18 @@ class Hub:
         for control in self.controls_for(hostname):
             replies.extend(await getattr(control, method)(*args, **kw))
         return replies
+
+
+def _share_strings(task: TaskState) -> None:
+    """One string object per task name and worker, and a root id that is the task's own
+    shared with its uuid: each decoded event brings fresh copies, about 200 bytes per task."""
+    name, worker = task.name, task.worker
+    if type(name) is str:
+        task.name = sys.intern(name)
+    if type(worker) is str:
+        task.worker = sys.intern(worker)
+    if task.root_id == task.uuid:
+        task.root_id = task.uuid
 
 
 _SECRET_KEYS = frozenset({"password", "passwd", "secret", "sentinel_password"})
