@@ -64,6 +64,13 @@ EXTRAS: dict[str, tuple[tuple[str, ...], re.Pattern[str]]] = {
         ("starlette", "uvicorn", "jinja2", "prometheus_client"),
         re.compile(r"aiocelev\.dashboard|\bstarlette\b|\buvicorn\b"),
     ),
+    "taskiq": (
+        ("taskiq",),
+        re.compile(r"aiocelev\.integrations\.taskiq|^\s*(?:from|import) taskiq", re.M),
+    ),
+    "arq": (("arq",), re.compile(r"aiocelev\.integrations\.arq|^\s*(?:from|import) arq\b", re.M)),
+    "saq": (("saq",), re.compile(r"aiocelev\.integrations\.saq|^\s*(?:from|import) saq\b", re.M)),
+    "postgres": (("asyncpg",), re.compile(r"postgres(?:ql)?://")),
 }
 
 
