@@ -30,9 +30,12 @@ __all__ = [
     "decode_message",
     "dumps",
     "dumps_plain",
+    "element_error",
     "encode_batch",
     "encode_event",
     "loads",
+    "not_an_event",
+    "parse_message",
     "plain_values",
     "validate_event",
 ]
@@ -252,14 +255,11 @@ _MAX_DISTINCT_ERRORS = 64
 _MORE_ERRORS = "batch element is not an event (many elements of this batch are not events)"
 
 
-def decode_message(
-    message: IncomingMessage, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE
-) -> tuple[list[dict[str, Any]], list[DecodeError]]:
-    """Decode a message into wire dicts.
+def parse_message(message: IncomingMessage, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Any:
+    """The parsed JSON body of *message*, after the checks of the message as a whole.
 
-    Returns the valid event dicts in order, and one :class:`DecodeError` per
-    element of a batch that is not an event (the valid ones are still returned;
-    elements failing for the same reason share one error object).
+    What :func:`decode_message` does before it looks at the events: the
+    adapter's framing error, the size limit, the content type and encoding.
 
     :raises DecodeError: when the message as a whole cannot be decoded.
     """
@@ -276,7 +276,42 @@ def decode_message(
         )
     if message.content_encoding not in _ACCEPTED_ENCODINGS:
         raise DecodeError("content-type", f"refusing content encoding {message.content_encoding!r}")
-    obj = loads(body)
+    return loads(body)
+
+
+def element_error(why: str, errors: dict[str, DecodeError]) -> DecodeError:
+    """The error for a batch element that is not an event, shared per reason in *errors*.
+
+    One error object per distinct reason, and a shared one past a few dozen: a
+    hostile batch of millions of scalars must not cost an object each.
+    """
+    error = errors.get(why)
+    if error is None:
+        if len(errors) >= _MAX_DISTINCT_ERRORS:
+            why = _MORE_ERRORS
+            error = errors.get(why)
+        if error is None:
+            error = errors[why] = DecodeError("not-an-event", why)
+    return error
+
+
+def not_an_event(obj: Any) -> DecodeError:
+    """The error for a message whose body is neither an event nor an array."""
+    return DecodeError("not-an-event", f"expected a JSON object or array, got {type(obj).__name__}")
+
+
+def decode_message(
+    message: IncomingMessage, *, max_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> tuple[list[dict[str, Any]], list[DecodeError]]:
+    """Decode a message into wire dicts.
+
+    Returns the valid event dicts in order, and one :class:`DecodeError` per
+    element of a batch that is not an event (the valid ones are still returned;
+    elements failing for the same reason share one error object).
+
+    :raises DecodeError: when the message as a whole cannot be decoded.
+    """
+    obj = parse_message(message, max_size=max_size)
     if type(obj) is dict:
         why = validate_event(obj)
         if why is not None:
@@ -285,21 +320,12 @@ def decode_message(
     if type(obj) is list:
         good: list[dict[str, Any]] = []
         bad: list[DecodeError] = []
-        # One error object per distinct reason, and a shared one past a few dozen:
-        # a hostile batch of millions of scalars must not cost an object each.
         errors: dict[str, DecodeError] = {}
         for item in obj:
             why = validate_event(item)
             if why is None:
                 good.append(item)
                 continue
-            error = errors.get(why)
-            if error is None:
-                if len(errors) >= _MAX_DISTINCT_ERRORS:
-                    why = _MORE_ERRORS
-                    error = errors.get(why)
-                if error is None:
-                    error = errors[why] = DecodeError("not-an-event", why)
-            bad.append(error)
+            bad.append(element_error(why, errors))
         return good, bad
-    raise DecodeError("not-an-event", f"expected a JSON object or array, got {type(obj).__name__}")
+    raise not_an_event(obj)

@@ -14,9 +14,15 @@ import anyio
 import anyio.abc
 
 from ._backoff import Backoff
-from ._clock import LamportClock, utcoffset, valid_clock
-from ._codec import DEFAULT_MAX_MESSAGE_SIZE, decode_message
-from ._events import Event, _wrap
+from ._clock import MAX_CLOCK, LamportClock, utcoffset
+from ._codec import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    element_error,
+    not_an_event,
+    parse_message,
+    validate_event,
+)
+from ._events import Event, _registry, event_class
 from ._exceptions import (
     AiocelevError,
     BrokerConnectionError,
@@ -34,7 +40,7 @@ from ._url import mask_url
 from .brokers import Broker, Subscription
 from .brokers._registry import resolve_broker
 
-__all__ = ["ErrorCallback", "EventReceiver", "Handler", "ReceiverStatistics"]
+__all__ = ["EventBatches", "ErrorCallback", "EventReceiver", "Handler", "ReceiverStatistics"]
 
 logger = logging.getLogger("aiocelev.receiver")
 
@@ -44,6 +50,9 @@ ErrorCallback = Callable[[DecodeError, IncomingMessage], object]
 #: A :meth:`EventReceiver.capture` handler: called with each event; a plain or
 #: a coroutine function (what it returns, or its coroutine returns, is ignored).
 Handler = Callable[[Event], object]
+
+_new = object.__new__
+_set = object.__setattr__
 
 _LOG_FIRST = 10
 _LOG_EVERY = 1000
@@ -168,6 +177,9 @@ class EventReceiver:
 
         self._buffer: deque[_Item] = deque()
         self._acks_buffered = 0  # _Ack markers in the buffer (not events)
+        # Markers of messages whose last event went out in the latest batch:
+        # acknowledged when the caller asks for more.
+        self._deferred_acks: deque[_Ack] = deque()
         # Wake-ups cost an Event only when the other side is actually waiting.
         self._readable = anyio.Event()
         self._writable = anyio.Event()
@@ -231,7 +243,7 @@ class EventReceiver:
     async def __anext__(self) -> Event:
         # The common case inline (one coroutine per event, not two): an event is ready.
         buffer = self._buffer
-        if buffer and type(buffer[0]) is not _Ack:
+        if buffer and type(buffer[0]) is not _Ack and not self._deferred_acks:
             if self._pump_waiting:
                 self._writable.set()
             self._delivered += 1
@@ -250,6 +262,8 @@ class EventReceiver:
         :raises ClosedError: the receiver was never opened.
         """
         buffer = self._buffer
+        if self._deferred_acks:
+            self._ack_deferred()
         while True:
             if buffer:
                 item = buffer.popleft()
@@ -261,22 +275,108 @@ class EventReceiver:
                     continue
                 self._delivered += 1
                 return item  # type: ignore[return-value]
-            if self._pump_done:
-                if self._pump_error is not None:
-                    raise self._pump_error
-                raise EndOfStream(
-                    "the receiver is closed"
-                    if self._lifecycle.state is not LifecycleState.OPEN
-                    else "the broker ended the subscription"
-                )
-            if not self._lifecycle.is_open:
-                self._lifecycle.check_open()
-            self._readable = anyio.Event()
-            self._reader_waiting = True
-            try:
-                await self._readable.wait()
-            finally:
-                self._reader_waiting = False
+            await self._wait_readable()
+
+    def batches(self, max_size: int | None = None) -> EventBatches:
+        """Iterate over the events in lists: every event buffered when the caller asks.
+
+        ::
+
+            async for batch in receiver.batches():
+                state.apply_many(batch)
+
+        Each list holds the events that were waiting (at least one, at most
+        *max_size*), in order: under load whole messages at a time, a single
+        event when they trickle in.  The per-event cost of ``async for`` is
+        paid once per list.  A message consumed with acknowledgements is
+        acknowledged once its last event was handed over *and* the caller asked
+        for the next list (or event), as with ``async for``.  Iteration ends as
+        ``async for`` does, and raises what :meth:`receive` raises.
+
+        :param max_size: the longest list (``None``: no limit beyond ``buffer_size``).
+        :raises ConfigurationError: *max_size* is below 1.
+        """
+        if max_size is not None and max_size < 1:
+            raise ConfigurationError("max_size must be at least 1")
+        return EventBatches(self, max_size)
+
+    async def receive_batch(self, max_size: int | None = None) -> list[Event]:
+        """The events waiting now, as a list (what :meth:`batches` yields).
+
+        Waits for at least one event.
+
+        :raises EndOfStream: the receiver was closed, or the broker ended the subscription.
+        :raises BrokerConnectionError: the adapter gave up reconnecting.
+        :raises BufferFullError: the buffer overflowed under ``overflow="error"``.
+        :raises ClosedError: the receiver was never opened.
+        """
+        buffer = self._buffer
+        if self._deferred_acks:
+            self._ack_deferred()
+        while True:
+            if buffer:
+                if self._acks_buffered == 0 and (max_size is None or len(buffer) <= max_size):
+                    batch: list[Event] = list(buffer)  # type: ignore[arg-type]
+                    buffer.clear()
+                else:
+                    batch = self._take_mixed(max_size)
+                if self._pump_waiting:
+                    self._writable.set()
+                if batch:
+                    self._delivered += len(batch)
+                    return batch
+                continue
+            await self._wait_readable()
+
+    def _take_mixed(self, max_size: int | None) -> list[Event]:
+        """Take events up to *max_size* from a buffer holding acknowledgement markers.
+
+        Markers before the first event taken belong to messages handed over
+        before: they are acknowledged now.  Markers after it wait for the
+        caller's next request (``_deferred_acks``).
+        """
+        buffer = self._buffer
+        limit = len(buffer) if max_size is None else max_size
+        batch: list[Event] = []
+        deferred = self._deferred_acks
+        while buffer:
+            item = buffer[0]
+            if type(item) is _Ack:
+                buffer.popleft()
+                self._acks_buffered -= 1
+                if batch:
+                    deferred.append(item)
+                else:
+                    self._acknowledge(item)
+                continue
+            if len(batch) >= limit:
+                break
+            batch.append(buffer.popleft())  # type: ignore[arg-type]
+        return batch
+
+    def _ack_deferred(self) -> None:
+        deferred = self._deferred_acks
+        while deferred:
+            self._acknowledge(deferred.popleft())
+
+    async def _wait_readable(self) -> None:
+        """Wait for the pump to buffer something; raise if the stream ended."""
+        if self._pump_done:
+            if self._pump_error is not None:
+                raise self._pump_error
+            raise EndOfStream(
+                "the receiver is closed"
+                if self._lifecycle.state is not LifecycleState.OPEN
+                else "the broker ended the subscription"
+            )
+        if not self._lifecycle.is_open:
+            self._lifecycle.check_open()
+        self._readable = anyio.Event()
+        self._reader_waiting = True
+        try:
+            await self._readable.wait()
+        finally:
+            self._reader_waiting = False
 
     async def capture(
         self,
@@ -365,6 +465,7 @@ class EventReceiver:
                     if self._owns_broker:
                         await self._broker.aclose()
                     self._buffer.clear()
+                    self._deferred_acks.clear()
                     self._acks_buffered = 0
                     self._pump_done = True
                     self._lifecycle.closed()
@@ -430,18 +531,14 @@ class EventReceiver:
             async for message in subscription:
                 self._messages += 1
                 try:
-                    dicts, bad = decode_message(message, max_size=self._max_message_size)
+                    events = self._decode(message)
                 except DecodeError as exc:
                     self._report(exc, message)
-                    if message.ack is not None:
-                        self._acknowledge(_Ack(message.ack))
-                    continue
-                for error in bad:
-                    self._report(error, message)
-                if dicts:
-                    await self._enqueue(dicts, message)
+                    events = None
+                if events:
+                    await self._enqueue(events, message.ack)
                 elif message.ack is not None:
-                    self._acknowledge(_Ack(message.ack))
+                    self._ack_eventless(message.ack)
         except Exception as exc:
             if not isinstance(exc, AiocelevError):
                 logger.exception("the receiver's pump failed")
@@ -451,16 +548,104 @@ class EventReceiver:
             self._pump_done = True
             self._readable.set()
 
+    def _ack_eventless(self, ack: Callable[[], None]) -> None:
+        """Acknowledge a message without events, after every message before it."""
+        marker = _Ack(ack)
+        if not self._buffer and not self._deferred_acks:
+            self._acknowledge(marker)
+            return
+        # Acknowledgements go out in delivery order (AMQP acks "this and every
+        # earlier tag"): behind the events still waiting.
+        self._buffer.append(marker)
+        self._acks_buffered += 1
+
+    def _decode(self, message: IncomingMessage) -> list[Event]:
+        """Decode a message into prepared events, in one pass per event.
+
+        Validation (as :func:`~aiocelev._codec.validate_event`), the clock merge,
+        ``localize``, ``local_received`` and the wrap in the event class happen
+        in one loop.  Batch elements that are not events are reported.
+
+        :raises DecodeError: the message as a whole cannot be decoded.
+        """
+        obj = parse_message(message, max_size=self._max_message_size)
+        if type(obj) is dict:
+            items: list[Any] = [obj]
+            single = True
+        elif type(obj) is list:
+            items = obj
+            single = False
+        else:
+            raise not_an_event(obj)
+        now = time.time()
+        localize = self.localize
+        here = utcoffset() if localize else 0.0
+        clock = self.clock
+        registry_get = _registry.get
+        new = _new
+        set_fields = _set
+        events: list[Event] = []
+        append = events.append
+        errors: dict[str, DecodeError] | None = None
+        type_: Any
+        ts: Any
+        for data in items:
+            # validate_event inlined; its message is built only on failure
+            if type(data) is dict:
+                type_ = data.get("type")
+                ts = data.get("timestamp")
+                valid = (
+                    type(type_) is str
+                    and type_ != ""
+                    and type(data.get("hostname")) is str
+                    and (type(ts) is float or type(ts) is int)
+                )
+            else:
+                valid = False
+            if not valid:
+                why = validate_event(data) or "not an event"
+                if single:
+                    raise DecodeError("not-an-event", why)
+                if errors is None:
+                    errors = {}
+                self._report(element_error(why, errors), message)
+                continue
+            if type_ == "task-sent":
+                # Clients never synchronise their clocks: Celery replaces them.
+                value = (clock.value or 1) - 1
+                data["clock"] = value
+                clock.value = (value if value > clock.value else clock.value) + 1
+            else:
+                raw = data.get("clock")
+                if type(raw) is int and 0 <= raw < MAX_CLOCK:
+                    current = clock.value
+                    clock.value = (raw if raw > current else current) + 1
+                else:
+                    if "clock" in data:
+                        self._invalid_clocks += 1
+                    clock.value += 1
+                    data["clock"] = clock.value
+            if localize:
+                offset = data.get("utcoffset")
+                if type(offset) is int or type(offset) is float:
+                    data["timestamp"] = ts - (offset - here) * 3600
+            data["local_received"] = now
+            event = new(registry_get(type_) or event_class(type_))
+            set_fields(event, "_fields", data)
+            append(event)
+        self._events += len(events)
+        return events
+
     def _prepare(self, data: dict[str, Any], now: float, here: float) -> Event:
+        """Prepare one valid wire dict as :meth:`_decode` does (clock, ``local_received``, wrap)."""
         clock = self.clock
         if data["type"] == "task-sent":
-            # Clients never synchronise their clocks: Celery replaces them.
             value = (clock.value or 1) - 1
             data["clock"] = value
             clock.adjust(value)
         else:
             raw = data.get("clock")
-            if valid_clock(raw):
+            if type(raw) is int and 0 <= raw < MAX_CLOCK:
                 clock.adjust(raw)
             else:
                 if "clock" in data:
@@ -471,42 +656,45 @@ class EventReceiver:
             if type(offset) is int or type(offset) is float:
                 data["timestamp"] = data["timestamp"] - (offset - here) * 3600
         data["local_received"] = now
-        return _wrap(data)
+        event = _new(_registry.get(data["type"]) or event_class(data["type"]))
+        _set(event, "_fields", data)
+        return event
 
-    async def _enqueue(self, dicts: list[dict[str, Any]], message: IncomingMessage) -> None:
+    async def _enqueue(self, events: list[Event], ack: Callable[[], None] | None) -> None:
         buffer = self._buffer
-        now = time.time()
-        here = utcoffset() if self.localize else 0.0
         limit = self._buffer_size
-        policy = self._overflow
-        for data in dicts:
-            event = self._prepare(data, now, here)
-            self._events += 1
-            if len(buffer) >= limit:
-                if policy is Overflow.PAUSE:
-                    while len(buffer) >= limit:
-                        self._writable = anyio.Event()
-                        self._pump_waiting = True
-                        try:
-                            await self._writable.wait()
-                        finally:
-                            self._pump_waiting = False
-                elif policy is Overflow.DROP_OLDEST:
-                    self._drop_oldest()
-                elif policy is Overflow.DROP_NEWEST:
-                    self._count_drop()
-                    continue
-                else:
-                    self._pump_error = BufferFullError(
-                        f"receiver buffer full ({limit} events) and overflow='error'"
-                    )
-                    raise self._pump_error
-            buffer.append(event)
-            if self._reader_waiting:
-                self._readable.set()
-        if message.ack is not None:
-            buffer.append(_Ack(message.ack))
+        if len(buffer) + len(events) <= limit:
+            buffer.extend(events)
+        else:
+            policy = self._overflow
+            for event in events:
+                if len(buffer) >= limit:
+                    if policy is Overflow.PAUSE:
+                        if self._reader_waiting:
+                            self._readable.set()
+                        while len(buffer) >= limit:
+                            self._writable = anyio.Event()
+                            self._pump_waiting = True
+                            try:
+                                await self._writable.wait()
+                            finally:
+                                self._pump_waiting = False
+                    elif policy is Overflow.DROP_OLDEST:
+                        self._drop_oldest()
+                    elif policy is Overflow.DROP_NEWEST:
+                        self._count_drop()
+                        continue
+                    else:
+                        self._pump_error = BufferFullError(
+                            f"receiver buffer full ({limit} events) and overflow='error'"
+                        )
+                        raise self._pump_error
+                buffer.append(event)
+        if ack is not None:
+            buffer.append(_Ack(ack))
             self._acks_buffered += 1
+        if self._reader_waiting:
+            self._readable.set()
 
     def _drop_oldest(self) -> None:
         buffer = self._buffer
@@ -527,3 +715,22 @@ class EventReceiver:
                 self._buffer_size,
                 self._dropped,
             )
+
+
+class EventBatches:
+    """``async for batch in receiver.batches()``: lists of events (see :meth:`EventReceiver.batches`)."""
+
+    __slots__ = ("_max_size", "_receiver")
+
+    def __init__(self, receiver: EventReceiver, max_size: int | None) -> None:
+        self._receiver = receiver
+        self._max_size = max_size
+
+    def __aiter__(self) -> EventBatches:
+        return self
+
+    async def __anext__(self) -> list[Event]:
+        try:
+            return await self._receiver.receive_batch(self._max_size)
+        except EndOfStream:
+            raise StopAsyncIteration from None
