@@ -35,6 +35,14 @@ from ._redis_errors import CONNECTION_ERRORS, REDIS_ERRORS, describe
 
 __all__ = ["RedisSubscription"]
 
+_HIREDIS_PARSER: type | None
+NOT_ENOUGH_DATA: object
+try:  # the hiredis parser's reader can be drained directly; otherwise read_response only
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser as _HIREDIS_PARSER
+except ImportError:  # pragma: no cover - a redis-py without that module
+    _HIREDIS_PARSER = None
+    NOT_ENOUGH_DATA = object()
+
 logger = logging.getLogger("aiocelev.brokers.redis")
 
 #: How long one read on a pub/sub connection may block before the reader looks
@@ -44,6 +52,23 @@ POLL_INTERVAL = 0.2
 
 #: Most further responses taken from the connection's buffers in one read pass.
 _DRAIN_MAX = 255
+
+#: Most replies taken straight from the hiredis reader in one read pass.
+_FAST_DRAIN_MAX = 4096
+
+
+def _hiredis_reader(conn: AbstractConnection) -> Any:
+    """The connection's hiredis reader when replies can be taken from it directly, else ``None``.
+
+    Only for the hiredis parser on RESP2 (what the adapter speaks: pub/sub
+    messages are plain arrays) while the parser is connected.
+    """
+    if _HIREDIS_PARSER is None or getattr(conn, "protocol", 2) not in (2, "2", None):
+        return None
+    parser = getattr(conn, "_parser", None)
+    if type(parser) is not _HIREDIS_PARSER or not getattr(parser, "_connected", False):
+        return None
+    return getattr(parser, "_reader", None)
 
 
 @final
@@ -264,9 +289,31 @@ class RedisSubscription:
         self._ping_sent_at = None
         if isinstance(response, list) and response:
             self._handle(response)
-        # Drain what has already arrived without waiting (a zero timeout only
-        # expires when a read would have to wait for the network).
+        # Drain what has already arrived without waiting: first the replies the
+        # hiredis reader has already parsed or buffered (no await, no timeout
+        # per message), then one read of what the socket buffered meanwhile (a
+        # zero timeout only expires when a read would have to wait for the
+        # network), and so on.
+        reader = _hiredis_reader(conn)
+        taken = 0
         for _ in range(_DRAIN_MAX):
+            if reader is not None:
+                gets = reader.gets
+                handle = self._handle
+                while taken < _FAST_DRAIN_MAX:
+                    reply = gets()
+                    if reply is NOT_ENOUGH_DATA:
+                        break
+                    taken += 1
+                    if type(reply) is list:
+                        if reply:
+                            handle(reply)
+                    elif isinstance(reply, Exception):
+                        # what read_response raises (an error reply, a closed connection)
+                        await self._drop(describe(reply))
+                        return
+                if taken >= _FAST_DRAIN_MAX:
+                    return
             try:
                 response = await conn.read_response(timeout=0)
             except REDIS_ERRORS as exc:
