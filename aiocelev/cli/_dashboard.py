@@ -101,6 +101,12 @@ def register(subparsers: Any) -> None:
         help="RabbitMQ management API for the broker page (http://user:pass@host:15672/api/)",
     )
     parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=None,
+        help="task history: sqlite:///path.db or postgresql://... (restored at start, written live)",
+    )
+    parser.add_argument(
         "--demo", action="store_true", help="simulated workers on memory:// (demo data)"
     )
     parser.add_argument(
@@ -161,6 +167,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         actions_without_auth=args.no_auth_for_actions,
         purge_offline_workers=args.purge_offline_workers,
         broker_api=args.broker_api or os.environ.get("AIOCELEV_BROKER_API") or None,
+        store=args.store or os.environ.get("AIOCELEV_STORE_URL") or None,
         simulation=_demo_simulation(DEMO_WORKERS, DEMO_RATE) if args.demo else None,
     )
     config = uvicorn.Config(

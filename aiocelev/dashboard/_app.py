@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from aiocelev import Broker, ConfigurationError
+from aiocelev.store import EventStore, open_store
 
 from ._api import api_routes
 from ._hub import Hub, Simulation
@@ -53,6 +54,8 @@ def create_app(
     max_clients: int = 100,
     simulation: Simulation | None = None,
     broker_api: str | None = None,
+    store: str | EventStore | None = None,
+    restore_recent: int = 1_000,
 ) -> Starlette:
     """Build the dashboard: pages, Flower-compatible JSON API, SSE, ``/metrics``, ``/healthz``.
 
@@ -89,6 +92,12 @@ def create_app(
         broker page then lists every queue of each RabbitMQ vhost with its
         unacknowledged messages; without it, queue depths come from the broker
         protocol itself.
+    :param store: a task-history store (``sqlite:///path.db``,
+        ``postgresql://...``, or an :class:`~aiocelev.store.EventStore`; a URL is
+        opened and closed by the app): on start the workers, the unfinished
+        tasks and the *restore_recent* newest finished ones are loaded from it;
+        every event is written to it; the task page finds tasks no longer in
+        memory there, and the tasks page can search the whole history.
     :raises ConfigurationError: no broker, bad credentials or bounds.
 
     .. versionadded:: 0.2
@@ -112,6 +121,12 @@ def create_app(
         raise ConfigurationError("the token must not be empty")
     prefix = "/" + url_prefix.strip("/") if url_prefix.strip("/") else ""
 
+    owned_store: EventStore | None = None
+    history: EventStore | None
+    if isinstance(store, str):
+        owned_store = history = open_store(store)
+    else:
+        history = store
     metrics = FlowerMetrics(runtime_buckets)
     hub = Hub(
         brokers,
@@ -122,16 +137,21 @@ def create_app(
         max_clients=max_clients,
         demo=simulation,
         purge_offline_workers=purge_offline_workers,
+        store=history,
+        restore_recent=restore_recent,
     )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with anyio.create_task_group() as tg:
-            await tg.start(hub.run)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
+        async with AsyncExitStack() as stack:
+            if owned_store is not None:
+                await stack.enter_async_context(owned_store)
+            async with anyio.create_task_group() as tg:
+                await tg.start(hub.run)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
 
     routes: list[BaseRoute] = [
         *page_routes(),

@@ -34,6 +34,7 @@ from aiocelev import (
     TaskState,
     open_broker,
 )
+from aiocelev.store import EventStore, StoreError, StoreWriter
 
 from ._metrics import FlowerMetrics
 from ._urls import mask
@@ -79,6 +80,8 @@ class Feed:
         self.deaf = False
         self.lost_at = 0.0
         self.control = Control(broker)
+        #: Writes this broker's events to the hub's store (``--store``), while running.
+        self.writer: StoreWriter | None = None
         #: Set the first time the receiver is subscribed (created by :meth:`Hub.run`).
         self.ready: anyio.Event | None = None
 
@@ -147,6 +150,8 @@ class Hub:
         reconnect_delay: float = 1.0,
         demo: Simulation | None = None,
         purge_offline_workers: float | None = None,
+        store: EventStore | None = None,
+        restore_recent: int = 1_000,
     ) -> None:
         self.state = ClusterState(max_tasks=max_tasks)
         self.metrics = metrics
@@ -156,6 +161,12 @@ class Hub:
         self.reconnect_delay = reconnect_delay
         self.purge_offline_workers = purge_offline_workers
         self._demo = demo
+        #: The task history (``--store``): restored from at start, written to as events arrive.
+        self.store = store
+        self._restore_recent = restore_recent
+        self.restored: tuple[int, int] = (0, 0)
+        #: Why writing to the store stopped, if it did.
+        self.store_error: str | None = None
         self.feeds: list[Feed] = []
         for broker in brokers:
             if isinstance(broker, str):
@@ -230,6 +241,12 @@ class Hub:
                 feed.ready = anyio.Event()
                 if feed.owned:
                     stack.push_async_callback(feed.broker.aclose)
+            if self.store is not None:
+                await self._restore(self.store)
+                for feed in self.feeds:
+                    feed.writer = await stack.enter_async_context(
+                        StoreWriter(self.store, broker=feed.label)
+                    )
             async with anyio.create_task_group() as tg:
                 for feed in self.feeds:
                     tg.start_soon(self._feed, feed, name=f"dashboard feed {feed.label}")
@@ -306,14 +323,42 @@ class Hub:
                     self.version += 1
                     logger.info("dashboard: receiving events from %s", feed.label)
                     apply = self._apply
+                    writer = feed.writer
                     async for event in receiver:
                         apply(feed, event)
+                        if writer is not None:
+                            try:
+                                await writer.put(event)
+                            except AiocelevError as exc:
+                                # History stops; the live view goes on.
+                                self.store_error = mask(str(exc))
+                                logger.error("dashboard: the store failed: %s", self.store_error)
+                                feed.writer = writer = None
                 self._lost(feed, "the broker ended the subscription")
             except AiocelevError as exc:
                 self._lost(feed, str(exc))
                 logger.warning("dashboard: %s: %s", feed.label, feed.error)
             await anyio.sleep(delay)
             delay = min(delay * 2, 30.0)
+
+    async def _restore(self, store: EventStore) -> None:
+        """Workers and unfinished (plus recently finished) tasks from the store, before any event."""
+        by_label = {feed.label: feed for feed in self.feeds}
+        try:
+            self.restored = await store.restore(self.state, recent=self._restore_recent)
+            for worker in await store.workers():
+                feed = by_label.get(worker.get("broker") or "")
+                if feed is not None:
+                    self._host_feed[worker["hostname"]] = feed
+        except StoreError as exc:
+            logger.warning("dashboard: could not restore from the store: %s", mask(str(exc)))
+            return
+        logger.info(
+            "dashboard: restored %d tasks and %d workers from %s",
+            *self.restored,
+            mask(store.url),
+        )
+        self.version += 1
 
     def _apply(self, feed: Feed, event: Event) -> None:
         hostname = event.get("hostname")

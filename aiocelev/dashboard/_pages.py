@@ -9,9 +9,11 @@ are autoescaped: every value from events is text, never markup.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -21,11 +23,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from aiocelev import TaskState, WorkerState
+from aiocelev.store import QueryError as StoreQueryError, StoreError
 
 from ._api import hub_of
 from ._hub import Hub
 from ._query import PAGE_SORT_KEYS, QueryError, TaskQuery
 from ._responses import Html
+from ._urls import mask
+
+logger = logging.getLogger("aiocelev.dashboard")
+
+#: Final task states (``TaskState.ready``).
+READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 __all__ = ["page_routes"]
 
@@ -242,10 +251,75 @@ _FILTER_KEYS = (
 )
 
 
+class StoredTask(SimpleNamespace):
+    """A task read from the store, with the attributes the templates use of a ``TaskState``."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__(**fields)
+        self.fields = {k: v for k, v in fields.items() if k != "broker"}
+        self.ready = fields.get("state") in READY_STATES
+        self.children = list(fields.get("children") or [])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored fields, shaped as :meth:`TaskState.to_dict`."""
+        return dict(self.fields)
+
+
+async def _history_page(request: Request, hub: Hub, params: dict[str, str]) -> Response:
+    """``/tasks?source=history``: the store's tasks, newest first, paged by cursor."""
+    assert hub.store is not None
+    limit = PAGE_SIZE
+    kept = {k: params[k] for k in _FILTER_KEYS if params.get(k) and k != "sort_by"}
+    wanted = {k: v for k, v in kept.items() if k != "limit"}
+    error = None
+    tasks: list[StoredTask] = []
+    total = 0
+    next_cursor = None
+    try:
+        if params.get("limit"):
+            limit = max(1, min(int(params["limit"]), MAX_PAGE_SIZE))
+        page = await hub.store.query(wanted, cursor=params.get("cursor") or None, limit=limit)
+        total = await hub.store.count(wanted)
+        tasks = [StoredTask(d) for d in page.tasks]
+        next_cursor = page.cursor
+    except (ValueError, StoreQueryError) as exc:
+        error = str(exc)
+    except StoreError as exc:
+        error = f"the store cannot be read: {mask(str(exc))}"
+    return render(
+        request,
+        "tasks.html",
+        tasks=tasks,
+        broker_of=lambda t: getattr(t, "broker", None),
+        total=total,
+        offset=0,
+        limit=limit,
+        kept=dict(kept, source="history"),
+        params=params,
+        prev_offset=None,
+        next_offset=None,
+        history=True,
+        first_page=not params.get("cursor"),
+        next_cursor=next_cursor,
+        static_page=True,
+        error=error,
+        names=sorted(hub.state.task_names()),
+        workers=sorted(hub.state.workers),
+        sort_by="",
+        page="tasks",
+        status=400 if error else 200,
+    )
+
+
 async def tasks_page(request: Request) -> Response:
-    """Tasks with server-side filters, search, sort and paging; the URL keeps them."""
+    """Tasks with server-side filters, search, sort and paging; the URL keeps them.
+
+    With a store, ``source=history`` searches the whole stored history instead of memory.
+    """
     hub = hub_of(request)
     params = dict(request.query_params)
+    if params.get("source") == "history" and hub.store is not None:
+        return await _history_page(request, hub, params)
     error = None
     try:
         query = TaskQuery.from_params(
@@ -288,7 +362,17 @@ async def task_page(request: Request) -> Response:
     """One task: every field, its timeline, traceback, family and retries."""
     hub = hub_of(request)
     task_id = request.path_params["task_id"]
-    task = hub.state.task(task_id)
+    task: TaskState | StoredTask | None = hub.state.task(task_id)
+    stored_broker = None
+    if task is None and hub.store is not None:
+        try:
+            found = await hub.store.get(task_id)
+        except StoreError as exc:
+            logger.warning("dashboard: reading task %s from the store: %s", task_id, exc)
+            found = None
+        if found is not None:
+            task = StoredTask(found)
+            stored_broker = found.get("broker")
     if task is None:
         return render(request, "missing.html", status=404, what="task", name=task_id)
     timeline = sorted(
@@ -310,7 +394,8 @@ async def task_page(request: Request) -> Response:
         first=first,
         children=task.children,
         known=hub.state.tasks,
-        broker=hub.task_broker(task.worker, task.client),
+        broker=stored_broker or hub.task_broker(task.worker, task.client),
+        from_store=isinstance(task, StoredTask),
         page="tasks",
     )
 

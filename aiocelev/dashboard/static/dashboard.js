@@ -38,7 +38,9 @@
       });
   }
 
-  if (live && window.EventSource) {
+  if (live && live.dataset.static === "1") {
+    setState("history: not live", "off");
+  } else if (live && window.EventSource) {
     var source = new EventSource(base + "/events/stream");
     source.addEventListener("open", function () { setState("live", "on"); });
     source.addEventListener("error", function () { setState("reconnecting…", "off"); });
