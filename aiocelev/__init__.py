@@ -50,6 +50,7 @@ from ._exceptions import (
     PublishError as PublishError,
     UnknownSchemeError as UnknownSchemeError,
 )
+from ._link import ConnectionCallback as ConnectionCallback, ConnectionStatus as ConnectionStatus
 from ._message import IncomingMessage as IncomingMessage, OutgoingMessage as OutgoingMessage
 from ._overflow import Overflow as Overflow
 from ._receiver import (
@@ -58,7 +59,6 @@ from ._receiver import (
     Handler as Handler,
     ReceiverStatistics as ReceiverStatistics,
 )
-from ._link import ConnectionCallback as ConnectionCallback, ConnectionStatus as ConnectionStatus
 from ._saferepr import saferepr as saferepr
 from ._simulation import (
     Simulation as Simulation,
@@ -79,6 +79,7 @@ from .brokers import (
     open_broker as open_broker,
     register_broker as register_broker,
 )
+from .cli import render_top as render_top
 
 __all__ = [
     "AiocelevError",
@@ -142,6 +143,7 @@ __all__ = [
     "encode_event",
     "open_broker",
     "register_broker",
+    "render_top",
     "saferepr",
     "simulate_cluster",
     "worker_events",

@@ -9,9 +9,10 @@ import pytest
 
 import aiocelev
 import aiocelev.brokers
+import aiocelev.cli
 import aiocelev.testing
 
-PUBLIC_MODULES = [aiocelev, aiocelev.brokers, aiocelev.testing]
+PUBLIC_MODULES = [aiocelev, aiocelev.brokers, aiocelev.testing, aiocelev.cli]
 
 
 @pytest.mark.parametrize("module", PUBLIC_MODULES, ids=lambda m: m.__name__)

@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 
+from .._exceptions import MissingDependencyError
+from .._link import ConnectionStatus
+from .._state import ClusterState
 from .._version import __version__
 from . import _control, _dashboard, _demo, _events, _record, _tasks, _top
 from ._common import DEFAULT_CONNECT_TIMEOUT, EXIT_USAGE, positive_float, run_command
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "render_top"]
 
 _EPILOG = """\
 The broker URL comes from --broker (before or after the command), else
@@ -105,6 +109,45 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (_events, _top, _demo, _control, _record, _tasks, _dashboard):
         module.register(subparsers)
     return parser
+
+
+def render_top(
+    state: ClusterState,
+    *,
+    width: int = 120,
+    height: int | None = None,
+    now: float | None = None,
+    selected: str | None = None,
+    title: str = "aiocelev top",
+    connection: ConnectionStatus | None = None,
+) -> str:
+    """One frame of ``aiocelev top`` for *state*, as plain text (needs the ``cli`` extra).
+
+    :param width: the width of the frame in characters.
+    :param height: the frame fits this many lines (``None``: as long as it takes).
+    :param now: the epoch time ages are relative to (default: now).
+    :param selected: the id of the task whose detail is shown (default: the newest).
+    :param title: the first words of the header line.
+    :param connection: a receiver's connection status, shown as a banner after a loss.
+    :raises MissingDependencyError: rich is not installed.
+    """
+    try:
+        from ._topview import render, to_text
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"render_top needs rich ({exc.name or exc}): pip install 'aiocelev[cli]'"
+        ) from exc
+    frame = render(
+        state,
+        time.time() if now is None else now,
+        selected,
+        title=title,
+        width=width,
+        height=height,
+        keys=False,
+        connection=connection,
+    )
+    return to_text(frame, width, height)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -241,3 +241,13 @@ def test_top_in_a_real_terminal(width: int, height: int) -> None:
         subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_render_top_is_public_and_fits() -> None:
+    from aiocelev import render_top
+
+    text = render_top(busy_state(), width=80, height=24, now=NOW, title="mine")
+    lines = text.splitlines()
+    assert len(lines) == 24 and lines[0].startswith("mine  workers 6/6 alive")
+    assert all(len(line) <= 80 and line == line.rstrip() for line in lines)
+    assert "q quit" not in text  # no key hints outside the live view
