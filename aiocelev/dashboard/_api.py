@@ -280,6 +280,65 @@ async def pool_shrink(request: Request) -> Response:
     return await _pool(request, False)
 
 
+async def autoscale(request: Request) -> Response:
+    """``POST /api/worker/pool/autoscale/<worker>?min=&max=`` (workers started with ``--autoscale``)."""
+    hub = hub_of(request)
+    worker = request.path_params["worker"]
+    if not _known_worker(hub, worker):
+        return _error(404, f"Unknown worker '{worker}'")
+    params = await _params(request)
+    try:
+        low, high = int(params.get("min") or 0), int(params.get("max") or 0)
+    except ValueError:
+        return _error(400, "min and max must be integers")
+    if low < 0 or high < low:
+        return _error(400, "need 0 <= min <= max")
+    replies = await _send(hub, worker, "autoscale", high, low)
+    if isinstance(replies, Json):
+        return replies
+    if _first_ok(replies, worker) is None:
+        return _failure(replies, f"Failed to autoscale '{worker}' worker")
+    return Json(
+        {
+            "message": f"Autoscaling '{worker}' worker (min={low}, max={high})",
+            "replies": _replies(replies),
+        }
+    )
+
+
+async def _consumer(request: Request, add: bool) -> Response:
+    hub = hub_of(request)
+    worker = request.path_params["worker"]
+    if not _known_worker(hub, worker):
+        return _error(404, f"Unknown worker '{worker}'")
+    params = await _params(request)
+    queue = params.get("queue")
+    if not queue:
+        return _error(400, "Missing argument queue")
+    if add:
+        replies = await _send(hub, worker, "add_consumer", queue)
+    else:
+        replies = await _send(hub, worker, "cancel_consumer", queue)
+    if isinstance(replies, Json):
+        return replies
+    ok = _first_ok(replies, worker)
+    if ok is None:
+        verb = "add" if add else "cancel"
+        return _failure(replies, f"Failed to {verb} '{queue}' consumer of '{worker}' worker")
+    request.app.state.queues.forget()
+    return Json({"message": ok.payload.get("ok", ok.payload), "replies": _replies(replies)})
+
+
+async def add_consumer(request: Request) -> Response:
+    """``POST /api/worker/queue/add-consumer/<worker>?queue=``."""
+    return await _consumer(request, True)
+
+
+async def cancel_consumer(request: Request) -> Response:
+    """``POST /api/worker/queue/cancel-consumer/<worker>?queue=``."""
+    return await _consumer(request, False)
+
+
 async def shutdown(request: Request) -> Response:
     """``POST /api/worker/shutdown/<worker>`` (workers do not reply to it)."""
     hub = hub_of(request)
@@ -322,6 +381,9 @@ def api_routes() -> list[Route]:
         Route("/api/task/timeout/{taskname:path}", time_limit, methods=["POST"]),
         Route("/api/worker/pool/grow/{worker:path}", pool_grow, methods=["POST"]),
         Route("/api/worker/pool/shrink/{worker:path}", pool_shrink, methods=["POST"]),
+        Route("/api/worker/pool/autoscale/{worker:path}", autoscale, methods=["POST"]),
+        Route("/api/worker/queue/add-consumer/{worker:path}", add_consumer, methods=["POST"]),
+        Route("/api/worker/queue/cancel-consumer/{worker:path}", cancel_consumer, methods=["POST"]),
         Route("/api/worker/shutdown/{worker:path}", shutdown, methods=["POST"]),
         Route("/api/queues/length", queues_length),
         Route("/healthz", healthz),

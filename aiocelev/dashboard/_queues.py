@@ -86,6 +86,11 @@ class QueueBoard:
         self._cached: tuple[float, list[dict[str, Any]], list[str]] | None = None
         self._inspected_at = 0.0
 
+    def forget(self) -> None:
+        """Drop the cache and re-ask the workers for their queues next time (a consumer changed)."""
+        self._cached = None
+        self._inspected_at = 0.0
+
     async def rows(self) -> tuple[list[dict[str, Any]], list[str]]:
         """``(rows, errors)``: one row per queue and broker; what could not be read."""
         async with self._lock:

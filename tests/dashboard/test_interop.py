@@ -106,6 +106,31 @@ async def _dashboard_sees_a_real_worker(url: str) -> None:
             assert entry["stats"]["pid"] == worker.proc.pid  # type: ignore[union-attr]
             page = (await c.get(f"/worker/{node}")).text
             assert 'data-testid="worker-registered"' in page and "interop.add" in page
+
+            # The broker page measures the queue the worker consumes (its active_queues).
+            async def queue_row(name: str) -> dict[str, Any] | None:
+                body = (await c.get("/api/queues/length")).json()
+                rows = [q for q in body["active_queues"] if q["name"] == name]
+                return rows[0] if rows else None
+
+            row = await eventually(lambda: queue_row(worker.queue), "the worker's queue", 30)
+            if url.startswith("amqp"):
+                assert row["consumers"] == 1 and row["messages"] == 0
+            else:
+                assert row["consumers"] is None  # Redis cannot tell
+            # Consumers added and cancelled through the API, as Flower's.
+            extra = f"{worker.queue}-extra"
+            r = await c.post(f"/api/worker/queue/add-consumer/{node}", params={"queue": extra})
+            assert r.status_code == 200, r.text
+            assert extra in r.json()["message"]
+            await eventually(lambda: queue_row(extra), "the added queue on the broker page", 30)
+            r = await c.post(f"/api/worker/queue/cancel-consumer/{node}", params={"queue": extra})
+            assert r.status_code == 200, r.text
+            missing = await c.post(f"/api/worker/queue/add-consumer/{node}")
+            assert missing.status_code == 400
+            # A solo worker has no autoscaler: the worker's refusal is passed on.
+            r = await c.post(f"/api/worker/pool/autoscale/{node}", params={"min": 1, "max": 2})
+            assert r.status_code == 403 and "autoscale" in r.json()["error"].lower()
         finally:
             client.close()
             with anyio.CancelScope(shield=True):
@@ -113,6 +138,7 @@ async def _dashboard_sees_a_real_worker(url: str) -> None:
                     await anyio.to_thread.run_sync(stop_process, worker.proc)
                 worker.log.close()
                 await _forget_queue(url, worker.queue)
+                await _forget_queue(url, f"{worker.queue}-extra")
 
 
 @pytest.mark.amqp
