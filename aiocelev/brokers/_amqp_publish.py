@@ -7,13 +7,16 @@ from collections.abc import Sequence
 from typing import cast, final
 
 import aiormq
+import anyio
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
 
 from .._exceptions import BrokerConnectionError, BrokerError, ClosedError, PublishError
 from .._message import OutgoingMessage
 from ._amqp_connection import AmqpConnection, close_quietly, declare_event_exchange
 from ._amqp_errors import map_errors
+from ._amqp_frames import PublishEncoder
 
 __all__ = ["AmqpPublisher"]
 
@@ -33,6 +36,7 @@ class AmqpPublisher:
         self._link = connection
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._encoder = PublishEncoder()
 
     async def open(self, conn: AbstractConnection) -> None:
         """Open the publishing channel on *conn* and declare the event exchange."""
@@ -82,6 +86,8 @@ class AmqpPublisher:
         try:
             with map_errors(where, publish=True):
                 underlay = cast("aiormq.Channel", await channel.get_underlay_channel())
+                if not confirm and await self._write_frames(underlay, messages, timeout):
+                    return
             for index, message in enumerate(messages):
                 with map_errors(where, publish=True):
                     properties = Basic.Properties(
@@ -115,3 +121,28 @@ class AmqpPublisher:
                 if not isinstance(exc, BrokerConnectionError):
                     raise BrokerConnectionError(str(exc)) from exc
             raise
+
+    async def _write_frames(
+        self, underlay: aiormq.Channel, messages: Sequence[OutgoingMessage], timeout: float | None
+    ) -> bool:
+        """Without confirms: write every message's frames as one buffer; wait until written.
+
+        Returns ``False`` (nothing written) when the batch needs aiormq's own
+        path: a closed channel (it raises the right error) or a routing key
+        too long for a frame.
+        """
+        if underlay.is_closed or not messages:
+            return False
+        payload = self._encoder.encode(
+            underlay.number, self._link.opts.exchange, messages, underlay.max_content_size
+        )
+        if payload is None:
+            return False
+        # A future of the channel: rejected if the channel or connection closes.
+        written = underlay.create_future()
+        with anyio.fail_after(timeout):
+            await underlay.connection.write_queue.put(
+                ChannelFrame(payload=payload, should_close=False, drain_future=written)
+            )
+            await written
+        return True
