@@ -20,7 +20,8 @@ class QueueInfo(NamedTuple):
     name: str
     """The queue name (without any key prefix)."""
     messages: int | None
-    """Messages waiting (ready); ``None`` when the queue does not exist."""
+    """Messages waiting (ready); ``None`` when the queue does not exist (RabbitMQ;
+    Redis cannot tell a missing queue from an empty one and says 0)."""
     consumers: int | None = None
     """Consumers attached, where the broker can tell (RabbitMQ), else ``None``."""
 

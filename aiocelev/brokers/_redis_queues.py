@@ -23,9 +23,10 @@ def _lists(name: str) -> list[str]:
 async def redis_queue_info(
     link: RedisConnection, channels: RedisChannels, names: Sequence[str]
 ) -> list[QueueInfo]:
-    """``LLEN`` of every list of each queue (one pipelined round trip); consumers are unknown.
+    """``LLEN`` of every list of each queue (one pipelined round trip).
 
-    A queue with no list at all (``EXISTS`` false for every step) is reported missing.
+    Redis deletes a list when it is emptied, so an empty queue and a missing one
+    look the same: both are reported with ``messages=0``.  Consumers are unknown.
     """
     if not names:
         return []
@@ -36,13 +37,9 @@ async def redis_queue_info(
             keys = [channels.key(k) for k in _lists(name)]
             for key in keys:
                 pipe.llen(key)
-            pipe.exists(*keys)
         replies = await pipe.execute()
-    found: list[QueueInfo] = []
-    per = len(PRIORITY_STEPS) + 1
-    for index, name in enumerate(names):
-        chunk = replies[index * per : (index + 1) * per]
-        lengths, exists = chunk[:-1], chunk[-1]
-        total = sum(int(n) for n in lengths)
-        found.append(QueueInfo(name, total if exists or total else None, None))
-    return found
+    per = len(PRIORITY_STEPS)
+    return [
+        QueueInfo(name, sum(int(n) for n in replies[i * per : (i + 1) * per]), None)
+        for i, name in enumerate(names)
+    ]

@@ -199,7 +199,7 @@ class RedisBroker:
         return sub
 
     async def queue_info(self, names: Sequence[str]) -> list[QueueInfo]:
-        """Messages waiting in each kombu queue (all priority lists; ``None`` if missing).
+        """Messages waiting in each kombu queue (all priority lists; 0 if empty or missing).
 
         Redis cannot tell how many workers consume a queue: ``consumers`` is ``None``.
 

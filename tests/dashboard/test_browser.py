@@ -363,6 +363,15 @@ def test_task_detail(page: Any, stack: Stack) -> None:
     expect(page.get_by_test_id("worker-pool")).to_contain_text("max-concurrency")
     _screenshot(page, stack, "worker")
 
+    # The broker page: the queue the worker consumes, measured on its broker.
+    page.get_by_test_id("nav-broker").click()
+    queue_row = page.locator(f'[data-testid=queue-row][data-queue="{stack.worker.queue}"]')
+    expect(queue_row).to_be_visible(timeout=LIVE)
+    expect(queue_row.get_by_test_id("queue-messages")).to_have_text("0")
+    if stack.kind == "amqp":
+        expect(queue_row.get_by_test_id("queue-consumers")).to_have_text("1")
+    _screenshot(page, stack, "broker")
+
 
 def test_revoke_running_task(page: Any, stack: Stack) -> None:
     from playwright.sync_api import expect
