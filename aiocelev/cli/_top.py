@@ -120,7 +120,12 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
                 await anyio.sleep(args.wait)
             width, _ = _terminal_size()
             frame = render(
-                state, time.time(), title=title, keys=False, connection=receiver.connection
+                state,
+                time.time(),
+                title=title,
+                width=width,
+                keys=False,
+                connection=receiver.connection,
             )
             sys.stdout.write(to_text(frame, width))
             sys.stdout.flush()
