@@ -69,8 +69,12 @@ def run_aiocelev(
     idle: float = 3.0,
     stats: Callable[[Any], dict[str, Any]] | None = None,
     hard_stop: bool = False,
+    batches: bool = False,
 ) -> dict[str, Any]:
     """Receive with :class:`aiocelev.EventReceiver`; ``handle(event)`` may be sync or async.
+
+    With *batches*, consume ``receiver.batches()`` and call ``handle(list)``
+    (synchronous) with the task events of each list.
 
     With *hard_stop*, stop *idle* seconds after the publisher exits even if
     events are still arriving (the overload case).
@@ -111,23 +115,26 @@ def run_aiocelev(
                                     return
 
                         tg.start_soon(watchdog)
-                        async for event in receiver:
-                            if event.type == PROBE_TYPE:
-                                if run.t_go is None:
-                                    open(go, "w").close()
-                                    run.t_go = time.perf_counter()
-                                    run.cpu_go = time.process_time()
-                                continue
-                            if is_async:
-                                await handle(event)
-                            else:
-                                handle(event)
-                            run.count += 1
-                            if run.count >= run.n:
-                                run.mark()
-                                break
-                            if not run.count & 63:
-                                run.mark()
+                        if batches:
+                            await _consume_batches(receiver, run, handle, go)
+                        else:
+                            async for event in receiver:
+                                if event.type == PROBE_TYPE:
+                                    if run.t_go is None:
+                                        open(go, "w").close()
+                                        run.t_go = time.perf_counter()
+                                        run.cpu_go = time.process_time()
+                                    continue
+                                if is_async:
+                                    await handle(event)
+                                else:
+                                    handle(event)
+                                run.count += 1
+                                if run.count >= run.n:
+                                    run.mark()
+                                    break
+                                if not run.count & 63:
+                                    run.mark()
                         tg.cancel_scope.cancel()
                     run.cpu_last = time.process_time()
                     extra = stats(receiver) if stats else {}
@@ -136,6 +143,26 @@ def run_aiocelev(
         return run.result(publisher, extra)
 
     return anyio.run(main)
+
+
+async def _consume_batches(receiver: Any, run: _Run, handle: Handler, go: str) -> None:
+    """The batch form of the consuming loop: probes filtered out, ``handle(list)`` per list."""
+    async for batch in receiver.batches():
+        events = [e for e in batch if e.type != PROBE_TYPE]
+        if len(events) < len(batch) and run.t_go is None:
+            open(go, "w").close()
+            run.t_go = time.perf_counter()
+            run.cpu_go = time.process_time()
+        if not events:
+            continue
+        room = run.n - run.count
+        if len(events) > room:
+            events = events[:room]
+        handle(events)
+        run.count += len(events)
+        run.mark()
+        if run.count >= run.n:
+            break
 
 
 def run_celery(

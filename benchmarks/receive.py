@@ -12,7 +12,10 @@ sized below that).
 
 With ``state=True`` (the *monitor* case) every event is also applied to a
 state: ``celery.events.state.State`` (``max_tasks_in_memory=10000``) for
-Celery, ``aiocelev.ClusterState`` (``max_tasks=10000``) for aiocelev.
+Celery, ``aiocelev.ClusterState`` (``max_tasks=10000``) for aiocelev.  With
+``batches=True`` aiocelev is consumed a list at a time
+(``receiver.batches()``, each list handed to ``ClusterState.apply_many``):
+what a monitor built on aiocelev does.
 """
 
 from __future__ import annotations
@@ -30,17 +33,23 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     with_state = spec.get("state", False)
     if spec["impl"] == "aiocelev":
         broker_options = {"message_ttl": RECEIVE_QUEUE_TTL} if amqp else {}
+        batches = spec.get("batches", False)
         if with_state:
             from aiocelev._state import ClusterState
 
             state = ClusterState(max_tasks=10_000)
-            handle: Any = state.apply
+            handle: Any = state.apply_many if batches else state.apply
+        elif batches:
+
+            def handle(events: Any) -> None:
+                pass
+
         else:
 
             def handle(event: Any) -> None:
                 pass
 
-        result = run_aiocelev(spec, stream, handle, broker_options=broker_options)
+        result = run_aiocelev(spec, stream, handle, broker_options=broker_options, batches=batches)
         if with_state:
             result["tasks_kept"] = len(state.tasks)
         return result
