@@ -8,14 +8,23 @@ rather than spread through the handlers.
 
 from __future__ import annotations
 
-import shlex
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from aiocelev import ClusterState, TaskState
+
+# The filter language is shared with the task-history store and ``aiocelev tasks``:
+# its pure parser lives in ``aiocelev.store._filter`` (re-exported here).
+from ..store._filter import (
+    FIELD_TERMS as FIELD_TERMS,
+    FLOWER_DATE_FORMAT as FLOWER_DATE_FORMAT,
+    SEARCH_FIELDS as SEARCH_FIELDS,
+    QueryError as QueryError,
+    Term as Term,
+    parse_search as parse_search,
+    parse_time as parse_time,
+)
 
 __all__ = [
     "FLOWER_SORT_KEYS",
@@ -42,8 +51,6 @@ FLOWER_TASKS_PARAMS = (
 FLOWER_SORT_KEYS = frozenset({"name", "state", "received", "started"})
 #: More keys the dashboard's own pages sort by.
 PAGE_SORT_KEYS = FLOWER_SORT_KEYS | {"runtime", "worker", "timestamp", "succeeded", "failed"}
-#: Flower's date format for ``received_start`` / ``received_end`` (local time).
-FLOWER_DATE_FORMAT = "%Y-%m-%d %H:%M"
 #: The fields of a task in Flower's answers (``celery.events.state.Task._fields``).
 FLOWER_TASK_FIELDS = (
     "uuid",
@@ -78,15 +85,8 @@ FLOWER_TASK_FIELDS = (
     "parent_id",
     "children",
 )
-#: Fields the free-text search looks at (``field:value`` restricts a term to one).
-SEARCH_FIELDS = ("args", "kwargs", "result", "exception")
-FIELD_TERMS = frozenset({*SEARCH_FIELDS, "name", "state", "worker", "uuid", "traceback"})
 #: Names meaning "no filter" (Flower's pages send ``All``).
 _ANY = frozenset({"", "All", "all", "any"})
-
-
-class QueryError(ValueError):
-    """A query parameter that cannot be used (HTTP 400)."""
 
 
 def flower_task(task: TaskState, broker: str | None) -> dict[str, Any]:
@@ -100,62 +100,10 @@ def flower_task(task: TaskState, broker: str | None) -> dict[str, Any]:
     return out
 
 
-def parse_time(value: str | None, what: str) -> float | None:
-    """Epoch seconds from Flower's ``YYYY-MM-DD HH:MM`` (local time), ISO 8601 or a number."""
-    if value is None or value.strip() == "":
-        return None
-    text = value.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    for fmt in (FLOWER_DATE_FORMAT, "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"):
-        try:
-            return time.mktime(datetime.strptime(text, fmt).timetuple())
-        except ValueError:
-            continue
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise QueryError(f"invalid {what} {value!r}, expected format 'YYYY-MM-DD HH:MM'") from None
-
-
 def _text(value: Any) -> str:
     if value is None:
         return ""
     return value if type(value) is str else repr(value)
-
-
-@dataclass
-class Term:
-    """One search term: a substring, maybe restricted to a field, maybe negated."""
-
-    text: str
-    field: str | None = None
-    negate: bool = False
-
-
-def parse_search(text: str | None) -> list[Term]:
-    """Terms of a search string: words or ``"quoted phrases"``, ``-term`` excludes,
-    ``field:value`` looks in one field only (``args``, ``kwargs``, ``result``,
-    ``exception``, ``name``, ``state``, ``worker``, ``uuid``, ``traceback``)."""
-    if not text or not text.strip():
-        return []
-    try:
-        words = shlex.split(text)
-    except ValueError:
-        words = text.split()
-    terms = []
-    for word in words:
-        negate = word.startswith("-") and len(word) > 1
-        if negate:
-            word = word[1:]
-        name, sep, rest = word.partition(":")
-        if sep and name.lower() in FIELD_TERMS and rest:
-            terms.append(Term(rest.lower(), name.lower(), negate))
-        else:
-            terms.append(Term(word.lower(), None, negate))
-    return terms
 
 
 def _matches(task: TaskState, terms: list[Term]) -> bool:

@@ -124,6 +124,8 @@ def dumps(value: Any) -> str:
 
 def clean_text(value: str) -> str:
     """*value* with NUL bytes and lone surrogates replaced by U+FFFD (valid UTF-8 text)."""
+    if value.isascii() and "\x00" not in value:
+        return value
     if "\x00" in value:
         value = value.replace("\x00", "\ufffd")
     try:
@@ -186,10 +188,23 @@ def task_row(t: TaskState, broker: str | None) -> tuple[Any, ...]:
         raw["uuid"] = t.uuid
     if row[1] != t.state:
         raw["state"] = t.state
-    row.extend(_text_column(name, getattr(t, name), raw) for name in TEXT_FIELDS)
-    row.append(_int_column("retries", t.retries, raw))
-    row.append(_float_column("runtime", t.runtime, raw))
-    row.extend(_float_column(name, getattr(t, name), raw) for name in TIME_FIELDS)
+    append = row.append
+    for name in TEXT_FIELDS:
+        v = getattr(t, name)
+        # The common case inline: absent, or plain ASCII text.
+        if v is None or (type(v) is str and v.isascii() and "\x00" not in v):
+            append(v)
+        else:
+            append(_text_column(name, v, raw))
+    v = t.retries
+    append(
+        v
+        if v is None or (type(v) is int and _INT_MIN <= v <= _INT_MAX)
+        else _int_column("retries", v, raw)
+    )
+    for name in ("runtime", *TIME_FIELDS):
+        v = getattr(t, name)
+        append(v if v is None or type(v) is float else _float_column(name, v, raw))
     ts: Any = t.timestamp
     if _number(ts):
         row.append(float(ts))
