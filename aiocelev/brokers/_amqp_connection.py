@@ -67,6 +67,8 @@ class AmqpConnection:
         (the publisher opens its channel); an error there discards the connection.
     :param on_reset: called when the connection is discarded.
     :param on_lost: called when the connection closes (to wake waiting consumers).
+    :param opener: opens one connection to a URL within a timeout (seconds);
+        ``aio_pika.connect`` when not given.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class AmqpConnection:
         on_connect: Callable[[AbstractConnection], Awaitable[None]],
         on_reset: Callable[[], None],
         on_lost: Callable[[], None],
+        opener: Callable[[str, float], Awaitable[AbstractConnection]] | None = None,
     ) -> None:
         self.endpoints = endpoints
         self.opts = opts
@@ -85,6 +88,7 @@ class AmqpConnection:
         self._on_connect = on_connect
         self._on_reset = on_reset
         self._on_lost = on_lost
+        self._opener = opener
         self._conn: AbstractConnection | None = None
         self._index = 0
         #: Held while (re)connecting, and by whoever re-opens a channel that
@@ -125,7 +129,10 @@ class AmqpConnection:
         timeout = self.opts.connect_timeout
         with map_errors(f"connecting to {endpoint.masked}"):
             with anyio.fail_after(timeout + 1):
-                conn = await aio_pika.connect(endpoint.url, timeout=timeout)
+                if self._opener is not None:
+                    conn = await self._opener(endpoint.url, timeout)
+                else:
+                    conn = await aio_pika.connect(endpoint.url, timeout=timeout)
         return conn
 
     async def _connect_locked(self) -> AbstractConnection:

@@ -54,6 +54,7 @@ class AmqpOptions:
     max_retries: int | None = None
     control_exchange: str = "celery"
     connection_name: str = "aiocelev"
+    fast_consume: bool = True
 
 
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
@@ -75,6 +76,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "max_retries": to_opt_int,
     "control_exchange": str,
     "connection_name": str,
+    "fast_consume": to_bool,
 }
 
 

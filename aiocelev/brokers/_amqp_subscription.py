@@ -6,6 +6,13 @@ without acks, into a buffer bounded by ``max_buffer`` (the oldest message is
 dropped and counted when the consumer falls behind).  With ``queue_name`` and
 ``durable`` it consumes a named durable queue with acks and ``prefetch_count``.
 Recovery after a connection or channel loss runs in the iterating task.
+
+On a connection opened by ``_amqp_consume`` (the default, ``fast_consume``)
+the subscription attaches its channel to the connection's
+:class:`~aiocelev.brokers._amqp_wire.DeliveryDemux` before ``basic.consume``:
+its deliveries are assembled from the received bytes and appended to the
+buffer, many per read, and never reach aiormq's reader.  Otherwise aiormq
+delivers them one task each to :meth:`AmqpSubscription._on_message`.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast, final
 
 import aiormq
@@ -27,7 +34,9 @@ from .._exceptions import AiocelevError, BrokerConnectionError, BrokerError, Clo
 from .._link import LinkMonitor
 from .._message import IncomingMessage
 from ._amqp_connection import AmqpConnection, close_quietly, declare_event_exchange, ms
+from ._amqp_consume import delivery_protocol
 from ._amqp_errors import map_errors
+from ._amqp_wire import Attachment, DeliveryDemux
 
 __all__ = ["AmqpSubscription"]
 
@@ -61,6 +70,10 @@ class AmqpSubscription:
         self._wakeup = anyio.Event()
         self._channel: AbstractChannel | None = None
         self._pending_acks: list[tuple[aiormq.abc.AbstractChannel, int]] = []
+        #: Where this subscription's channel is attached for lean deliveries.
+        self._attached: tuple[DeliveryDemux, int, Attachment] | None = None
+        #: The aiormq channel the lean deliveries arrive on (for acks).
+        self._underlay: aiormq.abc.AbstractChannel | None = None
         self._closed = False
         self._reconnects = 0
         self._dropped = 0
@@ -117,8 +130,20 @@ class AmqpSubscription:
                 # Consume on aiormq's channel directly: one task per delivery
                 # instead of two, and no intermediate message object.
                 underlay = cast("aiormq.Channel", await channel.get_underlay_channel())
+                protocol = delivery_protocol(conn) if opts.fast_consume else None
+                if protocol is not None:
+                    # Attached before basic.consume: the first delivery may
+                    # arrive in the same read as consume-ok.
+                    demux = protocol.demux
+                    self._underlay = underlay
+                    self._attached = (
+                        demux,
+                        underlay.number,
+                        demux.attach(underlay.number, self._deliver, self.wake, self.wake),
+                    )
                 await underlay.basic_consume(queue.name, self._on_message, no_ack=opts.no_ack)
         except BaseException:
+            self._detach()
             await close_quietly(channel)
             raise
         self._channel = channel
@@ -146,6 +171,67 @@ class AmqpSubscription:
             name, durable=False, exclusive=True, auto_delete=True, arguments=arguments or None
         )
 
+    def _detach(self) -> None:
+        """Stop taking lean deliveries (before the channel closes)."""
+        attached, self._attached = self._attached, None
+        self._underlay = None
+        if attached is not None:
+            demux, number, attachment = attached
+            demux.detach(number, attachment)
+
+    def _deliver(
+        self,
+        tag: int,
+        routing_key: str,
+        body: bytes,
+        content_type: str | None,
+        content_encoding: str | None,
+        headers: Mapping[str, Any] | None,
+    ) -> None:
+        """One delivery assembled by the demux (woken once per read, not here)."""
+        if self._closed:
+            return
+        ack = None
+        opts = self._opts
+        if opts.no_ack:
+            if len(self._buffer) >= opts.max_buffer:
+                self._drop_oldest()
+        else:
+            channel = self._underlay
+            if channel is not None:
+                pending = self._pending_acks
+
+                def ack() -> None:
+                    # Sent by the consuming task on its next __anext__ (or
+                    # aclose): acks stay in that task and in delivery order.
+                    pending.append((channel, tag))
+                    self.wake()
+
+        self._buffer.append(
+            IncomingMessage(
+                routing_key,
+                body,
+                content_type,
+                content_encoding,
+                dict(headers) if headers else {},
+                ack,
+            )
+        )
+
+    def _drop_oldest(self) -> None:
+        # No-ack consumption cannot slow RabbitMQ down: keep memory bounded by
+        # dropping the oldest waiting message (it would soon expire by TTL anyway).
+        self._buffer.popleft()
+        self._dropped += 1
+        if self._dropped == 1 or self._dropped % 1000 == 0:
+            logger.warning(
+                "subscription %s: consumer too slow, %d messages dropped so far "
+                "(max_buffer=%d; use no_ack=False for backpressure)",
+                self.queue_name,
+                self._dropped,
+                self._opts.max_buffer,
+            )
+
     async def _on_message(self, message: DeliveredMessage) -> None:
         if self._closed:
             return
@@ -164,18 +250,7 @@ class AmqpSubscription:
         properties = message.header.properties
         headers = properties.headers
         if self._opts.no_ack and len(self._buffer) >= self._opts.max_buffer:
-            # No-ack consumption cannot slow RabbitMQ down: keep memory bounded by
-            # dropping the oldest waiting message (it would soon expire by TTL anyway).
-            self._buffer.popleft()
-            self._dropped += 1
-            if self._dropped == 1 or self._dropped % 1000 == 0:
-                logger.warning(
-                    "subscription %s: consumer too slow, %d messages dropped so far "
-                    "(max_buffer=%d; use no_ack=False for backpressure)",
-                    self.queue_name,
-                    self._dropped,
-                    self._opts.max_buffer,
-                )
+            self._drop_oldest()
         self._buffer.append(
             IncomingMessage(
                 routing_key=message.routing_key or "",
@@ -213,6 +288,8 @@ class AmqpSubscription:
         return self
 
     async def __anext__(self) -> IncomingMessage:
+        if self._buffer and not self._pending_acks:
+            return self._buffer.popleft()
         while True:
             await self._flush_acks()
             if self._buffer:
@@ -231,6 +308,7 @@ class AmqpSubscription:
         link = self._link
         first = self._channel is not None
         old, self._channel = self._channel, None
+        self._detach()
         if first:
             self._reconnects += 1
             self.link.lost(link.last_error or "channel closed")
@@ -285,6 +363,7 @@ class AmqpSubscription:
             except AiocelevError:  # pragma: no cover - _flush_acks logs and swallows
                 pass
             channel, self._channel = self._channel, None
+            self._detach()
             await close_quietly(channel)
         self._buffer.clear()
         if self._on_close is not None:

@@ -30,7 +30,8 @@ them as a node.
 
 The parts live in their own modules: ``_amqp_connection`` (connection, failover,
 reconnect), ``_amqp_publish`` (publisher), ``_amqp_subscription``
-(subscriptions), ``_amqp_control`` (remote control).  Every option (keyword
+(subscriptions), ``_amqp_consume`` and ``_amqp_wire`` (deliveries parsed from
+the received bytes), ``_amqp_control`` (remote control).  Every option (keyword
 argument of :func:`from_url`, or URL query parameter) is listed in
 ``docs/brokers/amqp.md``.
 """
@@ -48,6 +49,7 @@ from .._exceptions import ClosedError, ConfigurationError
 from .._message import OutgoingMessage
 from .._url import mask_url
 from ._amqp_connection import AmqpConnection
+from ._amqp_consume import open_connection, supported
 from ._amqp_control import AmqpControl
 from ._amqp_options import AmqpOptions, Endpoint, parse_options
 from ._amqp_publish import AmqpPublisher
@@ -87,6 +89,7 @@ class AmqpBroker:
             on_connect=self._on_connect,
             on_reset=self._on_reset,
             on_lost=self._on_lost,
+            opener=open_connection if self._opts.fast_consume and supported() else None,
         )
         self._publisher = AmqpPublisher(self._connection)
         self._subscriptions: set[AmqpSubscription] = set()
