@@ -339,16 +339,22 @@ class PostgresStore(EventStore):
             tasks: list[dict[str, Any]] = []
             workers: list[Mapping[str, Any]] = []
             if batch.uuids:
-                await conn.execute(
-                    "INSERT INTO tasks (uuid) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+                # Placeholders for new tasks (in key order: no deadlock between writers);
+                # only the rows that existed before need reading back.
+                created = await conn.fetch(
+                    "INSERT INTO tasks (uuid) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING "
+                    "RETURNING uuid",
                     batch.uuids,
                 )
-                rows = await conn.fetch(
-                    f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE uuid = ANY($1::text[]) "
-                    "ORDER BY uuid FOR UPDATE",
-                    batch.uuids,
-                )
-                tasks = [task_dict(r) for r in rows]
+                if len(created) < len(batch.uuids):
+                    new = {r["uuid"] for r in created}
+                    old = [u for u in batch.uuids if u not in new]
+                    rows = await conn.fetch(
+                        f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks "
+                        "WHERE uuid = ANY($1::text[]) ORDER BY uuid FOR UPDATE",
+                        old,
+                    )
+                    tasks = [task_dict(r) for r in rows]
             if batch.hosts:
                 await conn.execute(
                     "INSERT INTO workers (hostname) SELECT unnest($1::text[]) "

@@ -368,8 +368,8 @@ class Batch:
             if type_.startswith("task-"):
                 uuid = f.get("uuid")
                 if type(uuid) is str:
-                    uuids.add(clean_text(uuid))
-                    if type_ != "task-sent" and type(hostname) is str:
+                    uuids.add(uuid if uuid.isascii() and "\x00" not in uuid else clean_text(uuid))
+                    if type_ != "task-sent" and type(hostname) is str and hostname not in hosts:
                         hosts.add(clean_text(hostname))
                 else:
                     ignored += 1
