@@ -18,7 +18,7 @@ Frame layout (AMQP 0-9-1, section 4.2.3):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from struct import Struct
+from struct import Struct, error as struct_error
 from typing import Any, final
 
 from pamqp.decode import field_table
@@ -42,9 +42,11 @@ _IDS = Struct(">HH").unpack_from
 _U16 = Struct(">H").unpack_from
 _U32 = Struct(">I").unpack_from
 _U64 = Struct(">Q").unpack_from
+_SIZE_FLAGS = Struct(">QH").unpack_from  # content header: body size, property flags
 
 #: (class id, method id) of the methods that matter here.
 _DELIVER = (60, 60)
+_DELIVER_ID = (60 << 16) | 60
 _CHANNEL_CLOSE = (20, 40)
 _CHANNEL_CLOSE_OK = (20, 41)
 #: Other methods followed by content: ``basic.return`` and ``basic.get-ok``.
@@ -220,8 +222,17 @@ class DeliveryDemux:
         return out
 
     def _split(self, buf: bytes, touched: list[Attachment]) -> bytes:
+        try:
+            return self._frames(buf, touched)
+        except (IndexError, struct_error) as exc:
+            raise FrameError(f"malformed frame ({exc})") from exc
+
+    def _frames(self, buf: bytes, touched: list[Attachment]) -> bytes:
         attached = self._attached
         frame = _FRAME
+        u32 = _U32
+        strings = self._strings
+        properties = self._props
         n = len(buf)
         pos = 0
         runs: list[bytes] = []
@@ -233,20 +244,98 @@ class DeliveryDemux:
                 break
             if buf[end - 1] != FRAME_END:
                 raise FrameError(f"frame of type {ftype} on channel {channel} lacks its frame end")
-            att = attached.get(channel) if channel else None
-            if att is None or not self._take(att, channel, ftype, buf, pos, end, touched):
-                # passed on: extend the current run of passed-on frames
-                if run_end != pos:
-                    if run_end > run_start:
-                        runs.append(buf[run_start:run_end])
-                    run_start = pos
-                run_end = end
+            att = attached.get(channel)
+            if att is not None:
+                if (
+                    ftype == _METHOD
+                    and size >= 16
+                    and att.state == _IDLE
+                    and u32(buf, pos + 7)[0] == _DELIVER_ID
+                ):
+                    # basic.deliver: consumer-tag shortstr, delivery-tag
+                    # longlong, redelivered bit, exchange shortstr, routing-key
+                    # shortstr.  When its content header and one body frame
+                    # are in the buffer too, the delivery is taken right here.
+                    limit = end - 1
+                    p = pos + 12 + buf[pos + 11]
+                    if p + 11 > limit:
+                        raise FrameError(f"channel {channel}: malformed basic.deliver")
+                    tag = _U64(buf, p)[0]
+                    p += 10 + buf[p + 9]
+                    ksize = buf[p]
+                    p += 1
+                    if p + ksize > limit:
+                        raise FrameError(f"channel {channel}: malformed basic.deliver")
+                    raw = buf[p : p + ksize]
+                    key = strings.get(raw)
+                    if key is None:
+                        key = self._string(raw)
+                    hp = end
+                    if n - hp >= 22:
+                        htype, hchannel, hsize = frame(buf, hp)
+                        hend = hp + hsize + 8
+                        if htype == _HEADER and hchannel == channel and hend <= n and hsize >= 14:
+                            if buf[hend - 1] != FRAME_END:
+                                raise FrameError(f"channel {channel}: content header lacks its end")
+                            bsize, flags = _SIZE_FLAGS(buf, hp + 11)
+                            q = hp + 21
+                            if flags & _CONTENT_TYPE:
+                                q += 1 + buf[q]
+                            if flags & _CONTENT_ENCODING:
+                                q += 1 + buf[q]
+                            if flags & _HEADERS:
+                                q += 4 + u32(buf, q)[0]
+                            if q > hend - 1:
+                                raise FrameError(f"channel {channel}: malformed content header")
+                            props = properties.get(buf[hp + 19 : q])
+                            if props is None:
+                                props = self._remember(channel, flags, buf, hp, q)
+                            body = b""
+                            bend = hend
+                            if bsize:
+                                bend = 0
+                                if n - hend >= 8:
+                                    btype, bchannel, bsz = frame(buf, hend)
+                                    if (
+                                        btype == _BODY
+                                        and bchannel == channel
+                                        and bsz == bsize
+                                        and hend + bsz + 8 <= n
+                                    ):
+                                        bend = hend + bsz + 8
+                                        if buf[bend - 1] != FRAME_END:
+                                            raise FrameError(
+                                                f"channel {channel}: body frame lacks its end"
+                                            )
+                                        body = buf[hend + 7 : bend - 1]
+                            if bend:
+                                att.deliver(tag, key, body, props[0], props[1], props[2])
+                                if not att.touched:
+                                    att.touched = True
+                                    touched.append(att)
+                                pos = bend
+                                continue
+                    # The rest of the delivery comes in later frames (or reads).
+                    att.tag = tag
+                    att.key = key
+                    att.state = _WANT_HEADER
+                    pos = end
+                    continue
+                if self._take(att, channel, ftype, buf, pos, end, touched):
+                    pos = end
+                    continue
+            # passed on: extend the current run of passed-on frames
+            if run_end != pos:
+                if run_end > run_start:
+                    runs.append(buf[run_start:run_end])
+                run_start = pos
+            run_end = end
             pos = end
         if pos < n:
             rest = buf[pos:]
             self._parts.append(rest)
             self._have = len(rest)
-            self._need = _FRAME(buf, pos)[2] + 8 if n - pos >= 7 else 8
+            self._need = frame(buf, pos)[2] + 8 if n - pos >= 7 else 8
         if run_end > run_start:
             if run_start == 0 and run_end == n:
                 return buf
@@ -356,7 +445,7 @@ class DeliveryDemux:
             raise FrameError(f"channel {channel}: short content header")
         att.size = _U64(buf, pos + 11)[0]
         flags = _U16(buf, pos + 19)[0]
-        start = p = pos + 21
+        p = pos + 21
         if flags & _CONTENT_TYPE:
             p += 1 + buf[p]
         if flags & _CONTENT_ENCODING:
@@ -369,14 +458,20 @@ class DeliveryDemux:
             p += 4 + _U32(buf, p)[0]
         if p > limit:
             raise FrameError(f"channel {channel}: malformed content header")
-        key = buf[pos + 19 : p]
-        props = self._props.get(key)
+        props = self._props.get(buf[pos + 19 : p])
         if props is None:
-            props = self._properties(channel, flags, buf, start, p)
-            if len(self._props) >= _CACHE_SIZE:
-                self._props.clear()
-            self._props[key] = props
+            props = self._remember(channel, flags, buf, pos, p)
         att.ctype, att.cenc, att.headers = props
+
+    def _remember(
+        self, channel: int, flags: int, buf: bytes, pos: int, stop: int
+    ) -> tuple[str | None, str | None, Mapping[str, Any] | None]:
+        """Decode the properties of the content header at *pos* (up to *stop*); cache them."""
+        props = self._properties(channel, flags, buf, pos + 21, stop)
+        if len(self._props) >= _CACHE_SIZE:
+            self._props.clear()
+        self._props[buf[pos + 19 : stop]] = props
+        return props
 
     def _properties(
         self, channel: int, flags: int, buf: bytes, p: int, stop: int
