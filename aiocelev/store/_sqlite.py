@@ -5,8 +5,9 @@ capacity limiter of one), so a dashboard reads while a batch is being written.
 A write is one ``BEGIN IMMEDIATE`` transaction: the rows it touches are read,
 replayed with the batch and written back before anyone else may write, which
 also makes several processes writing one file safe.  Text search is an FTS5
-trigram index over ``args``, ``kwargs``, ``result`` and ``exception`` kept in
-step by triggers.
+trigram index over ``args``, ``kwargs``, ``result`` and ``exception`` of the
+finished tasks, kept in step by triggers (a task is indexed once, when it
+finishes); the unfinished ones are few and scanned.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ __all__ = ["SQLiteStore"]
 
 _T = TypeVar("_T")
 
+
+_FTS_COLUMNS = "args, kwargs, result, exception, ready"
+_FTS_CHANGED = (
+    "old.args IS NOT new.args OR old.kwargs IS NOT new.kwargs "
+    "OR old.result IS NOT new.result OR old.exception IS NOT new.exception"
+)
 
 SCHEMA_V1 = [
     f"""CREATE TABLE tasks (
@@ -54,22 +61,25 @@ SCHEMA_V1 = [
     "CREATE INDEX tasks_unfinished ON tasks (ts) WHERE NOT ready",
     "CREATE VIRTUAL TABLE tasks_fts USING fts5(args, kwargs, result, exception, "
     "content='tasks', content_rowid='id', tokenize='trigram')",
-    """CREATE TRIGGER tasks_fts_insert AFTER INSERT ON tasks BEGIN
+    # Finished tasks only: one index insert per task instead of one per event
+    # (unfinished ones, few, are scanned; see ``_search``).
+    """CREATE TRIGGER tasks_fts_insert AFTER INSERT ON tasks WHEN new.ready BEGIN
         INSERT INTO tasks_fts (rowid, args, kwargs, result, exception)
         VALUES (new.id, new.args, new.kwargs, new.result, new.exception);
     END""",
-    """CREATE TRIGGER tasks_fts_delete AFTER DELETE ON tasks BEGIN
+    """CREATE TRIGGER tasks_fts_delete AFTER DELETE ON tasks WHEN old.ready BEGIN
         INSERT INTO tasks_fts (tasks_fts, rowid, args, kwargs, result, exception)
         VALUES ('delete', old.id, old.args, old.kwargs, old.result, old.exception);
     END""",
-    """CREATE TRIGGER tasks_fts_update AFTER UPDATE OF args, kwargs, result, exception ON tasks
-    WHEN old.args IS NOT new.args OR old.kwargs IS NOT new.kwargs
-        OR old.result IS NOT new.result OR old.exception IS NOT new.exception
+    f"""CREATE TRIGGER tasks_fts_update AFTER UPDATE OF {_FTS_COLUMNS} ON tasks
+    WHEN (old.ready OR new.ready) AND (old.ready IS NOT new.ready OR {_FTS_CHANGED})
     BEGIN
         INSERT INTO tasks_fts (tasks_fts, rowid, args, kwargs, result, exception)
-        VALUES ('delete', old.id, old.args, old.kwargs, old.result, old.exception);
+        SELECT 'delete', old.id, old.args, old.kwargs, old.result, old.exception
+        WHERE old.ready;
         INSERT INTO tasks_fts (rowid, args, kwargs, result, exception)
-        VALUES (new.id, new.args, new.kwargs, new.result, new.exception);
+        SELECT new.id, new.args, new.kwargs, new.result, new.exception
+        WHERE new.ready;
     END""",
     """CREATE TABLE workers (
         hostname TEXT PRIMARY KEY,
@@ -304,19 +314,25 @@ class SQLiteStore(EventStore):
 
     def _search(self, where: Where, term: Term) -> None:
         not_ = "NOT " if term.negate else ""
-        if len(term.text) >= 3:
-            phrase = '"' + term.text.replace('"', '""') + '"'
-            if term.field is not None:
-                phrase = f"{{{term.field}}} : {phrase}"
-            where.add(f"id {not_}IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ?)", phrase)
-            return
-        # Shorter than a trigram: a scan of the (already filtered) rows.
         pattern = _escape_like(term.text)
         columns = (
             [term.field] if term.field is not None else ["args", "kwargs", "result", "exception"]
         )
-        cond = " OR ".join(self._ilike(c) for c in columns)
-        where.add(f"{not_}({cond})", *([pattern] * len(columns)))
+        scan = " OR ".join(self._ilike(c) for c in columns)
+        if len(term.text) < 3:
+            # Shorter than a trigram: a scan of the rows the other filters leave.
+            where.add(f"{not_}({scan})", *([pattern] * len(columns)))
+            return
+        # Finished tasks through the trigram index, unfinished ones (few) by a scan.
+        phrase = '"' + term.text.replace('"', '""') + '"'
+        if term.field is not None:
+            phrase = f"{{{term.field}}} : {phrase}"
+        where.add(
+            f"{not_}(id IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ?) "
+            f"OR (NOT ready AND ({scan})))",
+            phrase,
+            *([pattern] * len(columns)),
+        )
 
 
 def _select(con: sqlite3.Connection, prefix: str, keys: Sequence[str]) -> list[Mapping[str, Any]]:
