@@ -141,5 +141,5 @@ def delivery_protocol(connection: AbstractConnection) -> DeliveryProtocol | None
 
 @functools.cache
 def supported() -> bool:
-    """Whether this aiormq takes a transport factory (7.2 and later)."""
+    """Whether this aiormq's ``Connection`` takes a ``transport_factory``."""
     return "transport_factory" in inspect.signature(aiormq.Connection.__init__).parameters
