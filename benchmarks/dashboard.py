@@ -4,8 +4,11 @@
 --port P --max-tasks M --read-only``) or ``flower`` (``celery --broker URL
 --config benchmarks._flower_config flower --port P --max_tasks M
 --enable_events=False``).  This child starts that server, waits until its
-event subscription is live, publishes one generated worker-like stream with
-aiocelev's :class:`~aiocelev.EventDispatcher` and measures:
+event subscription is live, publishes one generated worker-like stream and
+measures (the ingest stream is encoded beforehand by four
+:class:`~aiocelev.EventDispatcher` objects, one per worker, and the recorded
+messages are replayed byte for byte, so that the publisher's own CPU does not
+set the pace; the latency phases publish through ``send()`` as a worker does):
 
 * ``rate``: task events per second ingested, from the server's own
   ``/metrics`` (sum of ``flower_events_total`` over the ``task-*`` types,
@@ -268,6 +271,57 @@ def summarize_profile(path: str, top: int = 25) -> str:
 # -- the measurement ----------------------------------------------------------------
 
 
+class _Recorder:
+    """A broker that keeps what is published: the ingest stream is encoded before the clock
+    starts, then replayed byte for byte.  Publishing through ``EventDispatcher.send`` costs
+    the publisher more CPU per event than a fast server spends ingesting it, so on a 2-core
+    machine the publisher, not the server, would set the pace."""
+
+    url = "memory://recorder"
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def connect(self) -> None:
+        return None
+
+    async def publish(self, messages: Any) -> None:
+        self.messages.extend(messages)
+
+    async def subscribe(self, binding_keys: Any) -> Any:
+        raise NotImplementedError
+
+    def control(self) -> Any:
+        from aiocelev import NotSupportedError
+
+        raise NotSupportedError("no remote control on the recorder")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _encode_stream(tasks: int) -> list[tuple[Any, int]]:
+    """The ingest stream as the four workers' dispatchers encode it: ``(message, task events)``."""
+    import json
+
+    from aiocelev import EventDispatcher
+
+    recorder = _Recorder()
+    async with AsyncExitStack() as stack:
+        dispatchers = [
+            await stack.enter_async_context(EventDispatcher(recorder, hostname=h))  # type: ignore[arg-type]
+            for h in WORKERS
+        ]
+        for w, kind, fields in stream(tasks):
+            await dispatchers[w].send(kind, **fields)
+    out = []
+    for message in recorder.messages:
+        body = json.loads(message.body)
+        events = body if isinstance(body, list) else [body]
+        out.append((message, sum(1 for e in events if e["type"].startswith("task-"))))
+    return out
+
+
 async def _measure(
     spec: dict[str, Any], proc: subprocess.Popen[bytes], port: int
 ) -> dict[str, Any]:
@@ -322,6 +376,7 @@ async def _measure(
             result["server_base_rss_mib"] = round(proc_mem(proc.pid)["VmRSS"], 1)
 
             # Ingest: publish flat out (within the window), poll /metrics.
+            encoded = await _encode_stream(tasks)
             target = 3 * tasks
             ingested = 0.0
             done = anyio.Event()
@@ -348,15 +403,13 @@ async def _measure(
             published = 0
             async with anyio.create_task_group() as tg:
                 tg.start_soon(poll)
-                for w, kind, fields in stream(tasks):
-                    await dispatchers[w].send(kind, **fields)
-                    if kind[0] == "t":
-                        published += 1
-                        if published % 500 == 0:
-                            while published - ingested > window and not done.is_set():
-                                await anyio.sleep(0.02)
-                for d in dispatchers:
-                    await d.flush()
+                chunk = 20
+                for i in range(0, len(encoded), chunk):
+                    part = encoded[i : i + chunk]
+                    await broker.publish([message for message, _ in part])
+                    published += sum(n for _, n in part)
+                    while published - ingested > window and not done.is_set():
+                        await anyio.sleep(0.02)
                 publish_s = time.monotonic() - t0
                 await done.wait()
             end_t = progress[-1][0] if progress else time.monotonic()

@@ -137,6 +137,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         import uvicorn
 
         from ..dashboard import create_app
+        from ..dashboard._gc import pace_gc
     except ImportError as exc:
         raise CommandError(
             f"the dashboard needs the 'dashboard' extra ({exc.name} is missing): "
@@ -198,6 +199,7 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(stop_on_signal)
+        tg.start_soon(pace_gc)  # this process is ours: see aiocelev.dashboard._gc
         await server.serve()
         tg.cancel_scope.cancel()
     if not server.started and not ctx.interrupted:
