@@ -199,12 +199,11 @@ class AmqpSubscription:
         else:
             channel = self._underlay
             if channel is not None:
-                pending = self._pending_acks
 
                 def ack() -> None:
                     # Sent by the consuming task on its next __anext__ (or
                     # aclose): acks stay in that task and in delivery order.
-                    pending.append((channel, tag))
+                    self._pending_acks.append((channel, tag))
                     self.wake()
 
         self._buffer.append(

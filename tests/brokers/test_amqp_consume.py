@@ -14,6 +14,8 @@ from aiocelev.brokers._amqp_consume import delivery_protocol, supported
 from aiocelev.brokers.amqp import AmqpSubscription, from_url
 from aiocelev.testing import check_broker
 
+from ._rabbitmq import list_json, need_rabbitmqctl
+
 
 def _unique(prefix: str) -> str:
     return f"aiocelevtest.{prefix}.{uuid.uuid4().hex[:12]}"
@@ -166,3 +168,34 @@ async def test_only_subscriptions_attach(amqp_url: str) -> None:
         assert protocol.demux.attached == 1
         await sub.aclose()
         assert protocol.demux.attached == 0
+
+
+@pytest.mark.amqp
+async def test_every_ack_of_a_read_reaches_the_broker(amqp_url: str, private_exchange: str) -> None:
+    """Ten deliveries taken in one read, each acknowledged after it was handed out:
+    all ten acknowledgements reach RabbitMQ (none is left in a list already sent)."""
+    need_rabbitmqctl()
+    async with from_url(
+        amqp_url, exchange=private_exchange, no_ack=False, prefetch_count=20, message_ttl=60
+    ) as broker:
+        sub = await broker.subscribe(["k.#"])
+        await broker.publish([OutgoingMessage("k.x", b"[%d]" % i) for i in range(10)])
+        with anyio.fail_after(10):
+            while len(sub._buffer) < 10:
+                await anyio.sleep(0.01)
+            for _ in range(10):
+                message = await sub.__anext__()
+                assert message.ack is not None
+                message.ack()
+            await broker.publish([OutgoingMessage("k.x", b"[10]")])
+            assert (await sub.__anext__()).body == b"[10]"  # sends the pending acks first
+
+        def unacknowledged() -> int:
+            for queue in list_json("queues", "name", "messages_unacknowledged"):
+                if queue["name"] == sub.queue_name:
+                    return int(queue["messages_unacknowledged"])
+            raise AssertionError(f"queue {sub.queue_name} not found")
+
+        with anyio.fail_after(10):
+            while await anyio.to_thread.run_sync(unacknowledged) != 1:
+                await anyio.sleep(0.05)
