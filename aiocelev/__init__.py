@@ -48,6 +48,7 @@ from ._exceptions import (
     MissingDependencyError as MissingDependencyError,
     NotSupportedError as NotSupportedError,
     PublishError as PublishError,
+    TaskStateError as TaskStateError,
     UnknownSchemeError as UnknownSchemeError,
 )
 from ._link import ConnectionCallback as ConnectionCallback, ConnectionStatus as ConnectionStatus
@@ -67,7 +68,11 @@ from ._simulation import (
 )
 from ._state import ClusterState as ClusterState
 from ._state_models import TaskState as TaskState, WorkerState as WorkerState
-from ._task_scope import TaskRetry as TaskRetry, TaskScope as TaskScope
+from ._task_scope import (
+    TaskHandle as TaskHandle,
+    TaskRetry as TaskRetry,
+    TaskScope as TaskScope,
+)
 from ._version import __version__ as __version__
 from ._worker import WorkerInstrument as WorkerInstrument, worker_events as worker_events
 from ._worker_control import ControlHandler as ControlHandler
@@ -120,6 +125,7 @@ __all__ = [
     "SimulationStatistics",
     "TaskEvent",
     "TaskFailed",
+    "TaskHandle",
     "TaskReceived",
     "TaskRejected",
     "TaskRetried",
@@ -129,6 +135,7 @@ __all__ = [
     "TaskSent",
     "TaskStarted",
     "TaskState",
+    "TaskStateError",
     "TaskSucceeded",
     "UnknownSchemeError",
     "WorkerEvent",

@@ -15,6 +15,8 @@ edge and never reach the caller.
     (``BrokerError.reason`` is the cause in a few words, without the URL.)
   * DecodeError: a message is not a valid event message; ``reason`` says why.
   * ClosedError: a dispatcher, receiver or broker was used after it was closed.
+    * TaskStateError: a task handle was driven out of order (an outcome twice, or
+      an outcome that needs ``started()`` before it).
   * EndOfStream: a receiver has no more events (it was closed, or its subscription ended).
   * BufferFullError: a bounded buffer had no room and the policy says to fail.
   * NotSupportedError (also ``NotImplementedError``): the broker adapter cannot do this.
@@ -44,6 +46,7 @@ __all__ = [
     "PublishError",
     "StoreConnectionError",
     "StoreError",
+    "TaskStateError",
     "UnknownSchemeError",
 ]
 
@@ -106,6 +109,14 @@ class DecodeError(AiocelevError):
 
 class ClosedError(AiocelevError):
     """The object was used after it was closed (or before it was opened)."""
+
+
+class TaskStateError(ClosedError):
+    """A :class:`~aiocelev.TaskHandle` was driven out of order.
+
+    Raised when an outcome is reported twice, or when ``succeeded()``,
+    ``failed()`` or ``retried()`` is called before ``started()``.
+    """
 
 
 class EndOfStream(AiocelevError):

@@ -13,6 +13,8 @@ one worker node, as a Celery worker's ``Heart`` and request machinery do::
   cancellation or a remote ``shutdown``), with Celery's fields and field order;
 * per task (:class:`~aiocelev.TaskScope`): ``task-received`` + ``task-started`` on
   enter, then ``task-succeeded``, ``task-failed``, ``task-retried`` or ``task-revoked``;
+  or the same driven by calls from a framework's hooks (:meth:`WorkerInstrument.begin_task`
+  returns a :class:`~aiocelev.TaskHandle`);
 * remote control through the broker's :meth:`~aiocelev.brokers.Broker.control`
   transport: ``ping``, ``enable_events``, ``disable_events``, ``heartbeat``,
   ``revoke`` (with ``terminate``: cancels the running task scope), ``shutdown``
@@ -24,6 +26,7 @@ one worker node, as a Celery worker's ``Heart`` and request machinery do::
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -46,7 +49,7 @@ from ._exceptions import (
     ConfigurationError,
     NotSupportedError,
 )
-from ._task_scope import TaskScope, signal_number
+from ._task_scope import CancelCallback, TaskHandle, TaskScope, signal_number
 from ._version import __version__
 from ._worker_control import DEFAULT_HANDLERS, ControlHandler, serve_control
 from .brokers._control import ControlSubscription, ControlTransport
@@ -80,7 +83,8 @@ class WorkerInstrument:
     Create it with :func:`worker_events` and use it as ``async with``.  The node
     name is the dispatcher's ``hostname``.
 
-    :attr:`active` counts the task scopes open right now; :attr:`processed` the
+    :attr:`active` counts the tasks running right now (open task scopes and
+    started task handles); :attr:`processed` the
     tasks accepted (``task-received`` sent) since the start, as Celery counts.
     """
 
@@ -122,7 +126,8 @@ class WorkerInstrument:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._transport: ControlTransport | None = None
         self._control_live = anyio.Event()
-        self._running: dict[int, TaskScope] = {}
+        self._running: dict[int, TaskHandle] = {}
+        self._orphans: list[tuple[TaskHandle, bool]] = []
         self._totals: dict[str, int] = {}
         self._task_names = set(task_names)
         self._revoked: OrderedDict[str, None] = OrderedDict()
@@ -138,7 +143,7 @@ class WorkerInstrument:
 
     @property
     def active(self) -> int:
-        """Tasks running now (open task scopes)."""
+        """Tasks running now (open task scopes and started task handles)."""
         return self._active
 
     @property
@@ -157,8 +162,11 @@ class WorkerInstrument:
         return dict(self._totals)
 
     @property
-    def running_tasks(self) -> tuple[TaskScope, ...]:
-        """The task scopes open right now (``inspect active``)."""
+    def running_tasks(self) -> tuple[TaskHandle, ...]:
+        """The tasks running now, as :class:`~aiocelev.TaskHandle` (``inspect active``).
+
+        A :class:`~aiocelev.TaskScope`'s handle is its :attr:`~aiocelev.TaskScope.handle`.
+        """
         return tuple(self._running.values())
 
     @property
@@ -186,7 +194,9 @@ class WorkerInstrument:
 
         What ``celery control revoke`` does on a node: a cancelled
         :class:`~aiocelev.TaskScope` reports ``task-revoked`` with
-        ``terminated=True`` and the signal number (``SIGTERM`` by default).
+        ``terminated=True`` and the signal number (``SIGTERM`` by default); a
+        :class:`~aiocelev.TaskHandle` has its *cancel* callback called
+        (:meth:`~aiocelev.TaskHandle.terminate`).
 
         :returns: the ids of the running tasks that were cancelled.
         """
@@ -200,10 +210,12 @@ class WorkerInstrument:
         if terminate:
             signum = signal_number(signal if signal is not None else "SIGTERM")
             wanted = set(ids)
-            for scope in self.running_tasks:
-                if scope.uuid in wanted and scope.terminate(signum):
-                    logger.info("%s: terminating %s (signal %s)", self.hostname, scope.uuid, signum)
-                    terminated.append(scope.uuid)
+            for handle in self.running_tasks:
+                if handle.uuid in wanted and handle.terminate(signum):
+                    logger.info(
+                        "%s: terminating %s (signal %s)", self.hostname, handle.uuid, signum
+                    )
+                    terminated.append(handle.uuid)
         await anyio.lowlevel.checkpoint()
         return terminated
 
@@ -259,6 +271,55 @@ class WorkerInstrument:
         :param kwargsrepr: text to show instead of *kwargs*.
         """
         return TaskScope(
+            self.begin_task(
+                uuid,
+                name,
+                args,
+                kwargs,
+                retries=retries,
+                root_id=root_id,
+                parent_id=parent_id,
+                eta=eta,
+                expires=expires,
+                argsrepr=argsrepr,
+                kwargsrepr=kwargsrepr,
+            )
+        )
+
+    def begin_task(
+        self,
+        uuid: str,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        retries: int = 0,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        eta: str | datetime | None = None,
+        expires: str | datetime | None = None,
+        argsrepr: str | None = None,
+        kwargsrepr: str | None = None,
+        cancel: CancelCallback | None = None,
+    ) -> TaskHandle:
+        """A :class:`TaskHandle` for one execution of task *uuid*, reported by calls.
+
+        For frameworks that run a job between a before-hook and an after-hook::
+
+            handle = worker.begin_task(job.id, job.name, job.args, cancel=job_task.cancel)
+            await handle.started()          # task-received, task-started
+            ...                             # the framework runs the job
+            await handle.succeeded(result)  # or failed(exc), retried(exc), revoked()
+
+        Nothing is sent until :meth:`TaskHandle.started` (or ``received()``).
+        The parameters are those of :meth:`task`, plus:
+
+        :param cancel: called by ``revoke --terminate`` to cancel the running job
+            the framework's way (e.g. ``asyncio.Task.cancel``); returns whether it
+            could (``None`` counts as yes).  Without it, ``revoke --terminate``
+            leaves the task running.
+        """
+        return TaskHandle(
             self,
             uuid,
             name,
@@ -271,6 +332,7 @@ class WorkerInstrument:
             parent_id=parent_id,
             eta=eta,
             expires=expires,
+            cancel=cancel,
         )
 
     async def revoked(
@@ -377,6 +439,7 @@ class WorkerInstrument:
                 # Any other exception propagates as it is (not in a group).
                 await task_group.__aexit__(None, None, None)
         finally:
+            await self._end_open_handles()
             with anyio.CancelScope(shield=True), anyio.move_on_after(self._shield_timeout) as scope:
                 try:
                     await self._send_beat("worker-offline")
@@ -447,19 +510,52 @@ class WorkerInstrument:
             except AiocelevError as exc:
                 logger.warning("%s: heartbeat not sent: %s", self.hostname, exc)
 
-    # -- hooks for TaskScope ----------------------------------------------------
+    # -- hooks for TaskHandle ---------------------------------------------------
 
-    def _task_received(self, scope: TaskScope) -> None:
+    def _task_received(self, handle: TaskHandle) -> None:
         self._processed += 1
-        self._totals[scope.name] = self._totals.get(scope.name, 0) + 1
+        self._totals[handle.name] = self._totals.get(handle.name, 0) + 1
 
-    def _task_started(self, scope: TaskScope) -> None:
+    def _task_started(self, handle: TaskHandle) -> None:
         self._active += 1
-        self._running[id(scope)] = scope
+        self._running[id(handle)] = handle
 
-    def _task_done(self, scope: TaskScope) -> None:
-        if self._running.pop(id(scope), None) is not None:
+    def _task_done(self, handle: TaskHandle) -> None:
+        if self._running.pop(id(handle), None) is not None:
             self._active -= 1
+
+    def _report_abandoned(self, handle: TaskHandle, *, terminated: bool) -> None:
+        """Send ``task-revoked`` for an abandoned handle, from the node's task group."""
+        fields = {
+            "uuid": handle.uuid,
+            "terminated": terminated,
+            "signum": handle.signum if handle.terminated else None,
+            "expired": False,
+        }
+        if self._state == "open" and self._task_group is not None:
+            self._task_group.start_soon(
+                functools.partial(self._send_shielded, "task-revoked", **fields),
+                name=f"aiocelev abandoned {handle.uuid}",
+            )
+        elif self._state == "closing":
+            self._orphans.append((handle, terminated))
+        else:
+            logger.info("%s: task %s abandoned after the node closed", self.hostname, handle.uuid)
+
+    async def _end_open_handles(self) -> None:
+        """Leaving: handles still open (not a scope's) or abandoned meanwhile: ``task-revoked``."""
+        for handle in list(self._running.values()):
+            if not handle._scoped:
+                handle.abandon()  # appends to the orphans: the node is closing
+        while self._orphans:
+            handle, terminated = self._orphans.pop(0)
+            await self._send_shielded(
+                "task-revoked",
+                uuid=handle.uuid,
+                terminated=terminated,
+                signum=handle.signum if handle.terminated else None,
+                expired=False,
+            )
 
 
 def worker_events(

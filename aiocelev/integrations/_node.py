@@ -9,11 +9,13 @@ the node is online, :meth:`WorkerNode.stop` ends it (``worker-offline``) and
 waits for it.  Nothing else is left running.
 
 A framework reports a job through before/after hooks rather than a block of
-code, so :class:`JobReport` is a :class:`~aiocelev.TaskScope` driven by calls
-(:meth:`~JobReport.begin`, then one of :meth:`~JobReport.succeeded`,
-:meth:`~JobReport.failed`, :meth:`~JobReport.retried`, :meth:`~JobReport.revoked`)
-instead of ``async with``.  It shows in ``inspect active`` and answers
-``revoke --terminate`` through a framework-specific *cancel* callable.
+code, so each job is a public :class:`~aiocelev.TaskHandle`
+(:meth:`~aiocelev.WorkerInstrument.begin_task`), wrapped in a :class:`JobReport`
+that never raises: :meth:`~JobReport.begin`, then one of
+:meth:`~JobReport.succeeded`, :meth:`~JobReport.failed`, :meth:`~JobReport.retried`,
+:meth:`~JobReport.revoked`.  It shows in ``inspect active`` and answers
+``revoke --terminate`` through a framework-specific *cancel* callable.  The
+integrations use only aiocelev's public API.
 
 Reporting never fails a job: every send is guarded, and the dispatcher drops
 the oldest buffered event (counted) rather than make a job wait for the broker.
@@ -26,7 +28,6 @@ import logging
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -34,13 +35,16 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .._dispatcher import DispatcherStatistics, EventDispatcher
-from .._exceptions import ConfigurationError
-from .._overflow import Overflow
-from .._saferepr import saferepr
-from .._task_scope import REPR_MAXSIZE, TaskScope, exception_repr, format_traceback, signal_number
-from .._worker import WorkerInstrument, worker_events
-from .._worker_control import ControlHandler
+from .. import (
+    ConfigurationError,
+    ControlHandler,
+    DispatcherStatistics,
+    EventDispatcher,
+    Overflow,
+    TaskHandle,
+    WorkerInstrument,
+    worker_events,
+)
 from ..brokers import Broker
 
 __all__ = ["JobReport", "WorkerNode", "node_name"]
@@ -257,10 +261,10 @@ class WorkerNode:
                     try:
                         await stopping.wait()
                     finally:
+                        # Jobs still open are reported revoked by the worker as it leaves.
                         self._worker = None
                         self._task_group = None
                         task_group.cancel_scope.cancel()
-                        await self._abandon_running(worker)
         except Exception:
             logger.exception("%s: the monitoring node failed; jobs continue unreported", self._name)
             raise
@@ -268,13 +272,6 @@ class WorkerNode:
             self._dispatcher = None
             self._worker = None
             ready.set()
-
-    async def _abandon_running(self, worker: WorkerInstrument) -> None:
-        """Jobs still open when the node stops: report them revoked (the worker lost them)."""
-        for scope in worker.running_tasks:
-            if isinstance(scope, JobReport):
-                with anyio.CancelScope(shield=True):
-                    await scope.revoked(terminated=True)
 
     async def _remote_shutdown(self, worker: WorkerInstrument, **_: Any) -> Any:
         logger.warning("%s: got shutdown from remote", worker.hostname)
@@ -316,7 +313,7 @@ class WorkerNode:
         expires: str | datetime | None = None,
         argsrepr: str | None = None,
         kwargsrepr: str | None = None,
-        cancel: Callable[[], bool] | None = None,
+        cancel: Callable[[], bool | None] | None = None,
     ) -> JobReport | None:
         """A :class:`JobReport` for one execution, or ``None`` when the node is not online.
 
@@ -326,13 +323,11 @@ class WorkerNode:
         worker = self._worker
         if worker is None:
             return None
-        return JobReport(
-            self,
-            worker,
+        handle = worker.begin_task(
             uuid,
             name,
-            args=args,
-            kwargs=dict(kwargs) if kwargs is not None else {},
+            args,
+            kwargs,
             retries=retries,
             root_id=root_id,
             parent_id=parent_id,
@@ -342,6 +337,7 @@ class WorkerNode:
             kwargsrepr=kwargsrepr,
             cancel=cancel,
         )
+        return JobReport(self, handle)
 
     async def send(self, type_: str, /, **fields: Any) -> None:
         """Send one event; never raises (a failure is logged and counted in :attr:`errors`)."""
@@ -355,11 +351,18 @@ class WorkerNode:
             else:
                 await dispatcher.send(type_, **fields)
         except Exception as exc:
-            self.errors += 1
-            if self.errors == 1 or self.errors % 1000 == 0:
-                logger.warning(
-                    "%s: %s not sent (%d so far): %r", self._name, type_, self.errors, exc
-                )
+            self.count_error(type_, exc)
+
+    @property
+    def shield_timeout(self) -> float:
+        """The longest a final send or the closing flush may take (seconds)."""
+        return self._shield_timeout
+
+    def count_error(self, what: str, exc: BaseException) -> None:
+        """Count and log (the first, then every 1000th) a reporting error that was swallowed."""
+        self.errors += 1
+        if self.errors == 1 or self.errors % 1000 == 0:
+            logger.warning("%s: %s not sent (%d so far): %r", self._name, what, self.errors, exc)
 
     def is_revoked(self, uuid: str) -> bool:
         """Whether *uuid* was revoked by remote control (``False`` when not online)."""
@@ -367,142 +370,91 @@ class WorkerNode:
         return worker is not None and worker.is_revoked(uuid)
 
 
-class JobReport(TaskScope):
-    """One job execution reported by calls from a framework's hooks.
+class JobReport:
+    """One job execution, reported from a framework's hooks without ever failing the job.
 
-    Create it with :meth:`WorkerNode.job`.  :meth:`begin` sends ``task-received``
-    and ``task-started`` and lists the job in ``inspect active``; exactly one of
-    :meth:`succeeded`, :meth:`failed`, :meth:`retried` or :meth:`revoked` ends it
-    (later calls do nothing).  None of them raises.
+    Create it with :meth:`WorkerNode.job`.  It drives a public
+    :class:`~aiocelev.TaskHandle` (:attr:`handle`): :meth:`begin` sends
+    ``task-received`` and ``task-started`` and lists the job in ``inspect
+    active``; the first of :meth:`succeeded`, :meth:`failed`, :meth:`retried` or
+    :meth:`revoked` ends it and later calls do nothing.  None of them raises: a
+    reporting error is logged and counted in :attr:`WorkerNode.errors`.
     """
 
-    def __init__(
-        self,
-        node: WorkerNode,
-        worker: WorkerInstrument,
-        uuid: str,
-        name: str,
-        *,
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
-        retries: int,
-        root_id: str | None,
-        parent_id: str | None,
-        eta: str | datetime | None,
-        expires: str | datetime | None,
-        argsrepr: str | None,
-        kwargsrepr: str | None,
-        cancel: Callable[[], bool] | None,
-    ) -> None:
-        super().__init__(
-            worker,
-            uuid,
-            name,
-            args=args,
-            kwargs=kwargs,
-            argsrepr=argsrepr,
-            kwargsrepr=kwargsrepr,
-            retries=retries,
-            root_id=root_id,
-            parent_id=parent_id,
-            eta=eta,
-            expires=expires,
-        )
+    def __init__(self, node: WorkerNode, handle: TaskHandle) -> None:
         self._node = node
-        self._cancel = cancel
-        self.terminated = False
-        """Whether remote control (``revoke --terminate``) cancelled the job."""
+        self.handle = handle
+        """The :class:`~aiocelev.TaskHandle` of the job."""
         self.retrying = False
         """Set by an integration that learnt the job will run again (a retry)."""
         self.exception: BaseException | None = None
         """The exception the job raised, kept by an integration until it reports the outcome."""
 
+    def __repr__(self) -> str:
+        return f"<JobReport {self.handle!r}>"
+
+    @property
+    def uuid(self) -> str:
+        """The job's task id."""
+        return self.handle.uuid
+
     @property
     def root_id(self) -> str:
         """The id of the first task of the job's workflow (the job's own id by default)."""
-        return str(self._received["root_id"])
+        return self.handle.root_id
 
-    async def begin(self) -> None:
-        """Report the job received and started."""
-        if self.state != "PENDING":
-            return
-        node, worker = self._node, self._worker
-        await node.send("task-received", **self._received)
-        worker._task_received(self)
-        await node.send("task-started", uuid=self.uuid)
-        worker._task_started(self)
-        self.state = "STARTED"
-        self._started = time.monotonic()
-        self._time_start = time.time()
+    @property
+    def state(self) -> str:
+        """The handle's state (``STARTED``, ``SUCCESS``...)."""
+        return self.handle.state
 
-    def _end(self, state: str) -> bool:
-        if self.state != "STARTED":
-            return False
-        self.state = state
-        self._worker._task_done(self)
-        assert self._started is not None
-        self.runtime = time.monotonic() - self._started
-        return True
+    @property
+    def terminated(self) -> bool:
+        """Whether remote control (``revoke --terminate``) cancelled the job."""
+        return self.handle.terminated
+
+    async def begin(self) -> bool:
+        """Report the job received and started; ``False`` if that could not be sent."""
+        node, handle = self._node, self.handle
+        try:
+            with anyio.move_on_after(node.shield_timeout):  # bounds a blocking overflow policy
+                await handle.started()
+        except Exception as exc:
+            node.count_error("task-started", exc)
+        except BaseException:
+            handle.abandon()
+            raise
+        if handle.state == "STARTED":
+            return True
+        handle.abandon()
+        return False
+
+    async def _outcome(self, type_: str, report: Coroutine[Any, Any, None]) -> None:
+        try:
+            await report
+        except Exception as exc:
+            self._node.count_error(type_, exc)
 
     async def succeeded(self, result: Any = None) -> None:
         """Report success with *result* (shown as its ``saferepr``)."""
-        if self._end("SUCCESS"):
-            self._result = result
-            await self._node.send(
-                "task-succeeded",
-                uuid=self.uuid,
-                result=saferepr(result, REPR_MAXSIZE),
-                runtime=self.runtime,
-            )
+        if self.handle.state == "STARTED":
+            await self._outcome("task-succeeded", self.handle.succeeded(result))
 
     async def failed(self, exc: BaseException, *, traceback: str | None = None) -> None:
         """Report failure with *exc* (its ``repr`` and traceback, or *traceback* if given)."""
-        if self._end("FAILURE"):
-            await self._node.send(
-                "task-failed",
-                uuid=self.uuid,
-                exception=exception_repr(exc),
-                traceback=traceback if traceback is not None else format_traceback(exc),
-            )
+        if self.handle.state == "STARTED":
+            await self._outcome("task-failed", self.handle.failed(exc, traceback=traceback))
 
     async def retried(self, exc: BaseException, *, traceback: str | None = None) -> None:
         """Report that the job failed with *exc* and will run again."""
-        if self._end("RETRY"):
-            await self._node.send(
-                "task-retried",
-                uuid=self.uuid,
-                exception=exception_repr(exc),
-                traceback=traceback if traceback is not None else format_traceback(exc),
-            )
+        if self.handle.state == "STARTED":
+            await self._outcome("task-retried", self.handle.retried(exc, traceback=traceback))
 
     async def revoked(self, *, terminated: bool = True) -> None:
         """Report the job cancelled (``task-revoked``; the signal number if remote control did it)."""
-        if self._end("REVOKED"):
-            await self._node.send(
-                "task-revoked",
-                uuid=self.uuid,
-                terminated=terminated,
-                signum=self._signum if self.terminated else None,
-                expired=False,
-            )
+        if not self.handle.done:
+            await self._outcome("task-revoked", self.handle.revoked(terminated=terminated))
 
     def abandon(self) -> None:
         """End a job whose framework never reported an outcome (its task died): revoked."""
-        if self.state == "STARTED" and not self._node.spawn(self.revoked):
-            self._end("REVOKED")
-
-    def terminate(self, signum: int | str | None = signal.SIGTERM) -> bool:
-        """Cancel the running job through the framework (``revoke --terminate``).
-
-        :returns: whether the job was running and the framework accepted to cancel it.
-        """
-        if self.state != "STARTED" or self._cancel is None or self.terminated:
-            return False
-        self._signum = signal_number(signum)
-        try:
-            accepted = self._cancel()
-        except Exception:
-            logger.exception("%s: cannot cancel job %s", self._worker.hostname, self.uuid)
-            return False
-        self.terminated = accepted
-        return accepted
+        self.handle.abandon()

@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .._exceptions import MissingDependencyError
+from .. import MissingDependencyError
 from ..brokers import Broker
 from ._node import JobReport, WorkerNode
 
@@ -194,8 +194,8 @@ class CeleryEvents:
                 retries=max(int(ctx.get("job_try") or 1) - 1, 0),
                 cancel=cancel,
             )
-            if report is not None:
-                await report.begin()
+            if report is None or not await report.begin():
+                return None
             return report
         except Exception:
             logger.exception("job %s: not reported", ctx.get("job_id"))

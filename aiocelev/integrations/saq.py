@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable, Collection, MutableMapping
 from typing import Any, TypeVar
 
-from .._exceptions import MissingDependencyError
+from .. import MissingDependencyError
 from ..brokers import Broker
 from ._node import JobReport, WorkerNode
 
@@ -105,8 +105,7 @@ class CeleryEvents:
                 retries=max(job.attempts - 1, 0),
                 cancel=lambda: _abort(node, job),
             )
-            if report is not None:
-                await report.begin()
+            if report is not None and await report.begin():
                 ctx[CONTEXT_KEY] = report
         except Exception:
             logger.exception("job %s: not reported", getattr(job, "key", "?"))

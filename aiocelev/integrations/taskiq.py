@@ -33,9 +33,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from .._exceptions import MissingDependencyError
-from .._saferepr import saferepr
-from .._task_scope import REPR_MAXSIZE
+from .. import MissingDependencyError, saferepr
 from ..brokers import Broker
 from ._node import JobReport, WorkerNode
 
@@ -50,6 +48,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 __all__ = ["PARENT_LABEL", "ROOT_LABEL", "CeleryEventsMiddleware"]
 
 logger = logging.getLogger("aiocelev.integrations.taskiq")
+
+#: Celery's ``argsrepr_maxsize``: ``args``/``kwargs`` of ``task-sent`` are cut to it.
+REPR_MAXSIZE = 1024
 
 #: The label carrying the id of the task that kicked this one.
 PARENT_LABEL = "celery_parent_id"
@@ -205,9 +206,8 @@ class CeleryEventsMiddleware(TaskiqMiddleware):
                 parent_id=_label(labels, PARENT_LABEL),
                 cancel=(lambda: _cancel(task)) if task is not None else None,
             )
-            if report is None:
+            if report is None or not await report.begin():
                 return message
-            await report.begin()
             self._current.set(report)
             if task is not None:
                 task.add_done_callback(lambda _: report.abandon())
