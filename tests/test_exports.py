@@ -73,3 +73,15 @@ def test_public_objects_do_not_report_private_modules() -> None:
 def test_version() -> None:
     assert isinstance(aiocelev.__version__, str)
     assert aiocelev.__version__[0].isdigit()
+
+
+def test_task_handle_api_is_public() -> None:
+    # The call-driven task API that framework integrations build on.
+    assert {"TaskHandle", "TaskStateError"} <= set(aiocelev.__all__)
+    assert issubclass(aiocelev.TaskStateError, aiocelev.ClosedError)
+    for member in ("received", "started", "succeeded", "failed", "retried", "revoked"):
+        assert inspect.iscoroutinefunction(getattr(aiocelev.TaskHandle, member)), member
+    for member in ("rejected", "send_event"):
+        assert inspect.iscoroutinefunction(getattr(aiocelev.TaskHandle, member)), member
+    assert not inspect.iscoroutinefunction(aiocelev.TaskHandle.abandon)
+    assert callable(aiocelev.WorkerInstrument.begin_task)
