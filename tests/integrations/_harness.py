@@ -215,7 +215,8 @@ async def exercise(
     assert seen["tasks"].get(outcomes.bad) == "FAILURE", seen
     assert seen["tasks"].get(outcomes.flaky) == "SUCCESS", seen
     assert seen["tasks"].get(outcomes.hold) == "REVOKED", seen
-    assert "task-retried" in seen["types"] and "worker-heartbeat" in seen["types"]
+    assert "task-retried" in seen["types"], seen["types"]
+    assert "worker-heartbeat" in seen["types"], seen["types"]
     assert seen["types"][0] == "worker-online" and seen["types"][-1] == "worker-offline"
     assert seen["alive_at_end"] is False
     return events
