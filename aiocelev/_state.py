@@ -22,8 +22,7 @@ The class is assembled from one module per question:
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 
 from ._events import Event
 from ._link import ConnectionStatus
@@ -75,12 +74,6 @@ class ClusterState(TaskQueries, StatisticsQueries, Reducer):
             rate_window=rate_window,
             reservoir_size=reservoir_size,
         )
-
-    def apply_many(self, events: Iterable[Event | Mapping[str, Any]]) -> None:
-        """Apply every event of *events* in order."""
-        apply = self.apply
-        for event in events:
-            apply(event)
 
     async def follow(self, receiver: AsyncIterable[Event]) -> AsyncIterator[Event]:
         """Apply each event from *receiver*, then yield it.

@@ -10,12 +10,12 @@ update the worker record, with the restart and loss heuristics of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._events import Event
 from ._state_liveness import detect_restart
-from ._state_models import CUSTOM_RANK, PRECEDENCE, READY_STATES, TaskState, WorkerState
+from ._state_models import CUSTOM_RANK, PRECEDENCE, TaskState, WorkerState
 from ._state_store import StateStore
 
 __all__ = ["Reducer"]
@@ -32,9 +32,19 @@ _COMMON = frozenset(
 
 _NUMBER = (float, int)
 
-
 _rank_of = PRECEDENCE.get
-_RETRY_RANK = PRECEDENCE["RETRY"]
+
+# The rank of the state each built-in task event names, read once from the
+# one table.  An event of rank R sets the state of a task of rank ``cur``
+# when ``cur >= R`` (it is not logically older) or either is RETRY.
+_PENDING = PRECEDENCE["PENDING"]
+_RECEIVED = PRECEDENCE["RECEIVED"]
+_STARTED = PRECEDENCE["STARTED"]
+_SUCCESS = PRECEDENCE["SUCCESS"]
+_FAILURE = PRECEDENCE["FAILURE"]
+_RETRY = PRECEDENCE["RETRY"]
+_REVOKED = PRECEDENCE["REVOKED"]
+_REJECTED = PRECEDENCE["REJECTED"]
 
 
 class Reducer(StateStore):
@@ -77,8 +87,6 @@ class Reducer(StateStore):
         if type(type_) is not str:
             self.ignored_events += 1
             return None
-        counts = self._counts
-        counts[type_] = counts.get(type_, 0) + 1
         lr = f.get("local_received")
         if type(lr) is not float and type(lr) is not int:
             lr = self._time_source()
@@ -95,74 +103,88 @@ class Reducer(StateStore):
             rates.add(type_, lr)
         handler = self._handlers.get(type_)
         if handler is None:
-            group, _, subject = type_.partition("-")
-            if group == "task":
-                return self._on_task_custom(f, lr, subject.upper())
-            if group == "worker":
-                return self._on_worker(f, lr, _OTHER)
-            return None
+            return self._on_other(f, lr, type_)
         return handler(f, lr)
+
+    def apply_many(self, events: Iterable[Event | Mapping[str, Any]]) -> None:
+        """Apply every event of *events* in order (as :meth:`apply` does, in one loop)."""
+        rates = self._rates
+        handlers = self._handlers
+        time_source = self._time_source
+        for event in events:
+            if type(event) is dict:
+                f: Mapping[str, Any] = event
+            elif isinstance(event, Event):
+                f = event._fields
+            else:
+                f = event
+            self.event_count += 1
+            type_ = f.get("type")
+            if type(type_) is not str:
+                self.ignored_events += 1
+                continue
+            lr = f.get("local_received")
+            if type(lr) is not float and type(lr) is not int:
+                lr = time_source()
+            try:
+                sec = int(lr)
+            except (ValueError, OverflowError):
+                lr = time_source()
+                sec = int(lr)
+            if sec == rates.current_sec:
+                bucket = rates.current
+                bucket[type_] = bucket.get(type_, 0) + 1
+            else:
+                rates.add(type_, lr)
+            handler = handlers.get(type_)
+            if handler is None:
+                self._on_other(f, lr, type_)
+            else:
+                handler(f, lr)
+
+    def _on_other(
+        self, f: Mapping[str, Any], lr: float, type_: str
+    ) -> TaskState | WorkerState | None:
+        """An event type without a handler: a custom task or worker event, or nothing."""
+        group, _, subject = type_.partition("-")
+        if group == "task":
+            return self._on_task_custom(f, lr, type_, subject.upper())
+        if group == "worker":
+            return self._on_worker(f, lr, _OTHER)
+        return None
 
     # ------------------------------------------------------------------ tasks
 
-    def _task(self, f: Mapping[str, Any], lr: float, worker_side: bool) -> TaskState | None:
-        """The task an event is about (created if new), moved to the recent end.
+    def _worker_task(
+        self, uuid: str, hostname: Any, lr: float, type_: str, state: str, rank: int
+    ) -> tuple[TaskState, WorkerState | None]:
+        """The task of a worker-side event and the worker that sent it.
 
-        For worker-side events, also attributes the task to the sending worker
-        and counts the event as a sign of life from it.
+        The task is moved to the recent end, or created in the event's *state*
+        (of precedence *rank*) if new; it is attributed to the sending worker
+        (``hostname``, when a string), whose record is created if new, kept
+        alive (``last_seen``) and counts the event.
         """
-        uuid = f.get("uuid")
-        if type(uuid) is not str:
-            self.ignored_events += 1
-            return None
         tasks = self._tasks
         t = tasks.pop(uuid, None)
         if t is None:
-            t = self._new_task(uuid)
+            t = self._new_task(uuid, state, rank)
         else:
             tasks[uuid] = t
-        self._w = None
-        if worker_side:
-            hostname = f.get("hostname")
-            if type(hostname) is str:
-                if t.worker != hostname:
-                    self._by_worker.move(t.worker, hostname, uuid, t)
-                    t.worker = hostname
-                w = self._workers.get(hostname)
-                if w is None:
-                    w = self._new_worker(hostname)
-                seen = w.last_seen
-                if seen is None or lr > seen:
-                    w.last_seen = lr
-                counts = w.event_counts
-                type_ = f["type"]
-                counts[type_] = counts.get(type_, 0) + 1
-                self._w = w
-        return t
-
-    def _transition(self, t: TaskState, state: str, f: Mapping[str, Any]) -> bool:
-        """Apply Celery's precedence rule; returns whether the event set the state.
-
-        An event whose state ranks as logically older than the current one (and
-        neither is ``RETRY``) leaves ``state``, ``timestamp`` and ``clock`` unchanged.
-        """
-        rank = _rank_of(state, CUSTOM_RANK)
-        cur = t._rank
-        if rank > cur and rank != _RETRY_RANK and cur != _RETRY_RANK:
-            return False
-        t.timestamp = f.get("timestamp")
-        clock = f.get("clock")
-        if clock is not None:
-            t.clock = clock
-        old = t.state
-        if old != state:
-            self._by_state.move(old, state, t.uuid, t)
-            ready = state in READY_STATES
-            if ready is not (old in READY_STATES):
-                self._requeue(t, ready)
-            t.state = state
-        t._rank = rank
-        return True
+        if type(hostname) is not str:
+            return t, None
+        if t.worker != hostname:
+            self._by_worker.move(t.worker, hostname, uuid, t)
+            t.worker = hostname
+        w = self._workers.get(hostname)
+        if w is None:
+            w = self._new_worker(hostname)
+        seen = w.last_seen
+        if seen is None or lr > seen:
+            w.last_seen = lr
+        counts = w.event_counts
+        counts[type_] = counts.get(type_, 0) + 1
+        return t, w
 
     def _set_parent(self, t: TaskState, parent_id: str | None) -> None:
         """Record ``parent_id`` and link the task into its parent's children."""
@@ -209,23 +231,26 @@ class Reducer(StateStore):
             t._waited = True
             self.queue_waits.add(s - r)  # type: ignore[operator]
 
-    def _count_worker(self, started: bool = False) -> None:
-        """Count a started/finished task event for the loss estimate of its worker."""
-        w = self._w
-        if w is None:
-            return
-        if started:
-            w.started_seen += 1
-        else:
-            w.done_seen += 1
+    # Each handler below applies Celery's precedence rule with the rank of its
+    # state: the state, ``timestamp`` and ``clock`` change only when the event
+    # is not logically older than the current state (RETRY excepted); the
+    # event's fields are merged all the same.
 
     def _on_task_sent(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-sent``: PENDING; the sender is the task's client."""
-        t = self._task(f, lr, False)
-        if t is None:
+        uuid = f.get("uuid")
+        if type(uuid) is not str:
+            self.ignored_events += 1
             return None
+        tasks = self._tasks
+        t = tasks.pop(uuid, None)
+        if t is None:
+            t = self._new_task(uuid, "PENDING", _PENDING)
+        else:
+            tasks[uuid] = t
+        ts = f.get("timestamp")
         t.client = f.get("hostname")
-        t.sent = f.get("timestamp")
+        t.sent = ts
         self._copy_fields(t, f)
         if "queue" in f:
             t.queue = f["queue"]
@@ -233,117 +258,212 @@ class Reducer(StateStore):
             t.exchange = f["exchange"]
         if "routing_key" in f:
             t.routing_key = f["routing_key"]
-        self._transition(t, "PENDING", f)
+        cur = t._rank
+        if cur >= _PENDING or cur == _RETRY:
+            t.timestamp = ts
+            clock = f.get("clock")
+            if clock is not None:
+                t.clock = clock
+            if t.state != "PENDING":
+                self._set_state(t, "PENDING", _PENDING)
         return t
 
     def _on_task_received(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-received``: RECEIVED; name/args/... are taken even when late."""
-        t = self._task(f, lr, True)
-        if t is None:
+        uuid = f.get("uuid")
+        if type(uuid) is not str:
+            self.ignored_events += 1
             return None
-        t.received = f.get("timestamp")
+        t, _ = self._worker_task(
+            uuid, f.get("hostname"), lr, "task-received", "RECEIVED", _RECEIVED
+        )
+        ts = f.get("timestamp")
+        t.received = ts
         t._waited = False
         self._copy_fields(t, f)
-        self._transition(t, "RECEIVED", f)
+        cur = t._rank
+        if cur >= _RECEIVED or cur == _RETRY:
+            t.timestamp = ts
+            clock = f.get("clock")
+            if clock is not None:
+                t.clock = clock
+            if t.state != "RECEIVED":
+                self._set_state(t, "RECEIVED", _RECEIVED)
         if t.started is not None:
             self._record_wait(t)
         return t
 
     def _on_task_started(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-started``: STARTED."""
-        t = self._task(f, lr, True)
-        if t is None:
+        uuid = f.get("uuid")
+        if type(uuid) is not str:
+            self.ignored_events += 1
             return None
-        t.started = f.get("timestamp")
-        self._transition(t, "STARTED", f)
+        t, w = self._worker_task(uuid, f.get("hostname"), lr, "task-started", "STARTED", _STARTED)
+        ts = f.get("timestamp")
+        t.started = ts
+        cur = t._rank
+        if cur >= _STARTED or cur == _RETRY:
+            t.timestamp = ts
+            clock = f.get("clock")
+            if clock is not None:
+                t.clock = clock
+            if t.state != "STARTED":
+                self._set_state(t, "STARTED", _STARTED)
         if t.received is not None:
             self._record_wait(t)
-        self._count_worker(started=True)
+        if w is not None:
+            w.started_seen += 1
         return t
 
     def _on_task_succeeded(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-succeeded``: SUCCESS, with ``result`` and ``runtime``."""
-        t = self._task(f, lr, True)
-        if t is None:
+        uuid = f.get("uuid")
+        if type(uuid) is not str:
+            self.ignored_events += 1
             return None
-        t.succeeded = f.get("timestamp")
+        t, w = self._worker_task(uuid, f.get("hostname"), lr, "task-succeeded", "SUCCESS", _SUCCESS)
+        ts = f.get("timestamp")
+        t.succeeded = ts
         if "result" in f:
             t.result = f["result"]
         runtime = f.get("runtime")
         if runtime is not None:
             t.runtime = runtime
-            if type(runtime) in _NUMBER:
+            if type(runtime) is float or type(runtime) is int:
                 self.runtimes.add(runtime)
-        self._transition(t, "SUCCESS", f)
-        self._count_worker()
+        cur = t._rank
+        if cur >= _SUCCESS or cur == _RETRY:
+            t.timestamp = ts
+            clock = f.get("clock")
+            if clock is not None:
+                t.clock = clock
+            if t.state != "SUCCESS":
+                self._set_state(t, "SUCCESS", _SUCCESS)
+        if w is not None:
+            w.done_seen += 1
         return t
 
     def _on_task_failed(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-failed``: FAILURE, with ``exception`` and ``traceback``."""
-        t = self._task(f, lr, True)
-        if t is None:
+        uuid = f.get("uuid")
+        if type(uuid) is not str:
+            self.ignored_events += 1
             return None
-        t.failed = f.get("timestamp")
+        t, w = self._worker_task(uuid, f.get("hostname"), lr, "task-failed", "FAILURE", _FAILURE)
+        ts = f.get("timestamp")
+        t.failed = ts
         if "exception" in f:
             t.exception = f["exception"]
         if "traceback" in f:
             t.traceback = f["traceback"]
-        self._transition(t, "FAILURE", f)
-        self._count_worker()
+        cur = t._rank
+        if cur >= _FAILURE or cur == _RETRY:
+            t.timestamp = ts
+            clock = f.get("clock")
+            if clock is not None:
+                t.clock = clock
+            if t.state != "FAILURE":
+                self._set_state(t, "FAILURE", _FAILURE)
+        if w is not None:
+            w.done_seen += 1
         return t
 
     def _on_task_retried(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-retried``: RETRY (always overrides and is always overridden)."""
-        t = self._task(f, lr, True)
-        if t is None:
+        uuid = f.get("uuid")
+        if type(uuid) is not str:
+            self.ignored_events += 1
             return None
-        t.retried = f.get("timestamp")
+        t, w = self._worker_task(uuid, f.get("hostname"), lr, "task-retried", "RETRY", _RETRY)
+        ts = f.get("timestamp")
+        t.retried = ts
         if "exception" in f:
             t.exception = f["exception"]
         if "traceback" in f:
             t.traceback = f["traceback"]
-        self._transition(t, "RETRY", f)
-        self._count_worker()
+        t.timestamp = ts
+        clock = f.get("clock")
+        if clock is not None:
+            t.clock = clock
+        if t.state != "RETRY":
+            self._set_state(t, "RETRY", _RETRY)
+        if w is not None:
+            w.done_seen += 1
         return t
 
     def _on_task_revoked(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-revoked``: REVOKED (counts as a completion only when it terminated a run)."""
-        t = self._task(f, lr, True)
-        if t is None:
+        uuid = f.get("uuid")
+        if type(uuid) is not str:
+            self.ignored_events += 1
             return None
-        t.revoked = f.get("timestamp")
-        self._transition(t, "REVOKED", f)
-        if f.get("terminated"):
-            self._count_worker()
+        t, w = self._worker_task(uuid, f.get("hostname"), lr, "task-revoked", "REVOKED", _REVOKED)
+        ts = f.get("timestamp")
+        t.revoked = ts
+        cur = t._rank
+        if cur >= _REVOKED or cur == _RETRY:
+            t.timestamp = ts
+            clock = f.get("clock")
+            if clock is not None:
+                t.clock = clock
+            if t.state != "REVOKED":
+                self._set_state(t, "REVOKED", _REVOKED)
+        if w is not None and f.get("terminated"):
+            w.done_seen += 1
         return t
 
     def _on_task_rejected(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-rejected``: REJECTED (ignored after STARTED, as in Celery)."""
-        t = self._task(f, lr, True)
-        if t is None:
+        uuid = f.get("uuid")
+        if type(uuid) is not str:
+            self.ignored_events += 1
             return None
+        t, w = self._worker_task(
+            uuid, f.get("hostname"), lr, "task-rejected", "REJECTED", _REJECTED
+        )
         was_started = t.state == "STARTED"
-        t.rejected = f.get("timestamp")
-        self._transition(t, "REJECTED", f)
-        if was_started:
+        ts = f.get("timestamp")
+        t.rejected = ts
+        cur = t._rank
+        if cur >= _REJECTED or cur == _RETRY:
+            t.timestamp = ts
+            clock = f.get("clock")
+            if clock is not None:
+                t.clock = clock
+            if t.state != "REJECTED":
+                self._set_state(t, "REJECTED", _REJECTED)
+        if w is not None and was_started:
             # A task that ran and rejected its message (``Reject`` raised).
-            self._count_worker()
+            w.done_seen += 1
         return t
 
-    def _on_task_custom(self, f: Mapping[str, Any], lr: float, state: str) -> TaskState | None:
+    def _on_task_custom(
+        self, f: Mapping[str, Any], lr: float, type_: str, state: str
+    ) -> TaskState | None:
         """A custom task event (``task-progress``...): the upper-cased subject is the state."""
-        t = self._task(f, lr, True)
-        if t is None:
+        uuid = f.get("uuid")
+        if type(uuid) is not str:
+            self.ignored_events += 1
             return None
+        rank = _rank_of(state, CUSTOM_RANK)
+        t, w = self._worker_task(uuid, f.get("hostname"), lr, type_, state, rank)
         extra = t.extra
         if extra is None:
             extra = t.extra = {}
         for key, value in f.items():
             if key not in _COMMON:
                 extra[key] = value
-        self._transition(t, state, f)
-        if state == "CANCELLED":
-            self._count_worker()
+        cur = t._rank
+        if cur >= rank or cur == _RETRY or rank == _RETRY:
+            t.timestamp = f.get("timestamp")
+            clock = f.get("clock")
+            if clock is not None:
+                t.clock = clock
+            if t.state != state:
+                self._set_state(t, state, rank)
+        if w is not None and state == "CANCELLED":
+            w.done_seen += 1
         return t
 
     # ------------------------------------------------------------------ workers

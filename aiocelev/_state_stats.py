@@ -89,17 +89,18 @@ class Reservoir:
 
 
 class RateCounter:
-    """Events per second by type over a sliding window of whole seconds.
+    """Events per second by type over a sliding window of whole seconds, and in total.
 
     Events are counted in the bucket of their (integer) second; the ring holds
     ``window + 1`` buckets so that the current, partial second never pushes out
     a complete one.  A query averages the *window* complete seconds before the
-    current one.
+    current one.  A bucket's counts are added to the running totals when it is
+    emptied for reuse, so :meth:`totals` costs nothing per event.
 
     :param window: the window length in seconds (at least 1).
     """
 
-    __slots__ = ("_buckets", "_n", "_sec", "current", "current_sec", "window")
+    __slots__ = ("_buckets", "_folded", "_n", "_sec", "current", "current_sec", "window")
 
     def __init__(self, window: int = 10) -> None:
         if window < 1:
@@ -107,6 +108,8 @@ class RateCounter:
         self.window = window
         self._n = window + 1
         self._buckets: list[dict[str, int]] = [{} for _ in range(self._n)]
+        #: Counts of the buckets emptied so far.
+        self._folded: dict[str, int] = {}
         #: The second the current bucket counts.
         self._sec = 0
         #: The bucket of the current second and that second (callers on a hot
@@ -133,10 +136,10 @@ class RateCounter:
         steps = sec - self._sec
         if steps >= n:
             for bucket in self._buckets:
-                bucket.clear()
+                self._fold(bucket)
         else:
             for s in range(self._sec + 1, sec + 1):
-                self._buckets[s % n].clear()
+                self._fold(self._buckets[s % n])
         self._sec = self.current_sec = sec
         self.current = self._buckets[sec % n]
 
@@ -157,10 +160,27 @@ class RateCounter:
         w = float(self.window)
         return {key: value / w for key, value in totals.items()}
 
+    def _fold(self, bucket: dict[str, int]) -> None:
+        """Empty *bucket*, adding its counts to the totals."""
+        if bucket:
+            folded = self._folded
+            for key, value in bucket.items():
+                folded[key] = folded.get(key, 0) + value
+            bucket.clear()
+
+    def totals(self) -> dict[str, int]:
+        """How many events of each type were ever counted."""
+        totals = dict(self._folded)
+        for bucket in self._buckets:
+            for key, value in bucket.items():
+                totals[key] = totals.get(key, 0) + value
+        return totals
+
     def clear(self) -> None:
         """Forget every count."""
         for bucket in self._buckets:
             bucket.clear()
+        self._folded.clear()
 
 
 class StatisticsQueries:
@@ -171,7 +191,6 @@ class StatisticsQueries:
 
     __slots__ = ()
 
-    _counts: dict[str, int]
     _rates: RateCounter
     _time_source: Callable[[], float]
     runtimes: Reservoir
@@ -179,7 +198,7 @@ class StatisticsQueries:
 
     def event_counts(self) -> dict[str, int]:
         """How many events of each type were applied."""
-        return dict(self._counts)
+        return self._rates.totals()
 
     def rates(self) -> dict[str, float]:
         """Events per second by type over the last ``rate_window`` complete seconds."""

@@ -18,10 +18,12 @@ from collections.abc import Callable
 from ._exceptions import ConfigurationError
 from ._state_index import TaskIndex
 from ._state_liveness import DeafSpans
-from ._state_models import TaskState, WorkerState
+from ._state_models import PRECEDENCE, READY_STATES, TaskState, WorkerState
 from ._state_stats import RateCounter, Reservoir
 
 __all__ = ["StateStore"]
+
+_PENDING = PRECEDENCE["PENDING"]
 
 
 class StateStore:
@@ -31,7 +33,6 @@ class StateStore:
         "_by_name",
         "_by_state",
         "_by_worker",
-        "_counts",
         "_deaf",
         "_expire_window",
         "_pending_children",
@@ -40,7 +41,6 @@ class StateStore:
         "_tasks",
         "_time_source",
         "_unready",
-        "_w",
         "_workers",
         "event_count",
         "evicted_tasks",
@@ -102,9 +102,6 @@ class StateStore:
         self._pending_children: OrderedDict[str, dict[str, None]] = OrderedDict()
         #: Every worker by hostname, the one heard from least recently first.
         self._workers: OrderedDict[str, WorkerState] = OrderedDict()
-        self._counts: dict[str, int] = {}
-        #: The worker of the task event being applied (for the loss counters).
-        self._w: WorkerState | None = None
         self._rates = rates
         #: Recent ``runtime`` values of ``task-succeeded`` events.
         self.runtimes = runtimes
@@ -122,19 +119,42 @@ class StateStore:
 
     # ------------------------------------------------------------------ tasks
 
-    def _new_task(self, uuid: str) -> TaskState:
-        """Create, index and store task *uuid* (unknown so far), evicting one if full."""
-        t = TaskState(uuid)
+    def _new_task(self, uuid: str, state: str = "PENDING", rank: int = _PENDING) -> TaskState:
+        """Create, index and store task *uuid* (unknown so far), evicting one if full.
+
+        The task starts in *state* (of precedence *rank*): every state ranks
+        at or before ``PENDING``, so the first event of a task always sets it.
+        """
         tasks = self._tasks
+        if len(tasks) >= self.max_tasks:
+            self._evict_task()
+        t = TaskState(uuid)
         tasks[uuid] = t
-        self._unready[uuid] = t
-        self._by_state.add(t.state, uuid, t)
+        if state in READY_STATES:
+            self._ready[uuid] = t
+        else:
+            self._unready[uuid] = t
+        t.state = state
+        t._rank = rank
+        self._by_state.add(state, uuid, t)
         pending = self._pending_children.pop(uuid, None)
         if pending is not None:
             t._children = pending
-        if len(tasks) > self.max_tasks:
-            self._evict_task()
         return t
+
+    def _set_state(self, t: TaskState, state: str, rank: int) -> None:
+        """Put task *t* in another *state* (of precedence *rank*), every index in step.
+
+        Moves it to the newest end of its state group, and to the other
+        eviction queue when it crosses the finished line.
+        """
+        old = t.state
+        self._by_state.move(old, state, t.uuid, t)
+        ready = state in READY_STATES
+        if ready is not (old in READY_STATES):
+            self._requeue(t, ready)
+        t.state = state
+        t._rank = rank
 
     def _requeue(self, t: TaskState, ready: bool) -> None:
         """Move a task whose state crossed the finished line to the other eviction queue."""
@@ -199,10 +219,8 @@ class StateStore:
             self._by_worker,
             self._pending_children,
             self._workers,
-            self._counts,
         ):
             d.clear()
-        self._w = None
         self._rates.clear()
         self.runtimes.clear()
         self.queue_waits.clear()
