@@ -6,6 +6,10 @@ Run the worker, watch it, and send it jobs (Redis on localhost)::
     celery --broker=redis://localhost:6379/0 flower         # http://localhost:5555
     python examples/arq_worker.py --count 50                # enqueue jobs
 
+``ARQ_REDIS``, ``ARQ_QUEUE`` and ``AIOCELEV_EVENTS`` (the event broker, by default
+the same Redis) change where they go.  The enqueuing side prints one line per job:
+its id and function.
+
 Jobs succeed, fail, get retried (``raise Retry``) or run long (cancel one with
 ``aiocelev control revoke <id> --terminate`` or arq's ``Job.abort()``).  Stop the
 worker with Ctrl+C or SIGTERM: Flower marks it offline at once.
@@ -26,7 +30,7 @@ from aiocelev.integrations.arq import CeleryEvents
 
 REDIS = os.environ.get("ARQ_REDIS", "redis://localhost:6379/0")
 EVENTS = os.environ.get("AIOCELEV_EVENTS", REDIS)
-QUEUE = "aiocelev-example"
+QUEUE = os.environ.get("ARQ_QUEUE", "aiocelev-example")
 
 
 async def add(ctx: dict[str, Any], x: int, y: int) -> int:
@@ -58,18 +62,21 @@ class WorkerSettings:
     job_timeout = 300
 
 
-async def enqueue(count: int) -> None:
-    """Enqueue *count* random jobs."""
+async def enqueue(count: int, seed: int | None = None) -> None:
+    """Enqueue *count* random jobs (the same ones for the same *seed*); print their ids."""
+    rng = random.Random(seed)
     pool = await create_pool(RedisSettings.from_dsn(REDIS), default_queue_name=QUEUE)
     try:
         for _ in range(count):
-            name = random.choice(["add", "add", "add", "fail", "flaky", "slow"])
+            name = rng.choice(["add", "add", "add", "fail", "flaky", "slow"])
             args: tuple[int, ...] = ()
             if name == "add":
-                args = (random.randint(0, 99), random.randint(0, 99))
+                args = (rng.randint(0, 99), rng.randint(0, 99))
             elif name != "slow":
-                args = (random.randint(0, 99),)
-            await pool.enqueue_job(name, *args)
+                args = (rng.randint(0, 99),)
+            job = await pool.enqueue_job(name, *args)
+            if job is not None:
+                print(job.job_id, name, flush=True)
     finally:
         await pool.aclose()
 
@@ -77,4 +84,6 @@ async def enqueue(count: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--count", type=int, default=20, help="jobs to enqueue")
-    asyncio.run(enqueue(parser.parse_args().count))
+    parser.add_argument("--seed", type=int, default=None, help="the same jobs every time")
+    options = parser.parse_args()
+    asyncio.run(enqueue(options.count, options.seed))

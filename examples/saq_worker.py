@@ -6,6 +6,10 @@ Run the worker, watch it, and send it jobs (Redis on localhost)::
     celery --broker=redis://localhost:6379/0 flower         # http://localhost:5555
     python examples/saq_worker.py --count 50                # enqueue jobs
 
+``SAQ_REDIS``, ``SAQ_QUEUE`` and ``AIOCELEV_EVENTS`` (the event broker, by default
+the same Redis) change where they go.  The enqueuing side prints one line per job:
+its key and function.
+
 Jobs succeed, fail, get retried (attempts left) or run long (cancel one with
 ``aiocelev control revoke <key> --terminate`` or SAQ's ``job.abort()``).  Stop the
 worker with Ctrl+C or SIGTERM: Flower marks it offline at once.
@@ -25,7 +29,7 @@ from aiocelev.integrations.saq import CeleryEvents
 
 REDIS = os.environ.get("SAQ_REDIS", "redis://localhost:6379/0")
 EVENTS = os.environ.get("AIOCELEV_EVENTS", REDIS)
-QUEUE = "aiocelev-example"
+QUEUE = os.environ.get("SAQ_QUEUE", "aiocelev-example")
 
 
 async def add(ctx: Any, *, x: int, y: int) -> int:
@@ -57,19 +61,22 @@ settings = CeleryEvents(EVENTS).install(
 )
 
 
-async def enqueue(count: int) -> None:
-    """Enqueue *count* random jobs."""
+async def enqueue(count: int, seed: int | None = None) -> None:
+    """Enqueue *count* random jobs (the same ones for the same *seed*); print their keys."""
+    rng = random.Random(seed)
     queue = Queue.from_url(REDIS, name=QUEUE)
     await queue.connect()
     try:
         for _ in range(count):
-            name = random.choice(["add", "add", "add", "fail", "flaky", "slow"])
+            name = rng.choice(["add", "add", "add", "fail", "flaky", "slow"])
             if name == "add":
-                await queue.enqueue(name, x=random.randint(0, 99), y=random.randint(0, 99))
+                job = await queue.enqueue(name, x=rng.randint(0, 99), y=rng.randint(0, 99))
             elif name == "slow":
-                await queue.enqueue(name, timeout=300)
+                job = await queue.enqueue(name, timeout=300)
             else:
-                await queue.enqueue(name, x=random.randint(0, 99), retries=3)
+                job = await queue.enqueue(name, x=rng.randint(0, 99), retries=3)
+            if job is not None:
+                print(job.key, name, flush=True)
     finally:
         await queue.disconnect()
 
@@ -77,4 +84,6 @@ async def enqueue(count: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--count", type=int, default=20, help="jobs to enqueue")
-    asyncio.run(enqueue(parser.parse_args().count))
+    parser.add_argument("--seed", type=int, default=None, help="the same jobs every time")
+    options = parser.parse_args()
+    asyncio.run(enqueue(options.count, options.seed))

@@ -35,7 +35,7 @@ def make_broker(kind: str, url: str, queue: str) -> AsyncBroker:
         )
     from taskiq_redis import ListQueueBroker
 
-    return ListQueueBroker(url, queue_name=queue)
+    return ListQueueBroker(url, queue_name=queue, socket_timeout=None)  # BRPOP blocks
 
 
 def register(broker: AsyncBroker) -> dict[str, AsyncTaskiqDecoratedTask[Any, Any]]:
