@@ -13,17 +13,72 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ._exceptions import ConfigurationError
 from ._state_index import TaskIndex
-from ._state_liveness import DeafSpans
-from ._state_models import PRECEDENCE, READY_STATES, TaskState, WorkerState
+from ._state_liveness import DeafSpans, LossEstimate
+from ._state_models import CUSTOM_RANK, PRECEDENCE, READY_STATES, TaskState, WorkerState
 from ._state_stats import RateCounter, Reservoir
 
 __all__ = ["StateStore"]
 
 _PENDING = PRECEDENCE["PENDING"]
+
+#: ``TaskState`` fields that :meth:`StateStore.restore_task` copies as they are.
+_TASK_PLAIN = (
+    "client",
+    "args",
+    "kwargs",
+    "result",
+    "exception",
+    "traceback",
+    "runtime",
+    "retries",
+    "eta",
+    "expires",
+    "root_id",
+    "queue",
+    "exchange",
+    "routing_key",
+    "sent",
+    "received",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "revoked",
+    "rejected",
+    "timestamp",
+    "clock",
+)
+#: ``WorkerState`` fields that :meth:`StateStore.restore_worker` copies as they are.
+_WORKER_PLAIN = (
+    "pid",
+    "clock",
+    "active",
+    "processed",
+    "loadavg",
+    "sw_ident",
+    "sw_ver",
+    "sw_sys",
+    "utcoffset",
+    "timestamp",
+    "drift",
+)
+
+
+def _rank(state: str) -> int:
+    return PRECEDENCE.get(state, CUSTOM_RANK)
+
+
+def _optional_str(value: Any) -> bool:
+    return value is None or type(value) is str
+
+
+def _optional_number(value: Any) -> bool:
+    return value is None or type(value) is float or type(value) is int
 
 
 class StateStore:
@@ -204,6 +259,124 @@ class StateStore:
         if len(workers) > self.max_workers:
             workers.popitem(last=False)
             self.evicted_workers += 1
+        return w
+
+    # ------------------------------------------------------------------ restore
+
+    def restore_task(self, fields: Mapping[str, Any]) -> TaskState:
+        """Put a task known from elsewhere (a stored history...) into the state.
+
+        *fields* is shaped as :meth:`TaskState.to_dict` gives it (``uuid``
+        required; a missing key leaves that field as it was, ``None`` for a new
+        task; ``ready`` is derived from ``state`` and unknown keys are
+        ignored).  The task is created if new (evicting one beyond
+        ``max_tasks``, as for an event) or overwritten, and moved to the recent
+        end; every index, the finished / unfinished queues and the parent and
+        ``children`` links follow.  ``state``, ``name``, ``worker`` and
+        ``parent_id`` of the wrong type are not used.  No event is counted and
+        no rate, runtime or queue wait is recorded.  Events applied afterwards
+        follow the usual precedence rules.
+
+        :raises ConfigurationError: ``uuid`` is missing or not a string.
+        """
+        uuid = fields.get("uuid")
+        if type(uuid) is not str:
+            raise ConfigurationError(f"a task needs a string 'uuid', not {uuid!r}")
+        state = fields.get("state")
+        if type(state) is not str:
+            state = None
+        tasks = self._tasks
+        t = tasks.pop(uuid, None)
+        if t is None:
+            t = self._new_task(
+                uuid, state or "PENDING", _PENDING if state is None else _rank(state)
+            )
+        else:
+            tasks[uuid] = t
+            if state is not None and state != t.state:
+                self._set_state(t, state, _rank(state))
+        if "name" in fields:
+            name = fields["name"]
+            if name != t.name and _optional_str(name):
+                self._by_name.move(t.name, name, uuid, t)
+                t.name = name
+        if "worker" in fields:
+            worker = fields["worker"]
+            if worker != t.worker and _optional_str(worker):
+                self._by_worker.move(t.worker, worker, uuid, t)
+                t.worker = worker
+        for key in _TASK_PLAIN:
+            if key in fields:
+                setattr(t, key, fields[key])
+        if "parent_id" in fields:
+            parent_id = fields["parent_id"]
+            if _optional_str(parent_id):
+                t.parent_id = parent_id
+                if parent_id is not None:
+                    self._add_child(parent_id, uuid)
+        children = fields.get("children")
+        if children:
+            kept = t._children
+            if kept is None:
+                kept = t._children = {}
+            for child in children:
+                if type(child) is str:
+                    kept[child] = None
+        if "extra" in fields:
+            extra = fields["extra"]
+            t.extra = dict(extra) if extra else None
+        # A restored attempt's queue wait is history, not a new sample.
+        t._waited = t.received is not None and t.started is not None
+        return t
+
+    def restore_worker(self, fields: Mapping[str, Any]) -> WorkerState:
+        """Put a worker known from elsewhere (a stored history...) into the state.
+
+        *fields* is shaped as :meth:`WorkerState.to_dict` gives it
+        (``hostname`` required; a missing key leaves that field as it was;
+        ``alive``, ``status``, ``heartbeat_expires`` and the loss estimates are
+        derived and ignored, as are unknown keys).  The worker is created if new
+        (evicting the least recently heard one beyond ``max_workers``) or
+        overwritten, and counts as the most recently heard.  Liveness follows
+        from ``last_seen``, ``freq`` and ``offline`` as for any worker; the
+        lost-event estimate starts afresh with the next heartbeat.  A ``freq``
+        that is not a positive number and counters of the wrong type are not
+        used.
+
+        :raises ConfigurationError: ``hostname`` is missing or not a string.
+        """
+        hostname = fields.get("hostname")
+        if type(hostname) is not str:
+            raise ConfigurationError(f"a worker needs a string 'hostname', not {hostname!r}")
+        workers = self._workers
+        w = workers.get(hostname)
+        if w is None:
+            w = self._new_worker(hostname)
+        else:
+            workers.move_to_end(hostname)
+        for key in _WORKER_PLAIN:
+            if key in fields:
+                setattr(w, key, fields[key])
+        freq = fields.get("freq")
+        if (type(freq) is float or type(freq) is int) and freq > 0:
+            w.freq = freq
+        for key in ("last_seen", "last_heartbeat"):
+            if key in fields and _optional_number(fields[key]):
+                setattr(w, key, fields[key])
+        for key in ("heartbeat_count", "restarts"):
+            value = fields.get(key)
+            if type(value) is int and value >= 0:
+                setattr(w, key, value)
+        if "offline" in fields:
+            w.offline = bool(fields["offline"])
+        w._loss = LossEstimate()
+        counts = fields.get("event_counts")
+        if isinstance(counts, Mapping):
+            w.event_counts = {
+                k: v for k, v in counts.items() if type(k) is str and type(v) is int and v >= 0
+            }
+            # Worker events seen so far: a restored worker is not new to restart detection.
+            w._worker_events = sum(v for k, v in w.event_counts.items() if k.startswith("worker-"))
         return w
 
     # ------------------------------------------------------------------ all
