@@ -489,14 +489,22 @@ class EventReceiver:
                 return await self._broker.subscribe(self.routing_keys)
             except BrokerError as exc:
                 delay = backoff.next_delay()
+                what = self._cannot_subscribe(exc)
                 if anyio.current_time() + delay > deadline:
-                    raise BrokerConnectionError(
-                        f"cannot subscribe to {self._broker.url}: {exc}"
-                    ) from exc
-                logger.warning(
-                    "cannot subscribe to %s (%s); retrying in %.2fs", self._broker.url, exc, delay
-                )
+                    error = BrokerConnectionError(what)
+                    error.reason = _broker_reason(exc)
+                    raise error from exc
+                logger.warning("%s; retrying in %.2fs", what, delay)
                 await anyio.sleep(delay)
+
+    def _cannot_subscribe(self, exc: BrokerError) -> str:
+        """``cannot subscribe to URL: reason``, the URL (password masked) said once."""
+        reason = _broker_reason(exc) or str(exc) or type(exc).__name__
+        raw, masked = self._broker.url, mask_url(self._broker.url)
+        if raw in reason or masked in reason:
+            # No reason without the URL from the adapter: its message names it already.
+            return f"cannot subscribe: {reason.replace(raw, masked)}"
+        return f"cannot subscribe to {masked}: {reason}"
 
     def _follow_link(self, status: ConnectionStatus) -> None:
         if status.connected:
@@ -715,6 +723,18 @@ class EventReceiver:
                 self._buffer_size,
                 self._dropped,
             )
+
+
+def _broker_reason(exc: BaseException) -> str | None:
+    """The first :attr:`BrokerError.reason` along *exc*'s chain of causes, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, BrokerError) and current.reason:
+            return current.reason
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class EventBatches:

@@ -471,6 +471,63 @@ async def test_connect_timeout_raises_broker_connection_error() -> None:
             pass
 
 
+class _RefusingBroker(_UnreachableBroker):
+    """Refuses as an adapter does: the URL in its message, the reason without it."""
+
+    def __init__(self, url: str, reason: str | None) -> None:
+        super().__init__()
+        self._url = url
+        self._reason = reason
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def connect(self) -> None:
+        self.attempts += 1
+        error = BrokerConnectionError(f"connecting to {self._url}: connection refused")
+        error.reason = self._reason
+        raise error
+
+
+async def test_subscribe_error_names_the_url_once_with_the_reason() -> None:
+    url = "fake://user:secret@nowhere:1/"
+    broker = _RefusingBroker(url, "connection refused by nowhere:1 (is the broker running there?)")
+    with anyio.fail_after(5), pytest.raises(BrokerConnectionError) as info:
+        async with EventReceiver(broker, connect_timeout=0.1):
+            pass
+    assert str(info.value) == (
+        "cannot subscribe to fake://user:***@nowhere:1/: "
+        "connection refused by nowhere:1 (is the broker running there?)"
+    )
+    assert info.value.reason == "connection refused by nowhere:1 (is the broker running there?)"
+
+
+async def test_subscribe_error_without_a_reason_names_the_url_once() -> None:
+    url = "fake://user:secret@nowhere:1/"
+    with anyio.fail_after(5), pytest.raises(BrokerConnectionError) as info:
+        async with EventReceiver(_RefusingBroker(url, None), connect_timeout=0.1):
+            pass
+    message = str(info.value)
+    assert (
+        message == "cannot subscribe: connecting to fake://user:***@nowhere:1/: connection refused"
+    )
+    assert "secret" not in message
+
+
+@pytest.mark.parametrize("scheme", ["amqp://guest:secret@", "redis://:secret@"])
+async def test_subscribe_error_of_a_real_adapter_is_one_line(scheme: str) -> None:
+    url = f"{scheme}127.0.0.1:1/"
+    with anyio.fail_after(10), pytest.raises(BrokerConnectionError) as info:
+        async with EventReceiver(url, connect_timeout=0.1):
+            pass
+    message = str(info.value)
+    assert message.count("127.0.0.1:1/") == 1 and "secret" not in message
+    assert "\n" not in message and info.value.reason is not None
+    assert message.endswith(f": {info.value.reason}")
+    assert "refused" in info.value.reason
+
+
 class _ScriptedSubscription:
     def __init__(self, messages: list[IncomingMessage]) -> None:
         self._messages = list(messages)
