@@ -15,9 +15,10 @@
 ``on_startup``/``on_shutdown`` (keeping the user's own hooks) and wraps every
 function and cron job, because arq's job hooks see neither the function's
 name nor its outcome.  Each job then sends ``task-received``, ``task-started``
-and ``task-succeeded``, ``task-failed``, ``task-retried`` (``raise Retry(...)``)
-or ``task-revoked`` (cancelled: ``Job.abort()``, ``revoke --terminate``, a
-timeout or the worker stopping).
+and ``task-succeeded``, ``task-failed`` (an exception, or the job timeout: a
+``TimeoutError``, as arq records it), ``task-retried`` (``raise Retry(...)``)
+or ``task-revoked`` (cancelled: ``Job.abort()``, ``revoke --terminate`` or the
+worker stopping).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -36,7 +38,7 @@ from ._node import JobReport, WorkerNode
 try:
     from arq.constants import abort_jobs_ss
     from arq.cron import CronJob
-    from arq.utils import timestamp_ms
+    from arq.utils import timestamp_ms, to_seconds
     from arq.version import VERSION as _arq_version
     from arq.worker import Function, Retry, func
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -44,11 +46,24 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "aiocelev.integrations.arq needs arq: pip install 'aiocelev[arq]'"
     ) from exc
 
-__all__ = ["CeleryEvents"]
+__all__ = ["START_KEY", "CeleryEvents"]
 
 logger = logging.getLogger("aiocelev.integrations.arq")
 
 _Settings = TypeVar("_Settings")
+
+#: Where ``on_job_start`` notes when arq started the job (its ``time.monotonic()``).
+START_KEY = "aiocelev_job_start"
+
+#: arq's default ``job_timeout`` (seconds).
+ARQ_JOB_TIMEOUT = 300.0
+
+#: The finest difference the monotonic clock (asyncio's) can tell.
+_RESOLUTION = time.get_clock_info("monotonic").resolution
+
+#: How early a cancellation may come and still be the job timeout, when the start
+#: was not noted by ``on_job_start`` (the wrapper starts a little after arq's timer).
+_UNNOTED_TOLERANCE = 0.05
 
 #: arq's job coroutine: ``async def job(ctx, *args, **kwargs)``.
 JobFunction = Callable[..., Any]
@@ -76,6 +91,7 @@ class CeleryEvents:
         self._options = options
         self._names: list[str] = []
         self._node: WorkerNode | None = None
+        self._job_timeout: float | None = ARQ_JOB_TIMEOUT
 
     @property
     def node(self) -> WorkerNode | None:
@@ -103,14 +119,27 @@ class CeleryEvents:
         if node is not None:
             await node.stop()
 
-    def wrap(self, coroutine: JobFunction, name: str | None = None) -> JobFunction:
-        """*coroutine* (an arq job function) reporting each run as a Celery task named *name*."""
+    async def on_job_start(self, ctx: dict[Any, Any]) -> None:
+        """arq ``on_job_start``: note when arq starts the job's clock (to tell its timeout)."""
+        ctx[START_KEY] = time.monotonic()
+
+    def wrap(
+        self, coroutine: JobFunction, name: str | None = None, *, timeout: float | None = None
+    ) -> JobFunction:
+        """*coroutine* (an arq job function) reporting each run as a Celery task named *name*.
+
+        :param timeout: the job timeout arq applies to it (seconds; the function's
+            ``timeout`` or the worker's ``job_timeout``): a cancellation once it has
+            passed is reported as ``task-failed`` with a ``TimeoutError``, as arq
+            records it.  :meth:`install` passes it.
+        """
         task_name = name or coroutine.__qualname__
         if task_name not in self._names:
             self._names.append(task_name)
 
         @functools.wraps(coroutine)
         async def reported(ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> Any:
+            begun = time.monotonic()
             report = await self._begin(ctx, task_name, args, kwargs)
             if report is None:
                 return await coroutine(ctx, *args, **kwargs)
@@ -119,8 +148,14 @@ class CeleryEvents:
             except Retry as exc:
                 await report.retried(exc)
                 raise
-            except asyncio.CancelledError:
-                await report.revoked(terminated=True)
+            except asyncio.CancelledError as exc:
+                if not report.terminated and _timed_out(ctx, begun, timeout):
+                    assert timeout is not None
+                    error = TimeoutError(f"job {task_name} timed out after {timeout:g}s")
+                    error.__cause__ = exc  # where the job was when arq cancelled it
+                    await report.failed(error)
+                else:
+                    await report.revoked(terminated=True)
                 raise
             except Exception as exc:
                 await report.failed(exc)
@@ -134,13 +169,16 @@ class CeleryEvents:
         """Install the hooks and wrap the functions of arq *settings* (a class or a dict).
 
         The user's own ``on_startup`` runs after the node is online and
-        ``on_shutdown`` before it goes offline.  Returns *settings* (changed in
-        place), so that it can be used as a class decorator.
+        ``on_shutdown`` before it goes offline; ``on_job_start`` is chained too
+        (ours first).  Returns *settings* (changed in place), so that it can be
+        used as a class decorator.
         """
         get, put = _accessors(settings)
         if self._allow_abort is None:
             self._allow_abort = bool(get("allow_abort_jobs", False))
+        self._job_timeout = to_seconds(get("job_timeout", ARQ_JOB_TIMEOUT))
         user_startup, user_shutdown = get("on_startup", None), get("on_shutdown", None)
+        user_job_start = get("on_job_start", None)
 
         async def on_startup(ctx: dict[Any, Any]) -> None:
             await self.on_startup(ctx)
@@ -154,15 +192,26 @@ class CeleryEvents:
             finally:
                 await self.on_shutdown(ctx)
 
+        async def on_job_start(ctx: dict[Any, Any]) -> None:
+            await self.on_job_start(ctx)
+            if user_job_start is not None:
+                await user_job_start(ctx)
+
         put("on_startup", on_startup)
         put("on_shutdown", on_shutdown)
+        put("on_job_start", on_job_start)
         put("functions", [self._wrap_function(entry) for entry in get("functions", ())])
         cron_jobs: Sequence[CronJob] | None = get("cron_jobs", None)
         if cron_jobs:
             put(
                 "cron_jobs",
                 [
-                    dataclasses.replace(job, coroutine=self.wrap(job.coroutine, job.name))
+                    dataclasses.replace(
+                        job,
+                        coroutine=self.wrap(
+                            job.coroutine, job.name, timeout=self._timeout_of(job.timeout_s)
+                        ),
+                    )
                     for job in cron_jobs
                 ],
             )
@@ -170,9 +219,15 @@ class CeleryEvents:
 
     # -- internals ----------------------------------------------------------------
 
+    def _timeout_of(self, timeout_s: float | None) -> float | None:
+        return timeout_s if timeout_s is not None else self._job_timeout
+
     def _wrap_function(self, entry: Any) -> Function:
         function = func(entry)
-        return dataclasses.replace(function, coroutine=self.wrap(function.coroutine, function.name))
+        wrapped = self.wrap(
+            function.coroutine, function.name, timeout=self._timeout_of(function.timeout_s)
+        )
+        return dataclasses.replace(function, coroutine=wrapped)
 
     async def _begin(
         self, ctx: dict[Any, Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -209,6 +264,22 @@ class CeleryEvents:
             await redis.zadd(abort_jobs_ss, {job_id: timestamp_ms()})
 
         return node.spawn(request)
+
+
+def _timed_out(ctx: dict[Any, Any], begun: float, timeout: float | None) -> bool:
+    """Whether a cancellation now is arq's job timeout (not an abort or the worker stopping).
+
+    arq cancels a job that outlives its timeout; it then records a ``TimeoutError``.
+    Nothing tells that cancellation from the others but the time: arq's timer
+    starts just after ``on_job_start`` (which notes :data:`START_KEY`) and fires
+    once *timeout* has passed.
+    """
+    if timeout is None:
+        return False
+    noted = ctx.get(START_KEY)
+    if isinstance(noted, float) and noted <= begun:
+        return time.monotonic() - noted >= timeout - _RESOLUTION
+    return time.monotonic() - begun >= timeout - _UNNOTED_TOLERANCE
 
 
 def _accessors(
