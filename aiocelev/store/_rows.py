@@ -24,7 +24,7 @@ import msgspec
 from .._codec import loads
 from .._events import Event
 from .._state import ClusterState
-from .._state_models import CUSTOM_RANK, PRECEDENCE, READY_STATES, TaskState, WorkerState
+from .._state_models import READY_STATES, TaskState, WorkerState
 
 __all__ = [
     "TASK_COLUMNS",
@@ -250,58 +250,13 @@ def task_dict(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def seed_task(state: ClusterState, d: Mapping[str, Any]) -> TaskState:
-    """Put task *d* (a :func:`task_dict`) into *state*, every index in step."""
-    uuid = d["uuid"]
-    t = state._tasks.get(uuid)
-    if t is None:
-        t = state._new_task(uuid)
-    s = d["state"]
-    if type(s) is str and s != t.state:
-        state._by_state.move(t.state, s, uuid, t)
-        if (s in READY_STATES) is not (t.state in READY_STATES):
-            state._requeue(t, s in READY_STATES)
-        t.state = s
-        t._rank = PRECEDENCE.get(s, CUSTOM_RANK)
-    name = d.get("name")
-    if name != t.name and (name is None or type(name) is str):
-        state._by_name.move(t.name, name, uuid, t)
-        t.name = name
-    worker = d.get("worker")
-    if worker != t.worker and (worker is None or type(worker) is str):
-        state._by_worker.move(t.worker, worker, uuid, t)
-        t.worker = worker
-    for key in (
-        "client",
-        "args",
-        "kwargs",
-        "result",
-        "exception",
-        "traceback",
-        "runtime",
-        "retries",
-        "eta",
-        "expires",
-        "root_id",
-        "queue",
-        "exchange",
-        "routing_key",
-        *TIME_FIELDS,
-        "timestamp",
-        "clock",
-    ):
-        setattr(t, key, d.get(key))
-    parent = d.get("parent_id")
-    if parent is not None and type(parent) is str:
-        state._set_parent(t, parent)
-    extra = d.get("extra")
-    t.extra = dict(extra) if extra else None
-    return t
+    """Put task *d* (a :func:`task_dict`) into *state*, overwriting what it held."""
+    return state.restore_task(d)
 
 
 def worker_row(w: WorkerState, broker: str | None) -> tuple[Any, ...]:
     """The ``workers`` row of *w*, in :data:`WORKER_COLUMNS` order."""
     raw = {name: getattr(w, name) for name in _WORKER_RAW}
-    raw["events"] = w._worker_events
     ts: Any = w.timestamp
     seen: Any = w.last_seen
     beat: Any = w.last_heartbeat
@@ -320,23 +275,18 @@ def worker_row(w: WorkerState, broker: str | None) -> tuple[Any, ...]:
 def seed_worker(state: ClusterState, row: Mapping[str, Any]) -> WorkerState:
     """Put a stored worker row into *state* (its lost-event baseline starts afresh)."""
     raw = loads(row["raw"]) if row["raw"] else {}
-    hostname = raw.get("hostname", row["hostname"])
-    w = state._workers.get(hostname)
-    if w is None:
-        w = state._new_worker(hostname)
-    for name in _WORKER_RAW:
-        if name in raw:
-            setattr(w, name, raw[name])
-    counts: Any = w.event_counts
-    if not isinstance(counts, dict):
-        w.event_counts = {}
-    if type(w.freq) not in (int, float) or not w.freq > 0:
-        w.freq = 60.0
-    w._worker_events = raw.get("events", 0) if type(raw.get("events")) is int else 0
-    w.last_seen = row["last_seen"]
-    w.last_heartbeat = row["last_heartbeat"]
-    w.heartbeat_count = int(row["heartbeat_count"] or 0)
-    w.offline = bool(row["offline"])
+    fields = {name: raw[name] for name in _WORKER_RAW if name in raw}
+    fields["hostname"] = raw.get("hostname", row["hostname"])
+    fields["last_seen"] = row["last_seen"]
+    fields["last_heartbeat"] = row["last_heartbeat"]
+    fields["heartbeat_count"] = int(row["heartbeat_count"] or 0)
+    fields["offline"] = bool(row["offline"])
+    w = state.restore_worker(fields)
+    # Counters of the loss estimate (not part of ``to_dict``), kept as they were.
+    for name in ("done_seen", "started_seen"):
+        value = raw.get(name)
+        if type(value) is int:
+            setattr(w, name, value)
     return w
 
 
@@ -408,11 +358,10 @@ class Batch:
         for f in self.events:
             apply(f)
         task_rows = [
-            task_row(t, brokers.get(uuid) or broker) for uuid, t in sorted(state._tasks.items())
+            task_row(t, brokers.get(uuid) or broker) for uuid, t in sorted(state.tasks.items())
         ]
         worker_rows = [
-            worker_row(w, wbrokers.get(host) or broker)
-            for host, w in sorted(state._workers.items())
+            worker_row(w, wbrokers.get(host) or broker) for host, w in sorted(state.workers.items())
         ]
         return task_rows, worker_rows
 
