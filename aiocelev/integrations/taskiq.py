@@ -5,7 +5,7 @@
     from taskiq_redis import ListQueueBroker
     from aiocelev.integrations.taskiq import CeleryEventsMiddleware
 
-    broker = ListQueueBroker("redis://localhost:6379/0").with_middlewares(
+    broker = ListQueueBroker("redis://localhost:6379/0", socket_timeout=None).with_middlewares(
         CeleryEventsMiddleware("redis://localhost:6379/0"),
     )
 
