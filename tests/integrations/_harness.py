@@ -195,6 +195,13 @@ async def exercise(
                 )
                 if check is not None:
                     check(events, outcomes)
+                # A heartbeat before leaving (the scenario can be quicker than one interval).
+                await events.wait(
+                    lambda: any(
+                        e.type == "worker-heartbeat" and e.hostname == node for e in events.items
+                    ),
+                    "a worker-heartbeat",
+                )
                 # SIGTERM: a warm shutdown that reports worker-offline.
                 proc.send_signal(signal.SIGTERM)
                 await events.wait(
