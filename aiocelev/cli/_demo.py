@@ -31,6 +31,7 @@ from ._common import (
     Context,
     add_broker_options,
     connect_broker,
+    connection_line,
     diag,
     non_negative_float,
     positive_float,
@@ -197,6 +198,10 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         on_connection=None if ui else ConnectionReporter(),
     )
     receiver.add_connection_listener(state.track_connection)
+    # On the live screen, losses are shown in its banner and said on stderr once it closes.
+    later: list[str] = []
+    if ui:
+        receiver.add_connection_listener(lambda status: later.append(connection_line(status)))
     async with AsyncExitStack() as stack:
         stack.push_async_callback(_close, broker)
         await stack.enter_async_context(receiver)
@@ -222,6 +227,8 @@ async def run(args: argparse.Namespace, ctx: Context) -> int:
         with anyio.move_on_after(CATCH_UP):
             await done.wait()
         tg.cancel_scope.cancel()
+    for line in later:
+        diag(line)
     sys.stdout.write(_summary(sim.statistics(), sim.hostnames, seen.received, state, url, elapsed))
     sys.stdout.flush()
     return EXIT_OK

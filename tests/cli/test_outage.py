@@ -103,3 +103,30 @@ def test_top_says_it_is_disconnected_and_keeps_the_workers(redis_url: str) -> No
     # After the screen closed, the loss and the recovery are also said on stderr.
     assert f"aiocelev: disconnected from {url}, reconnecting (gap #1)" in text
     assert f"aiocelev: reconnected to {url} after " in text
+
+
+@pytest.mark.redis
+def test_demo_screen_shows_the_outage_and_says_it_on_stderr_when_it_closes(redis_url: str) -> None:
+    pytest.importorskip("rich")
+    from .test_terminal import Terminal
+
+    redis_url = redis_url.rsplit("/", 1)[0] + "/13"
+    proxy = KillableProxy(urlsplit(redis_url).port or 6379)
+    url = via(redis_url, proxy.port)
+    term = Terminal(
+        "demo", "--broker", url, "--workers", "2", "--duration", "60",
+        "--name", f"demo-outage{os.getpid()}",
+    )  # fmt: skip
+    try:
+        term.read_until(b"workers 2/2 alive", timeout=30)
+        proxy.kill()
+        term.read_until(f"disconnected from {url}, reconnecting (gap #1)".encode(), timeout=30)
+        proxy.restart()
+        term.read_until(b"reconnected to ", timeout=60)
+        term.press(b"q")
+        assert term.wait() == 0
+    finally:
+        proxy.kill()
+    text = term.output.decode(errors="replace")
+    assert f"aiocelev: disconnected from {url}, reconnecting (gap #1)" in text
+    assert f"aiocelev: reconnected to {url} after " in text
