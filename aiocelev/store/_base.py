@@ -18,7 +18,16 @@ from .._events import Event
 from .._state import ClusterState
 from .._url import mask_url
 from ._filter import SEARCH_FIELDS, QueryError, TaskFilter, Term
-from ._rows import TASK_COLUMNS, Batch, clean_text, dumps, seed_task, seed_worker, task_dict
+from ._rows import (
+    TASK_COLUMNS,
+    Batch,
+    RowCache,
+    clean_text,
+    dumps,
+    seed_task,
+    seed_worker,
+    task_dict,
+)
 
 __all__ = ["EventStore", "StoreStatistics", "TaskPage"]
 
@@ -52,6 +61,10 @@ class StoreStatistics(NamedTuple):
     """Events the database refused, by reason (see :class:`~aiocelev.store.StoreWriter`)."""
     pruned: int
     """Task rows deleted by retention."""
+    conflicts: int = 0
+    """Times this store found rows it had cached changed by another writer (PostgreSQL:
+    task rows written again over their new content; SQLite: batches after another
+    connection committed): they were read again and the events replayed over them."""
 
 
 def _escape_like(text: str) -> str:
@@ -115,8 +128,10 @@ class EventStore(abc.ABC):
         #: Whether every event is also kept in the ``events`` table.
         self.event_log = event_log
         self._events = self._batches = self._tasks_written = self._workers_written = 0
-        self._ignored = self._pruned = 0
+        self._ignored = self._pruned = self._conflicts = 0
         self._rejected: Counter[str] = Counter()
+        #: The rows this store wrote last (see :class:`~aiocelev.store._rows.RowCache`).
+        self._cache = RowCache()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -166,7 +181,12 @@ class EventStore(abc.ABC):
         """
         batch = Batch(events)
         if batch.events:
-            tasks, workers = await self._write(batch, broker)
+            try:
+                tasks, workers = await self._write(batch, broker)
+            except BaseException:
+                # The cache may hold what was not committed.
+                self._cache.clear()
+                raise
             self._events += len(batch.events)
             self._batches += 1
             self._tasks_written += tasks
@@ -188,6 +208,7 @@ class EventStore(abc.ABC):
             ignored=self._ignored,
             rejected=dict(self._rejected),
             pruned=self._pruned,
+            conflicts=self._conflicts,
         )
 
     @abc.abstractmethod

@@ -4,12 +4,16 @@ asyncpg because it is asyncio-native, the fastest PostgreSQL driver for Python,
 and speaks ``COPY`` directly: a batch goes to the server as one binary ``COPY``
 into a temporary table and one ``UPDATE ... FROM``, whatever its size.
 
-A write is one transaction on the writer's own connection: it inserts a
-placeholder row for each new task or worker (``ON CONFLICT DO NOTHING``, in key
-order), locks the rows it touches (``SELECT ... FOR UPDATE``, in key order),
-replays the batch over them and writes them back.  Several processes may write
-into one database: rows of a task two writers touch are updated one writer after
-the other, never lost.  Reads use the other connections of a small pool.  Text
+A write is one transaction on the writer's own connection.  Worker rows (a
+few) get a placeholder, are locked in key order and read back.  Task rows are
+not locked before they are written: the batch is replayed over the writer's
+cache of the rows it wrote last (rows it does not hold are read first), and
+one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE version = <the version read>``
+writes them.  Every writing transaction stamps the rows it writes with a random
+version, so a row another writer changed meanwhile fails the check: it stays
+locked, is read again and the batch's events are replayed over what it holds
+now.  Several processes may write into one database and no update is lost.
+Reads use the other connections of a small pool.  Text
 search is a ``pg_trgm`` GIN index over the first 64 KiB of ``args``, ``kwargs``,
 ``result`` and ``exception`` (substring, case-insensitive), when the extension
 can be created; without it the same queries scan.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -41,7 +46,6 @@ from ._rows import (
     WORKER_COLUMNS,
     Batch,
     event_row,
-    task_dict,
 )
 
 try:
@@ -101,7 +105,12 @@ SCHEMA_V1 = [
 _TRIGRAM_INDEX = "CREATE INDEX IF NOT EXISTS tasks_search ON tasks USING gin (search gin_trgm_ops)"
 
 #: Schema migrations, in order: ``(version, statements)``.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1)]
+SCHEMA_V2 = [
+    # A row's version: a random number per writing transaction, checked by the
+    # next writer so that rows need no reading back while nobody else wrote them.
+    "ALTER TABLE tasks ADD COLUMN version bigint NOT NULL DEFAULT 0",
+]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _OPTIONS = {"schema", "events", "pool_size"}
@@ -122,7 +131,20 @@ def _update(table: str, temp: str, columns: Sequence[str], key: str) -> str:
     )
 
 
-_UPDATE_TASKS = _update("tasks", "aiocelev_tasks_in", TASK_COLUMNS, "uuid")
+_TASK_IN = (*TASK_COLUMNS, "version")
+_UPDATE_TASKS = _update("tasks", "aiocelev_tasks_in", _TASK_IN, "uuid")
+_SELECT_TASKS = f"SELECT {', '.join(_TASK_IN)} FROM tasks WHERE uuid = ANY($1::text[])"
+# New rows and rows still at the version they were read at (or written at) are
+# written; the others (another writer was there) are left locked, not returned.
+_UPSERT_TASKS = (
+    f"INSERT INTO tasks ({', '.join(_TASK_IN)}) "
+    f"SELECT {', '.join(TASK_COLUMNS)}, coalesce(version, $1) FROM aiocelev_tasks_in "
+    "ORDER BY uuid "
+    f"ON CONFLICT (uuid) DO UPDATE SET ({', '.join(TASK_COLUMNS[1:])}, version) = "
+    f"({', '.join('excluded.' + c for c in TASK_COLUMNS[1:])}, $1) "
+    "WHERE tasks.version = excluded.version "
+    "RETURNING uuid, version"
+)
 _UPDATE_WORKERS = _update("workers", "aiocelev_workers_in", WORKER_COLUMNS, "hostname")
 
 
@@ -298,11 +320,15 @@ class PostgresStore(EventStore):
             await pool.release(conn)
         conn = await pool.acquire()
         try:
-            for temp, table in (("aiocelev_tasks_in", "tasks"), ("aiocelev_workers_in", "workers")):
-                await conn.execute(
-                    f"CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {table} INCLUDING DEFAULTS) "
-                    "ON COMMIT DELETE ROWS"
-                )
+            # The columns of the rows, no constraint: a new task has no version yet.
+            await conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS aiocelev_tasks_in ON COMMIT DELETE ROWS AS "
+                f"SELECT {', '.join(_TASK_IN)} FROM tasks WITH NO DATA"
+            )
+            await conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS aiocelev_workers_in "
+                "(LIKE workers INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
             await conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS aiocelev_events_in (LIKE events) "
                 "ON COMMIT DELETE ROWS"
@@ -335,27 +361,12 @@ class PostgresStore(EventStore):
                     await self._need_pool().release(conn)
 
     async def _write_batch(self, conn: Any, batch: Batch, broker: str | None) -> tuple[int, int]:
+        cache = self._cache
+        versions: dict[str, int] = {}
         async with conn.transaction():
-            tasks: list[dict[str, Any]] = []
             workers: list[Mapping[str, Any]] = []
-            if batch.uuids:
-                # Placeholders for new tasks (in key order: no deadlock between writers);
-                # only the rows that existed before need reading back.
-                created = await conn.fetch(
-                    "INSERT INTO tasks (uuid) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING "
-                    "RETURNING uuid",
-                    batch.uuids,
-                )
-                if len(created) < len(batch.uuids):
-                    new = {r["uuid"] for r in created}
-                    old = [u for u in batch.uuids if u not in new]
-                    rows = await conn.fetch(
-                        f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks "
-                        "WHERE uuid = ANY($1::text[]) ORDER BY uuid FOR UPDATE",
-                        old,
-                    )
-                    tasks = [task_dict(r) for r in rows]
             if batch.hosts:
+                # Worker rows are few: placeholders, then locked and read back (key order).
                 await conn.execute(
                     "INSERT INTO workers (hostname) SELECT unnest($1::text[]) "
                     "ON CONFLICT DO NOTHING",
@@ -366,12 +377,23 @@ class PostgresStore(EventStore):
                     "WHERE hostname = ANY($1::text[]) ORDER BY hostname FOR UPDATE",
                     batch.hosts,
                 )
-            task_rows, worker_rows = batch.reduce(tasks, workers, broker)
+            misses = cache.misses(batch)
+            tasks: list[Mapping[str, Any]] = []
+            if misses:
+                # Not locked: the version check below catches a row changed meanwhile.
+                tasks = await conn.fetch(_SELECT_TASKS, misses)
+            task_rows, expected, worker_rows = batch.reduce(cache, tasks, workers, broker)
             if task_rows:
+                token = secrets.randbits(63)
                 await conn.copy_records_to_table(
-                    "aiocelev_tasks_in", records=task_rows, columns=TASK_COLUMNS
+                    "aiocelev_tasks_in",
+                    records=[(*r, v) for r, v in zip(task_rows, expected, strict=True)],
+                    columns=_TASK_IN,
                 )
-                await conn.execute(_UPDATE_TASKS)
+                written = await conn.fetch(_UPSERT_TASKS, token)
+                versions = {r[0]: r[1] for r in written}
+                if len(versions) < len(task_rows):
+                    self._conflicts += await self._rewrite(conn, batch, broker, versions, task_rows)
             if worker_rows:
                 await conn.copy_records_to_table(
                     "aiocelev_workers_in",
@@ -386,7 +408,33 @@ class PostgresStore(EventStore):
                 await conn.execute(
                     "INSERT INTO events SELECT * FROM aiocelev_events_in ON CONFLICT DO NOTHING"
                 )
+        cache.commit(batch, versions, broker)
         return len(task_rows), len(worker_rows)
+
+    @staticmethod
+    async def _rewrite(
+        conn: Any,
+        batch: Batch,
+        broker: str | None,
+        versions: Mapping[str, int],
+        task_rows: list[tuple[Any, ...]],
+    ) -> int:
+        """Rows another writer changed since they were read: replay the batch over them.
+
+        The upsert left them locked: read them again and write the batch's
+        events over what they hold now, under a version of their own (a batch
+        built on the stale copy fails its check in turn).
+        """
+        stale = [r[0] for r in task_rows if r[0] not in versions]
+        rows = await conn.fetch(_SELECT_TASKS, stale)
+        redo = batch.replay(stale, rows, broker)
+        token = secrets.randbits(63)
+        await conn.execute("DELETE FROM aiocelev_tasks_in")
+        await conn.copy_records_to_table(
+            "aiocelev_tasks_in", records=[(*r, token) for r in redo], columns=_TASK_IN
+        )
+        await conn.execute(_UPDATE_TASKS)
+        return len(stale)
 
     async def _execute(self, sql: str, params: Sequence[Any]) -> int:
         pool = self._need_pool()
@@ -395,6 +443,9 @@ class PostgresStore(EventStore):
                 status: str = await conn.execute(_numbered(sql), *params)
         except _errors() as exc:
             raise _translate(exc, "writing") from exc
+        finally:
+            # Retention deletes rows the cache may hold.
+            self._cache.clear()
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 

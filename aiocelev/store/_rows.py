@@ -1,9 +1,11 @@
 """Task and worker rows: built by replaying events over what is stored.
 
-A batch of events is applied by a throw-away :class:`~aiocelev.ClusterState`
-seeded with the stored rows of the tasks and workers it touches, so the store
-follows exactly the reducer's rules (Celery's precedence for out-of-order
-events, field merges, worker counters): the rules live in one place.
+A batch of events is applied by a :class:`~aiocelev.ClusterState` holding the
+stored rows of the tasks and workers it touches, so the store follows exactly
+the reducer's rules (Celery's precedence for out-of-order events, field merges,
+worker counters): the rules live in one place.  That state is the writer's
+:class:`RowCache` of the rows it wrote last: only the tasks it does not hold
+(or no longer trusts) are read back.
 
 Rows keep every value in typed columns when it fits; a value that does not
 (a string with NUL bytes or lone surrogates, a non-string ``result``, an
@@ -290,8 +292,83 @@ def seed_worker(state: ClusterState, row: Mapping[str, Any]) -> WorkerState:
     return w
 
 
-def _fields(event: Event | Mapping[str, Any]) -> Mapping[str, Any]:
-    return event._fields if isinstance(event, Event) else event
+#: Tasks a writer keeps in its :class:`RowCache` by default.
+CACHE_TASKS = 20_000
+
+
+class RowCache:
+    """The task rows a writer wrote last, kept in a long-lived :class:`~aiocelev.ClusterState`.
+
+    A batch touching tasks of the cache replays its events over the cached
+    tasks instead of reading their rows back.  Each cached task carries the
+    ``version`` of the row it was written as (PostgreSQL: the row's version
+    column, checked when the row is written again; SQLite: unused, the whole
+    cache is dropped when another connection committed) and the row's
+    ``broker``.  Worker rows are few: they are read back with every batch.
+
+    The cache never evicts in the middle of a batch: when a batch would not fit,
+    it starts afresh first.  A batch that fails leaves it untrustworthy, so the
+    store clears it.
+    """
+
+    __slots__ = ("max_tasks", "meta", "state")
+
+    def __init__(self, max_tasks: int = CACHE_TASKS) -> None:
+        self.max_tasks = max(1, max_tasks)
+        self.state = self._new_state(self.max_tasks, 0)
+        #: Row key -> (version, broker) of every cached task.
+        self.meta: dict[str, tuple[int, str | None]] = {}
+
+    @staticmethod
+    def _new_state(tasks: int, workers: int) -> ClusterState:
+        return ClusterState(max_tasks=tasks + 1, max_workers=max(workers, 5_000) + 1)
+
+    def clear(self) -> None:
+        """Forget every cached task (their rows are read back when next touched)."""
+        if self.meta or self.state.tasks or self.state.workers:
+            self.state = self._new_state(self.max_tasks, 0)
+            self.meta.clear()
+
+    def make_room(self, batch: Batch) -> None:
+        """Start afresh unless *batch* fits without evicting anything."""
+        state = self.state
+        tasks, workers = len(batch.keys), len(batch.hosts)
+        if (
+            len(state.tasks) + tasks > state.max_tasks
+            or len(state.workers) + workers > state.max_workers
+        ):
+            self.state = self._new_state(max(self.max_tasks, tasks), workers)
+            self.meta.clear()
+
+    def misses(self, batch: Batch) -> list[str]:
+        """Keys of the tasks of *batch* that are not cached, sorted."""
+        meta, tasks = self.meta, self.state.tasks
+        return sorted(
+            {key for raw, key in batch.keys.items() if key not in meta or raw not in tasks}
+        )
+
+    def commit(self, batch: Batch, versions: Mapping[str, int], broker: str | None) -> None:
+        """Record the versions of the rows a batch wrote (after its commit).
+
+        A task of *batch* without a version (its row was written by someone else
+        meanwhile) is forgotten: it is read back when next touched.
+        """
+        meta = self.meta
+        for key in batch.uuids:
+            version = versions.get(key)
+            if version is None:
+                meta.pop(key, None)
+            else:
+                old = meta.get(key)
+                meta[key] = (version, (old[1] if old is not None else None) or broker)
+
+
+#: Every field of a task that is not set yet (a stale cached task made new again).
+_BLANK = dict.fromkeys((
+    "name", "worker", "parent_id", "extra", "client", "args", "kwargs", "result", "exception",
+    "traceback", "runtime", "retries", "eta", "expires", "root_id", "queue", "exchange",
+    "routing_key", *TIME_FIELDS, "timestamp", "clock",
+))  # fmt: skip
 
 
 class Batch:
@@ -300,70 +377,149 @@ class Batch:
     :param events: :class:`~aiocelev.Event` objects or wire dicts, in arrival order.
     """
 
-    __slots__ = ("events", "hosts", "ignored", "uuids")
+    __slots__ = ("events", "hosts", "ignored", "keys", "raw_hosts", "uuids")
 
     def __init__(self, events: Iterable[Event | Mapping[str, Any]]) -> None:
         self.events: list[Mapping[str, Any]] = []
         uuids: set[str] = set()
         hosts: set[str] = set()
         ignored = 0
+        append = self.events.append
         for event in events:
-            f = _fields(event)
+            f = event._fields if isinstance(event, Event) else event
             type_ = f.get("type")
             if type(type_) is not str:
                 ignored += 1
                 continue
-            self.events.append(f)
+            append(f)
             hostname = f.get("hostname")
             if type_.startswith("task-"):
                 uuid = f.get("uuid")
                 if type(uuid) is str:
-                    uuids.add(uuid if uuid.isascii() and "\x00" not in uuid else clean_text(uuid))
-                    if type_ != "task-sent" and type(hostname) is str and hostname not in hosts:
-                        hosts.add(clean_text(hostname))
+                    uuids.add(uuid)
+                    if type_ != "task-sent" and type(hostname) is str:
+                        hosts.add(hostname)
                 else:
                     ignored += 1
             elif type_.startswith("worker-") and type(hostname) is str:
-                hosts.add(clean_text(hostname))
-        #: Task ids touched, sorted (rows are locked in this order).
-        self.uuids: list[str] = sorted(uuids)
-        #: Worker hostnames touched, sorted.
-        self.hosts: list[str] = sorted(hosts)
+                hosts.add(hostname)
+        #: Task id as sent -> row key (NUL and lone surrogates replaced).
+        self.keys: dict[str, str] = {
+            u: u if u.isascii() and "\x00" not in u else clean_text(u) for u in uuids
+        }
+        #: Row keys of the tasks touched, sorted (rows are locked in this order).
+        self.uuids: list[str] = sorted(set(self.keys.values()))
+        #: Worker hostnames as sent.
+        self.raw_hosts: set[str] = hosts
+        #: Row keys of the workers touched, sorted.
+        self.hosts: list[str] = sorted({clean_text(h) for h in hosts})
         #: Events that can change no row (no type; a task event without a string uuid).
         self.ignored = ignored
 
     def reduce(
         self,
+        cache: RowCache,
         tasks: Sequence[Mapping[str, Any]],
         workers: Sequence[Mapping[str, Any]],
         broker: str | None,
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The new task and worker rows, given the stored ones the batch touches.
+    ) -> tuple[list[tuple[Any, ...]], list[int | None], list[tuple[Any, ...]]]:
+        """The new task and worker rows, replayed over *cache*.
 
-        *tasks* are :func:`task_dict` dicts, *workers* stored worker rows.
+        *tasks* are the stored rows (with ``version`` where the backend keeps
+        one) of the tasks of the batch the cache misses; a missed task without
+        a stored row is new.  *workers* are the stored rows of the batch's
+        workers.  Returns the task rows (sorted by key), the version each task
+        row had when read (``None``: none stored) and the worker rows.
         """
-        state = ClusterState(
-            max_tasks=len(self.uuids) + len(tasks) + 1,
-            max_workers=len(self.hosts) + len(workers) + 1,
-        )
-        brokers: dict[str, str | None] = {}
-        for d in tasks:
-            seed_task(state, d)
-            brokers[d["uuid"]] = d.get("broker")
+        cache.make_room(self)
+        state, meta = cache.state, cache.meta
+        restore = state.restore_task
+        read: set[str] = set()
+        for row in tasks:
+            key = row["uuid"]
+            read.add(key)
+            restore(task_dict(row))
+            meta[key] = (int(_version(row) or 0), row["broker"])
+        expected: dict[str, int | None] = {}
+        cached = state.tasks
+        for raw, key in self.keys.items():
+            entry = meta.get(key)
+            if key in read and entry is not None:
+                expected[key] = entry[0]
+            elif entry is None or raw not in cached:
+                # No stored row: the task is new to the database (a cached leftover too).
+                meta.pop(key, None)
+                if raw in cached:
+                    restore({"uuid": raw, "state": "PENDING", **_BLANK})
+                expected[key] = None
+            else:
+                expected[key] = entry[0]
         wbrokers: dict[str, str | None] = {}
         for row in workers:
             w = seed_worker(state, row)
             wbrokers[w.hostname] = row["broker"]
-        apply = state.apply
-        for f in self.events:
-            apply(f)
-        task_rows = [
-            task_row(t, brokers.get(uuid) or broker) for uuid, t in sorted(state.tasks.items())
-        ]
-        worker_rows = [
-            worker_row(w, wbrokers.get(host) or broker) for host, w in sorted(state.workers.items())
-        ]
-        return task_rows, worker_rows
+        state.apply_many(self.events)
+        cached = state.tasks
+        pairs = sorted(
+            (
+                (
+                    task_row(cached[raw], (meta[key][1] if key in meta else None) or broker),
+                    expected[key],
+                )
+                for raw, key in self.keys.items()
+                if raw in cached
+            ),
+            key=_first_key,
+        )
+        task_rows = [p[0] for p in pairs]
+        versions = [p[1] for p in pairs]
+        found = state.workers
+        worker_rows = sorted(
+            (
+                worker_row(found[host], wbrokers.get(host) or broker)
+                for host in self.raw_hosts
+                if host in found
+            ),
+            key=_key,
+        )
+        return task_rows, versions, worker_rows
+
+    def replay(
+        self, keys: Iterable[str], tasks: Sequence[Mapping[str, Any]], broker: str | None
+    ) -> list[tuple[Any, ...]]:
+        """The rows of the tasks *keys* of the batch, replayed over their stored rows
+        *tasks* in a throw-away state (worker rows are not rebuilt)."""
+        wanted = set(keys)
+        raws = {raw for raw, key in self.keys.items() if key in wanted}
+        state = ClusterState(max_tasks=len(raws) + 1, max_workers=len(self.hosts) + 1)
+        brokers: dict[str, str | None] = {}
+        for row in tasks:
+            d = task_dict(row)
+            state.restore_task(d)
+            brokers[d["uuid"]] = row["broker"]
+        state.apply_many(
+            f for f in self.events if f["type"].startswith("task-") and f.get("uuid") in raws
+        )
+        found = state.tasks
+        return sorted(
+            (task_row(found[raw], brokers.get(raw) or broker) for raw in raws if raw in found),
+            key=_key,
+        )
+
+
+def _key(row: tuple[Any, ...]) -> Any:
+    return row[0]
+
+
+def _first_key(pair: tuple[tuple[Any, ...], Any]) -> Any:
+    return pair[0][0]
+
+
+def _version(row: Mapping[str, Any]) -> Any:
+    try:
+        return row["version"]
+    except (KeyError, IndexError):
+        return None
 
 
 def event_key(f: Mapping[str, Any]) -> str:

@@ -2,9 +2,11 @@
 
 One connection writes and one reads, each used by one thread at a time (a
 capacity limiter of one), so a dashboard reads while a batch is being written.
-A write is one ``BEGIN IMMEDIATE`` transaction: the rows it touches are read,
-replayed with the batch and written back before anyone else may write, which
-also makes several processes writing one file safe.  Text search is an FTS5
+A write is one ``BEGIN IMMEDIATE`` transaction: the batch is replayed over the
+writer's cache of the rows it wrote last (the rows it does not hold are read)
+and written back before anyone else may write.  When another connection
+committed since the last batch (``PRAGMA data_version``), the cache is dropped
+and every row read again, which keeps several processes writing one file safe.  Text search is an FTS5
 trigram index over ``args``, ``kwargs``, ``result`` and ``exception`` of the
 finished tasks, kept in step by triggers (a task is indexed once, when it
 finishes); the unfinished ones are few and scanned.
@@ -24,7 +26,7 @@ import anyio.to_thread
 from .._exceptions import ConfigurationError, StoreConnectionError, StoreError
 from ._base import EventStore, Where, _escape_like
 from ._filter import Term
-from ._rows import TASK_COLUMNS, TEXT_FIELDS, WORKER_COLUMNS, Batch, event_row, task_dict
+from ._rows import TASK_COLUMNS, TEXT_FIELDS, WORKER_COLUMNS, Batch, event_row
 
 __all__ = ["SQLiteStore"]
 
@@ -180,6 +182,7 @@ class SQLiteStore(EventStore):
         self._wlimiter = anyio.CapacityLimiter(1)
         self._rlimiter = self._wlimiter if self._memory else anyio.CapacityLimiter(1)
         self._version = 0
+        self._data_version: int | None = None
 
     @property
     def schema_version(self) -> int:
@@ -283,25 +286,41 @@ class SQLiteStore(EventStore):
     def _write_sync(
         self, con: sqlite3.Connection, batch: Batch, broker: str | None
     ) -> tuple[int, int]:
+        cache = self._cache
         con.execute("BEGIN IMMEDIATE")
         try:
-            tasks = [task_dict(r) for r in _select(con, _SELECT_TASKS, batch.uuids)]
+            version = con.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version:
+                # Another connection committed since our last batch: trust no cached row.
+                if cache.meta:
+                    self._conflicts += 1
+                cache.clear()
+            tasks = _select(con, _SELECT_TASKS, cache.misses(batch))
             workers = _select(con, _SELECT_WORKERS, batch.hosts)
-            task_rows, worker_rows = batch.reduce(tasks, workers, broker)
+            task_rows, _, worker_rows = batch.reduce(cache, tasks, workers, broker)
             con.executemany(_UPSERT_TASKS, task_rows)
             con.executemany(_UPSERT_WORKERS, worker_rows)
             if self.event_log:
                 con.executemany(_INSERT_EVENTS, [event_row(f) for f in batch.events])
             con.execute("COMMIT")
         except BaseException:
+            cache.clear()
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
+        self._data_version = version
+        cache.commit(batch, dict.fromkeys(batch.uuids, 0), broker)
         return len(task_rows), len(worker_rows)
 
     async def _execute(self, sql: str, params: Sequence[Any]) -> int:
         con = self._con(self._writer)
-        return await self._run(self._wlimiter, lambda: con.execute(sql, params).rowcount, "writing")
+
+        def execute() -> int:
+            # Retention deletes rows the cache may hold.
+            self._cache.clear()
+            return int(con.execute(sql, params).rowcount)
+
+        return await self._run(self._wlimiter, execute, "writing")
 
     # -- reading ------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import sys
 from typing import Any
 
 import anyio
@@ -33,12 +34,17 @@ async def all_tasks(store: EventStore, flt: Any = None, limit: int = 37) -> list
             return out
 
 
+def latest_schema(store: EventStore) -> int:
+    version: int = sys.modules[type(store).__module__].SCHEMA_VERSION
+    return version
+
+
 async def test_schema_is_versioned_and_reopening_keeps_the_data(store_url: str) -> None:
     async with open_store(store_url) as store:
-        assert store.schema_version == 1
+        assert store.schema_version == latest_schema(store) >= 1
         await store.write(lifecycle("t1", "SUCCESS", 10.0))
     async with open_store(store_url) as store:
-        assert store.schema_version == 1
+        assert store.schema_version == latest_schema(store)
         task = await store.get("t1")
         assert task is not None and task["state"] == "SUCCESS" and task["result"] == "3"
 
@@ -110,6 +116,55 @@ async def test_hostile_values_are_stored_and_returned_intact(store: EventStore) 
     hosts = {w["hostname"] for w in await store.workers()}
     assert "host\x00\udcff@x" in hosts
     assert store.statistics().rejected == {}
+
+
+async def test_writers_taking_turns_on_one_database_lose_no_update(store_url: str) -> None:
+    """Each writer caches the rows it wrote; the other one's writes make them stale."""
+    events: list[dict[str, Any]] = []
+    for i, outcome in enumerate(["SUCCESS", "FAILURE", "RETRY", "REVOKED", "PROGRESS"] * 6):
+        events += lifecycle(f"turn-{i}", outcome, 10.0 + i, args=f"({i},)")
+    random.Random(5).shuffle(events)
+    async with open_store(store_url) as a, open_store(store_url) as b:
+        for n, start in enumerate(range(0, len(events), 7)):
+            await (a, b)[n % 2].write(events[start : start + 7])
+        assert a.statistics().conflicts > 0 and b.statistics().conflicts > 0
+        state = expected(events)
+        for uuid, t in state.tasks.items():
+            stored = await a.get(uuid)
+            assert stored is not None and comparable(stored) == comparable(t.to_dict()), uuid
+
+
+async def test_concurrent_writers_on_one_database_lose_no_update(store_url: str) -> None:
+    """Two writers at once on the same tasks: one sends what the workers received,
+    the other how the tasks ended; every row ends with both (in either commit order)."""
+    received = [
+        ev("task-received", f"both-{i}", 1.0 + i, name="proj.add", args=f"({i},)", kwargs="{}")
+        for i in range(300)
+    ]
+    ended = [ev("task-succeeded", f"both-{i}", 2.0 + i, result=str(i)) for i in range(300)]
+    want = expected(received + ended)
+    assert {u: t.to_dict() for u, t in expected(ended + received).tasks.items()} == {
+        u: t.to_dict() for u, t in want.tasks.items()
+    }  # the outcome does not depend on the order
+
+    async def write(store: EventStore, events: list[dict[str, Any]]) -> None:
+        for start in range(0, len(events), 11):
+            await store.write(events[start : start + 11])
+            await anyio.sleep(0)
+
+    async with open_store(store_url) as a, open_store(store_url) as b:
+        # Both have every task cached at a version the other one will change.
+        await a.write(ev("task-sent", f"both-{i}", 0.5 + i) for i in range(300))
+        await b.write(ev("task-sent", f"both-{i}", 0.5 + i) for i in range(300))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write, a, received)
+            tg.start_soon(write, b, ended)
+        assert a.statistics().conflicts + b.statistics().conflicts > 0
+        for uuid, t in expected(
+            [ev("task-sent", f"both-{i}", 0.5 + i) for i in range(300)] + received + ended
+        ).tasks.items():
+            stored = await b.get(uuid)
+            assert stored is not None and comparable(stored) == comparable(t.to_dict()), uuid
 
 
 async def test_events_that_change_nothing_are_counted(store: EventStore) -> None:
@@ -250,6 +305,10 @@ async def test_retention_by_age_and_by_rows(store: EventStore) -> None:
     assert store.statistics().pruned == 210
     # Nothing more to do: idempotent.
     assert await store.prune(max_age=100, max_rows=40, now=1200.5) == 0
+    # A late event of a pruned task starts a row afresh (nothing cached survives retention).
+    await store.write([ev("task-started", "r-000", 2000.0)])
+    late = await store.get("r-000")
+    assert late is not None and late["state"] == "STARTED" and late["name"] is None
 
 
 async def test_raw_event_log_keeps_each_event_once(store_url: str) -> None:
@@ -273,6 +332,28 @@ async def test_cancelling_a_write_leaves_no_half_written_batch(store: EventStore
     assert await store.count() in (0, 3000)
     await store.write(lifecycle("after", "SUCCESS", 1.0))  # the store still works
     assert (await store.get("after")) is not None
+
+
+async def test_a_version_1_postgres_schema_is_migrated(postgres_url: str) -> None:
+    import asyncpg
+
+    from .conftest import POSTGRES_URL
+
+    schema = postgres_url.rsplit("schema=", 1)[1]
+    async with open_store(postgres_url) as store:
+        await store.write(lifecycle("old", "STARTED", 1.0)[:2])
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:  # as the first release left it
+        await conn.execute(f'ALTER TABLE "{schema}".tasks DROP COLUMN version')
+        await conn.execute(f"UPDATE \"{schema}\".aiocelev_meta SET value = '1'")
+    finally:
+        await conn.close()
+    async with open_store(postgres_url) as store:
+        assert store.schema_version == latest_schema(store) == 2
+        await store.write(lifecycle("old", "SUCCESS", 1.0)[2:])
+        await store.write(lifecycle("old", "SUCCESS", 1.0)[2:])
+        task = await store.get("old")
+        assert task is not None and task["state"] == "SUCCESS" and task["name"] == "proj.add"
 
 
 async def test_a_closed_store_raises_store_error(store_url: str) -> None:
