@@ -313,8 +313,8 @@ class RowCache:
 
     __slots__ = ("max_tasks", "meta", "state")
 
-    def __init__(self, max_tasks: int = CACHE_TASKS) -> None:
-        self.max_tasks = max(1, max_tasks)
+    def __init__(self, max_tasks: int | None = None) -> None:
+        self.max_tasks = max(1, CACHE_TASKS if max_tasks is None else max_tasks)
         self.state = self._new_state(self.max_tasks, 0)
         #: Row key -> (version, broker) of every cached task.
         self.meta: dict[str, tuple[int, str | None]] = {}
@@ -341,7 +341,9 @@ class RowCache:
             self.meta.clear()
 
     def misses(self, batch: Batch) -> list[str]:
-        """Keys of the tasks of *batch* that are not cached, sorted."""
+        """Keys of the tasks of *batch* that are not cached, sorted: the rows to read
+        before :meth:`Batch.reduce` (the cache first makes room for the batch)."""
+        self.make_room(batch)
         meta, tasks = self.meta, self.state.tasks
         return sorted(
             {key for raw, key in batch.keys.items() if key not in meta or raw not in tasks}
@@ -426,12 +428,12 @@ class Batch:
         """The new task and worker rows, replayed over *cache*.
 
         *tasks* are the stored rows (with ``version`` where the backend keeps
-        one) of the tasks of the batch the cache misses; a missed task without
+        one) of the tasks of the batch the cache misses (:meth:`RowCache.misses`,
+        called just before); a missed task without
         a stored row is new.  *workers* are the stored rows of the batch's
         workers.  Returns the task rows (sorted by key), the version each task
         row had when read (``None``: none stored) and the worker rows.
         """
-        cache.make_room(self)
         state, meta = cache.state, cache.meta
         restore = state.restore_task
         read: set[str] = set()

@@ -17,7 +17,7 @@ import pytest
 
 from aiocelev import ClusterState
 from aiocelev.dashboard._query import TaskQuery
-from aiocelev.store import EventStore, QueryError, StoreError, TaskFilter, open_store
+from aiocelev.store import EventStore, _rows, QueryError, StoreError, TaskFilter, open_store
 
 from ._events import comparable, ev, expected, lifecycle
 
@@ -116,6 +116,25 @@ async def test_hostile_values_are_stored_and_returned_intact(store: EventStore) 
     hosts = {w["hostname"] for w in await store.workers()}
     assert "host\x00\udcff@x" in hosts
     assert store.statistics().rejected == {}
+
+
+async def test_a_writer_whose_cache_overflows_reads_back_what_it_dropped(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_rows, "CACHE_TASKS", 40)
+    events: list[dict[str, Any]] = []
+    for i in range(300):
+        events += lifecycle(f"over-{i}", "SUCCESS" if i % 3 else "RETRY", 10.0 + i)
+    # Each task's events over several batches, many tasks per batch.
+    events.sort(key=lambda e: (e["timestamp"] // 4, e["type"]))
+    async with open_store(store_url) as store:
+        for start in range(0, len(events), 50):
+            await store.write(events[start : start + 50])
+        assert store.statistics().conflicts == 0  # nobody else wrote
+        state = expected(events)
+        for uuid, t in state.tasks.items():
+            stored = await store.get(uuid)
+            assert stored is not None and comparable(stored) == comparable(t.to_dict()), uuid
 
 
 async def test_writers_taking_turns_on_one_database_lose_no_update(store_url: str) -> None:
