@@ -17,7 +17,7 @@ import pytest
 
 from aiocelev import ClusterState
 from aiocelev.dashboard._query import TaskQuery
-from aiocelev.store import EventStore, _rows, QueryError, StoreError, TaskFilter, open_store
+from aiocelev.store import EventStore, QueryError, StoreError, TaskFilter, _rows, open_store
 
 from ._events import comparable, ev, expected, lifecycle
 
