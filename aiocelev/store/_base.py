@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import base64
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +22,7 @@ from ._filter import SEARCH_FIELDS, QueryError, TaskFilter, Term
 from ._rows import (
     TASK_COLUMNS,
     Batch,
+    Prepared,
     RowCache,
     clean_text,
     dumps,
@@ -132,6 +134,8 @@ class EventStore(abc.ABC):
         self._rejected: Counter[str] = Counter()
         #: The rows this store wrote last (see :class:`~aiocelev.store._rows.RowCache`).
         self._cache = RowCache()
+        #: Held while a batch is replayed over the cache.
+        self._cache_lock = anyio.Lock()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -181,18 +185,79 @@ class EventStore(abc.ABC):
         """
         batch = Batch(events)
         if batch.events:
-            try:
-                tasks, workers = await self._write(batch, broker)
-            except BaseException:
-                # The cache may hold what was not committed.
-                self._cache.clear()
-                raise
-            self._events += len(batch.events)
-            self._batches += 1
-            self._tasks_written += tasks
-            self._workers_written += workers
-        self._ignored += batch.ignored
+            await self.write_prepared(await self.prepare(batch, broker, settled=True))
+        else:
+            self._ignored += batch.ignored
         return len(batch.events)
+
+    async def prepare(
+        self,
+        events: Batch | Iterable[Event | Mapping[str, Any]],
+        broker: str | None = None,
+        *,
+        settled: bool = False,
+    ) -> Prepared:
+        """Replay *events* over the rows this store wrote last (reading the others):
+        the rows :meth:`write_prepared` will write.
+
+        Prepared batches are written in the order they were prepared; the next
+        batch may be prepared while the previous one is being written
+        (:class:`StoreWriter` does).  *settled*: no batch prepared before is
+        still unwritten.
+        """
+        batch = events if isinstance(events, Batch) else Batch(events)
+        async with self._cache_lock:
+            try:
+                while True:
+                    cache = self._cache
+                    if not settled and cache.needs_room(batch):
+                        # Rows of batches before it, not written yet, would be read back
+                        # from the database: it is prepared when it is written instead.
+                        return Prepared(batch, broker, -1, 0)
+                    task_keys, host_keys = cache.misses(batch)
+                    epoch = cache.epoch
+                    tasks, workers = await self._read_rows(task_keys, host_keys)
+                    if cache.epoch == epoch:
+                        break  # else dropped meanwhile: what was missing is not known
+                prepared = Prepared(batch, broker, epoch, secrets.randbits(63))
+                for _ in batch.steps(cache, tasks, workers, prepared):
+                    await anyio.lowlevel.checkpoint()
+            except BaseException:
+                cache.clear()
+                raise
+        return prepared
+
+    def is_current(self, prepared: Prepared) -> bool:
+        """Whether *prepared* was prepared over the cache as it still is (not dropped
+        since).  A batch that is not is prepared again when it is written, and the
+        next one should be prepared only after that (:class:`StoreWriter` waits)."""
+        return prepared.epoch == self._cache.epoch
+
+    async def write_prepared(self, prepared: Prepared) -> None:
+        """Write a batch from :meth:`prepare` in one transaction (prepared again first
+        if what it was prepared over is no longer trusted)."""
+        batch = prepared.batch
+        try:
+            tasks, workers = await self._write(prepared)
+        except BaseException:
+            # The cache may hold what was not committed.
+            self._cache.clear()
+            raise
+        self._events += len(batch.events)
+        self._batches += 1
+        self._tasks_written += tasks
+        self._workers_written += workers
+        self._ignored += batch.ignored
+
+    async def _prepare_again(self, prepared: Prepared) -> Prepared:
+        """*prepared* replayed again over the cache as it is now (its predecessors written)."""
+        return await self.prepare(prepared.batch, prepared.broker, settled=True)
+
+    @abc.abstractmethod
+    async def _read_rows(
+        self, uuids: Sequence[str], hosts: Sequence[str]
+    ) -> tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]:
+        """The stored task rows *uuids* and worker rows *hosts* (with their version)."""
 
     def count_rejected(self, reason: str, n: int = 1) -> None:
         """Count *n* events refused by the database for *reason* (used by the writer)."""
@@ -212,8 +277,8 @@ class EventStore(abc.ABC):
         )
 
     @abc.abstractmethod
-    async def _write(self, batch: Batch, broker: str | None) -> tuple[int, int]:
-        """Apply *batch* in one transaction; ``(task rows, worker rows)`` written."""
+    async def _write(self, prepared: Prepared) -> tuple[int, int]:
+        """Write *prepared* in one transaction; ``(task rows, worker rows)`` written."""
 
     # -- reading ----------------------------------------------------------------
 

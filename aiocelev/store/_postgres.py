@@ -44,7 +44,7 @@ from ._rows import (
     TEXT_FIELDS,
     TIME_FIELDS,
     WORKER_COLUMNS,
-    Batch,
+    Prepared,
     event_row,
 )
 
@@ -109,6 +109,7 @@ SCHEMA_V2 = [
     # A row's version: a random number per writing transaction, checked by the
     # next writer so that rows need no reading back while nobody else wrote them.
     "ALTER TABLE tasks ADD COLUMN version bigint NOT NULL DEFAULT 0",
+    "ALTER TABLE workers ADD COLUMN version bigint NOT NULL DEFAULT 0",
 ]
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -132,20 +133,29 @@ def _update(table: str, temp: str, columns: Sequence[str], key: str) -> str:
 
 
 _TASK_IN = (*TASK_COLUMNS, "version")
+_WORKER_IN = (*WORKER_COLUMNS, "version")
 _UPDATE_TASKS = _update("tasks", "aiocelev_tasks_in", _TASK_IN, "uuid")
+_UPDATE_WORKERS = _update("workers", "aiocelev_workers_in", _WORKER_IN, "hostname")
 _SELECT_TASKS = f"SELECT {', '.join(_TASK_IN)} FROM tasks WHERE uuid = ANY($1::text[])"
-# New rows and rows still at the version they were read at (or written at) are
-# written; the others (another writer was there) are left locked, not returned.
-_UPSERT_TASKS = (
-    f"INSERT INTO tasks ({', '.join(_TASK_IN)}) "
-    f"SELECT {', '.join(TASK_COLUMNS)}, coalesce(version, $1) FROM aiocelev_tasks_in "
-    "ORDER BY uuid "
-    f"ON CONFLICT (uuid) DO UPDATE SET ({', '.join(TASK_COLUMNS[1:])}, version) = "
-    f"({', '.join('excluded.' + c for c in TASK_COLUMNS[1:])}, $1) "
-    "WHERE tasks.version = excluded.version "
-    "RETURNING uuid, version"
-)
-_UPDATE_WORKERS = _update("workers", "aiocelev_workers_in", WORKER_COLUMNS, "hostname")
+_SELECT_WORKERS = f"SELECT {', '.join(_WORKER_IN)} FROM workers WHERE hostname = ANY($1::text[])"
+
+
+def _upsert(table: str, temp: str, columns: Sequence[str]) -> str:
+    # New rows and rows still at the version they were cached at are written; the
+    # others (another writer was there) are left locked, and not returned.
+    key, rest = columns[0], columns[1:]
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}, version) "
+        f"SELECT {', '.join(columns)}, coalesce(version, $1) FROM {temp} ORDER BY {key} "
+        f"ON CONFLICT ({key}) DO UPDATE SET ({', '.join(rest)}, version) = "
+        f"({', '.join('excluded.' + c for c in rest)}, $1) "
+        f"WHERE {table}.version = excluded.version "
+        f"RETURNING {key}, version"
+    )
+
+
+_UPSERT_TASKS = _upsert("tasks", "aiocelev_tasks_in", TASK_COLUMNS)
+_UPSERT_WORKERS = _upsert("workers", "aiocelev_workers_in", WORKER_COLUMNS)
 
 
 def _translate(exc: BaseException, doing: str) -> StoreError:
@@ -326,8 +336,8 @@ class PostgresStore(EventStore):
                 f"SELECT {', '.join(_TASK_IN)} FROM tasks WITH NO DATA"
             )
             await conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS aiocelev_workers_in "
-                "(LIKE workers INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                "CREATE TEMP TABLE IF NOT EXISTS aiocelev_workers_in ON COMMIT DELETE ROWS AS "
+                f"SELECT {', '.join(_WORKER_IN)} FROM workers WITH NO DATA"
             )
             await conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS aiocelev_events_in (LIKE events) "
@@ -341,12 +351,29 @@ class PostgresStore(EventStore):
 
     # -- writing ----------------------------------------------------------------
 
-    async def _write(self, batch: Batch, broker: str | None) -> tuple[int, int]:
+    async def _read_rows(
+        self, uuids: Sequence[str], hosts: Sequence[str]
+    ) -> tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]:
+        # Not locked: the version check of the write catches a row changed meanwhile.
+        if not uuids and not hosts:
+            return [], []
+        pool = self._need_pool()
+        try:
+            async with pool.acquire() as conn:
+                tasks = await conn.fetch(_SELECT_TASKS, uuids) if uuids else []
+                workers = await conn.fetch(_SELECT_WORKERS, hosts) if hosts else []
+        except _errors() as exc:
+            raise _translate(exc, "reading rows") from exc
+        return tasks, workers
+
+    async def _write(self, prepared: Prepared) -> tuple[int, int]:
+        if prepared.epoch != self._cache.epoch:
+            prepared = await self._prepare_again(prepared)
         done = False
         conn = None
         try:
             conn = await self._writer()
-            result = await self._write_batch(conn, batch, broker)
+            result = await self._write_batch(conn, prepared)
             done = True
             return result
         except _errors() as exc:
@@ -360,81 +387,77 @@ class PostgresStore(EventStore):
                 with anyio.CancelScope(shield=True):
                     await self._need_pool().release(conn)
 
-    async def _write_batch(self, conn: Any, batch: Batch, broker: str | None) -> tuple[int, int]:
-        cache = self._cache
+    async def _write_batch(self, conn: Any, prepared: Prepared) -> tuple[int, int]:
+        token = prepared.token
+        task_rows, worker_rows = prepared.task_rows, prepared.worker_rows
         versions: dict[str, int] = {}
+        wversions: dict[str, int] = {}
         async with conn.transaction():
-            workers: list[Mapping[str, Any]] = []
-            if batch.hosts:
-                # Worker rows are few: placeholders, then locked and read back (key order).
-                await conn.execute(
-                    "INSERT INTO workers (hostname) SELECT unnest($1::text[]) "
-                    "ON CONFLICT DO NOTHING",
-                    batch.hosts,
-                )
-                workers = await conn.fetch(
-                    f"SELECT {', '.join(WORKER_COLUMNS)} FROM workers "
-                    "WHERE hostname = ANY($1::text[]) ORDER BY hostname FOR UPDATE",
-                    batch.hosts,
-                )
-            misses = cache.misses(batch)
-            tasks: list[Mapping[str, Any]] = []
-            if misses:
-                # Not locked: the version check below catches a row changed meanwhile.
-                tasks = await conn.fetch(_SELECT_TASKS, misses)
-            task_rows, expected, worker_rows = batch.reduce(cache, tasks, workers, broker)
-            if task_rows:
-                token = secrets.randbits(63)
-                await conn.copy_records_to_table(
-                    "aiocelev_tasks_in",
-                    records=[(*r, v) for r, v in zip(task_rows, expected, strict=True)],
-                    columns=_TASK_IN,
-                )
-                written = await conn.fetch(_UPSERT_TASKS, token)
-                versions = {r[0]: r[1] for r in written}
-                if len(versions) < len(task_rows):
-                    self._conflicts += await self._rewrite(conn, batch, broker, versions, task_rows)
+            # Workers first, then tasks, each in key order: no deadlock between writers.
             if worker_rows:
                 await conn.copy_records_to_table(
                     "aiocelev_workers_in",
-                    records=[_worker_record(r) for r in worker_rows],
-                    columns=WORKER_COLUMNS,
+                    records=[
+                        _worker_record(r, v)
+                        for r, v in zip(worker_rows, prepared.worker_expected, strict=True)
+                    ],
+                    columns=_WORKER_IN,
                 )
-                await conn.execute(_UPDATE_WORKERS)
+                wversions = {r[0]: r[1] for r in await conn.fetch(_UPSERT_WORKERS, token)}
+            if task_rows:
+                await conn.copy_records_to_table(
+                    "aiocelev_tasks_in",
+                    records=[
+                        (*r, v) for r, v in zip(task_rows, prepared.task_expected, strict=True)
+                    ],
+                    columns=_TASK_IN,
+                )
+                versions = {r[0]: r[1] for r in await conn.fetch(_UPSERT_TASKS, token)}
+            if len(versions) < len(task_rows) or len(wversions) < len(worker_rows):
+                self._conflicts += await self._rewrite(conn, prepared, versions, wversions)
             if self.event_log:
                 await conn.copy_records_to_table(
-                    "aiocelev_events_in", records=[event_row(f) for f in batch.events]
+                    "aiocelev_events_in", records=[event_row(f) for f in prepared.batch.events]
                 )
                 await conn.execute(
                     "INSERT INTO events SELECT * FROM aiocelev_events_in ON CONFLICT DO NOTHING"
                 )
-        cache.commit(batch, versions, broker)
+        self._cache.settle(prepared, versions, wversions)
         return len(task_rows), len(worker_rows)
 
     @staticmethod
     async def _rewrite(
-        conn: Any,
-        batch: Batch,
-        broker: str | None,
-        versions: Mapping[str, int],
-        task_rows: list[tuple[Any, ...]],
+        conn: Any, prepared: Prepared, versions: Mapping[str, int], wversions: Mapping[str, int]
     ) -> int:
-        """Rows another writer changed since they were read: replay the batch over them.
+        """Rows another writer changed since they were cached: replay the batch over them.
 
         The upsert left them locked: read them again and write the batch's
         events over what they hold now, under a version of their own (a batch
-        built on the stale copy fails its check in turn).
+        prepared over the stale copy fails its check in turn).
         """
-        stale = [r[0] for r in task_rows if r[0] not in versions]
-        rows = await conn.fetch(_SELECT_TASKS, stale)
-        redo = batch.replay(stale, rows, broker)
-        token = secrets.randbits(63)
-        await conn.execute("DELETE FROM aiocelev_tasks_in")
-        await conn.copy_records_to_table(
-            "aiocelev_tasks_in", records=[(*r, token) for r in redo], columns=_TASK_IN
+        stale = [r[0] for r in prepared.task_rows if r[0] not in versions]
+        wstale = [r[0] for r in prepared.worker_rows if r[0] not in wversions]
+        tasks = await conn.fetch(_SELECT_TASKS, stale) if stale else []
+        workers = await conn.fetch(_SELECT_WORKERS, wstale) if wstale else []
+        task_rows, worker_rows = prepared.batch.replay(
+            stale, tasks, wstale, workers, prepared.broker
         )
-        await conn.execute(_UPDATE_TASKS)
-        return len(stale)
+        token = secrets.randbits(63)
+        if task_rows:
+            await conn.execute("DELETE FROM aiocelev_tasks_in")
+            await conn.copy_records_to_table(
+                "aiocelev_tasks_in", records=[(*r, token) for r in task_rows], columns=_TASK_IN
+            )
+            await conn.execute(_UPDATE_TASKS)
+        if worker_rows:
+            await conn.execute("DELETE FROM aiocelev_workers_in")
+            await conn.copy_records_to_table(
+                "aiocelev_workers_in",
+                records=[_worker_record(r, token) for r in worker_rows],
+                columns=_WORKER_IN,
+            )
+            await conn.execute(_UPDATE_WORKERS)
+        return len(stale) + len(wstale)
 
     async def _execute(self, sql: str, params: Sequence[Any]) -> int:
         pool = self._need_pool()
@@ -475,7 +498,7 @@ class PostgresStore(EventStore):
             where.add(f"search ILIKE ? ESCAPE '\\' AND {self._ilike(term.field)}", pattern, pattern)
 
 
-def _worker_record(row: tuple[Any, ...]) -> tuple[Any, ...]:
+def _worker_record(row: tuple[Any, ...], version: int | None) -> tuple[Any, ...]:
     hostname, broker, last_seen, last_heartbeat, count, offline, ts, raw = row
     return (
         hostname,
@@ -486,4 +509,5 @@ def _worker_record(row: tuple[Any, ...]) -> tuple[Any, ...]:
         offline,
         ts,
         raw,
+        version,
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -294,75 +294,134 @@ def seed_worker(state: ClusterState, row: Mapping[str, Any]) -> WorkerState:
 
 #: Tasks a writer keeps in its :class:`RowCache` by default.
 CACHE_TASKS = 20_000
+#: Events replayed between two checkpoints while a batch is prepared.
+_SLICE = 1_000
+
+_Rows = list[tuple[Any, ...]]
 
 
 class RowCache:
-    """The task rows a writer wrote last, kept in a long-lived :class:`~aiocelev.ClusterState`.
+    """The rows a writer wrote last, kept in a long-lived :class:`~aiocelev.ClusterState`.
 
-    A batch touching tasks of the cache replays its events over the cached
-    tasks instead of reading their rows back.  Each cached task carries the
-    ``version`` of the row it was written as (PostgreSQL: the row's version
-    column, checked when the row is written again; SQLite: unused, the whole
-    cache is dropped when another connection committed) and the row's
-    ``broker``.  Worker rows are few: they are read back with every batch.
+    A batch touching tasks and workers of the cache replays its events over
+    them instead of reading their rows back.  Each cached row carries the
+    ``version`` it was written with (PostgreSQL: the row's version column,
+    checked when the row is written again; SQLite: unused, the whole cache is
+    dropped when another connection committed) and the row's ``broker``.
 
     The cache never evicts in the middle of a batch: when a batch would not fit,
-    it starts afresh first.  A batch that fails leaves it untrustworthy, so the
-    store clears it.
+    it starts afresh first.  :meth:`clear` (a batch failed, retention deleted
+    rows, another connection wrote) starts a new ``epoch``: a batch prepared in
+    an older one is prepared again before it is written.
     """
 
-    __slots__ = ("max_tasks", "meta", "state")
+    __slots__ = ("epoch", "max_tasks", "meta", "state", "wmeta")
 
     def __init__(self, max_tasks: int | None = None) -> None:
         self.max_tasks = max(1, CACHE_TASKS if max_tasks is None else max_tasks)
         self.state = self._new_state(self.max_tasks, 0)
-        #: Row key -> (version, broker) of every cached task.
+        #: Task row key -> (version, broker) of every cached task.
         self.meta: dict[str, tuple[int, str | None]] = {}
+        #: Worker row key -> (version, broker) of every cached worker.
+        self.wmeta: dict[str, tuple[int, str | None]] = {}
+        #: Bumped by every :meth:`clear`.
+        self.epoch = 0
 
     @staticmethod
     def _new_state(tasks: int, workers: int) -> ClusterState:
         return ClusterState(max_tasks=tasks + 1, max_workers=max(workers, 5_000) + 1)
 
-    def clear(self) -> None:
-        """Forget every cached task (their rows are read back when next touched)."""
-        if self.meta or self.state.tasks or self.state.workers:
-            self.state = self._new_state(self.max_tasks, 0)
-            self.meta.clear()
+    def clear(self, tasks: int = 0, workers: int = 0) -> None:
+        """Forget every cached row (they are read back when next touched).
 
-    def make_room(self, batch: Batch) -> None:
-        """Start afresh unless *batch* fits without evicting anything."""
+        New containers: a batch being prepared over the old ones goes on
+        harmlessly, and is prepared again (its epoch is over).
+        """
+        self.state = self._new_state(max(self.max_tasks, tasks), workers)
+        self.meta = {}
+        self.wmeta = {}
+        self.epoch += 1
+
+    def needs_room(self, batch: Batch) -> bool:
+        """Whether *batch* fits only in a cache started afresh."""
         state = self.state
-        tasks, workers = len(batch.keys), len(batch.hosts)
-        if (
-            len(state.tasks) + tasks > state.max_tasks
-            or len(state.workers) + workers > state.max_workers
-        ):
-            self.state = self._new_state(max(self.max_tasks, tasks), workers)
-            self.meta.clear()
-
-    def misses(self, batch: Batch) -> list[str]:
-        """Keys of the tasks of *batch* that are not cached, sorted: the rows to read
-        before :meth:`Batch.reduce` (the cache first makes room for the batch)."""
-        self.make_room(batch)
-        meta, tasks = self.meta, self.state.tasks
-        return sorted(
-            {key for raw, key in batch.keys.items() if key not in meta or raw not in tasks}
+        return (
+            len(state.tasks) + len(batch.keys) > state.max_tasks
+            or len(state.workers) + len(batch.raw_hosts) > state.max_workers
         )
 
-    def commit(self, batch: Batch, versions: Mapping[str, int], broker: str | None) -> None:
-        """Record the versions of the rows a batch wrote (after its commit).
+    def misses(self, batch: Batch) -> tuple[list[str], list[str]]:
+        """Keys of the tasks and of the workers of *batch* that are not cached, sorted:
+        the rows to read before :meth:`Batch.reduce`.
 
-        A task of *batch* without a version (its row was written by someone else
-        meanwhile) is forgotten: it is read back when next touched.
+        The cache first makes room for the batch (starting afresh if it would not fit).
         """
-        meta = self.meta
-        for key in batch.uuids:
-            version = versions.get(key)
-            if version is None:
-                meta.pop(key, None)
-            else:
-                old = meta.get(key)
-                meta[key] = (version, (old[1] if old is not None else None) or broker)
+        if self.needs_room(batch):
+            self.clear(len(batch.keys), len(batch.raw_hosts))
+        state = self.state
+        meta, cached = self.meta, state.tasks
+        wmeta, wcached = self.wmeta, state.workers
+        return (
+            sorted({k for raw, k in batch.keys.items() if k not in meta or raw not in cached}),
+            sorted(
+                {k for raw, k in batch.raw_hosts.items() if k not in wmeta or raw not in wcached}
+            ),
+        )
+
+    def settle(
+        self, prepared: Prepared, versions: Mapping[str, int], wversions: Mapping[str, int]
+    ) -> None:
+        """After the commit of *prepared*: the versions the rows were written with.
+
+        A row of the batch without one (another writer changed it meanwhile, it
+        was written again over that) is forgotten: it is read back when next touched.
+        """
+        if prepared.epoch != self.epoch:
+            return
+        token = prepared.token
+        for meta, rows, written in (
+            (self.meta, prepared.task_rows, versions),
+            (self.wmeta, prepared.worker_rows, wversions),
+        ):
+            for row in rows:
+                key = row[0]
+                entry = meta.get(key)
+                if entry is None or entry[0] != token:
+                    continue  # a later batch, prepared already, took it over
+                version = written.get(key)
+                if version is None:
+                    del meta[key]
+                elif version != token:
+                    meta[key] = (version, entry[1])
+
+
+class Prepared:
+    """A batch replayed over a :class:`RowCache`: the rows to write, not written yet."""
+
+    __slots__ = (
+        "batch",
+        "broker",
+        "epoch",
+        "task_expected",
+        "task_rows",
+        "token",
+        "worker_expected",
+        "worker_rows",
+    )
+
+    def __init__(self, batch: Batch, broker: str | None, epoch: int, token: int) -> None:
+        self.batch = batch
+        self.broker = broker
+        #: The cache epoch it was prepared in.
+        self.epoch = epoch
+        #: The version its rows are written with.
+        self.token = token
+        #: Task rows (sorted by key), and the version each had when it was cached.
+        self.task_rows: _Rows = []
+        self.task_expected: list[int | None] = []
+        #: Worker rows (sorted by key), and their cached versions.
+        self.worker_rows: _Rows = []
+        self.worker_expected: list[int | None] = []
 
 
 #: Every field of a task that is not set yet (a stale cached task made new again).
@@ -371,6 +430,10 @@ _BLANK = dict.fromkeys((
     "traceback", "runtime", "retries", "eta", "expires", "root_id", "queue", "exchange",
     "routing_key", *TIME_FIELDS, "timestamp", "clock",
 ))  # fmt: skip
+
+
+def _clean(value: str) -> str:
+    return value if value.isascii() and "\x00" not in value else clean_text(value)
 
 
 class Batch:
@@ -406,35 +469,32 @@ class Batch:
             elif type_.startswith("worker-") and type(hostname) is str:
                 hosts.add(hostname)
         #: Task id as sent -> row key (NUL and lone surrogates replaced).
-        self.keys: dict[str, str] = {
-            u: u if u.isascii() and "\x00" not in u else clean_text(u) for u in uuids
-        }
+        self.keys: dict[str, str] = {u: _clean(u) for u in uuids}
         #: Row keys of the tasks touched, sorted (rows are locked in this order).
         self.uuids: list[str] = sorted(set(self.keys.values()))
-        #: Worker hostnames as sent.
-        self.raw_hosts: set[str] = hosts
+        #: Worker hostname as sent -> row key.
+        self.raw_hosts: dict[str, str] = {h: _clean(h) for h in hosts}
         #: Row keys of the workers touched, sorted.
-        self.hosts: list[str] = sorted({clean_text(h) for h in hosts})
+        self.hosts: list[str] = sorted(set(self.raw_hosts.values()))
         #: Events that can change no row (no type; a task event without a string uuid).
         self.ignored = ignored
 
-    def reduce(
+    def steps(
         self,
         cache: RowCache,
         tasks: Sequence[Mapping[str, Any]],
         workers: Sequence[Mapping[str, Any]],
-        broker: str | None,
-    ) -> tuple[list[tuple[Any, ...]], list[int | None], list[tuple[Any, ...]]]:
-        """The new task and worker rows, replayed over *cache*.
+        prepared: Prepared,
+    ) -> Iterator[None]:
+        """Replay the batch over *cache* into *prepared*, one slice of events per step.
 
-        *tasks* are the stored rows (with ``version`` where the backend keeps
-        one) of the tasks of the batch the cache misses (:meth:`RowCache.misses`,
-        called just before); a missed task without
-        a stored row is new.  *workers* are the stored rows of the batch's
-        workers.  Returns the task rows (sorted by key), the version each task
-        row had when read (``None``: none stored) and the worker rows.
+        *tasks* and *workers* are the stored rows (with ``version`` where the
+        backend keeps one) the cache misses (:meth:`RowCache.misses`, called
+        just before); a missed row that is not stored is new.  The cache holds
+        the result (each row at ``prepared.token``) as soon as it is built.
         """
-        state, meta = cache.state, cache.meta
+        state, meta, wmeta = cache.state, cache.meta, cache.wmeta
+        broker, token = prepared.broker, prepared.token
         restore = state.restore_task
         read: set[str] = set()
         for row in tasks:
@@ -442,8 +502,8 @@ class Batch:
             read.add(key)
             restore(task_dict(row))
             meta[key] = (int(_version(row) or 0), row["broker"])
-        expected: dict[str, int | None] = {}
         cached = state.tasks
+        expected: dict[str, int | None] = {}
         for raw, key in self.keys.items():
             entry = meta.get(key)
             if key in read and entry is not None:
@@ -456,56 +516,104 @@ class Batch:
                 expected[key] = None
             else:
                 expected[key] = entry[0]
-        wbrokers: dict[str, str | None] = {}
+        wread: set[str] = set()
         for row in workers:
-            w = seed_worker(state, row)
-            wbrokers[w.hostname] = row["broker"]
-        state.apply_many(self.events)
+            key = row["hostname"]
+            wread.add(key)
+            seed_worker(state, row)
+            wmeta[key] = (int(_version(row) or 0), row["broker"])
+        wexpected: dict[str, int | None] = {}
+        wcached = state.workers
+        for raw, key in self.raw_hosts.items():
+            entry = wmeta.get(key)
+            if entry is None or (key not in wread and raw not in wcached):
+                wmeta.pop(key, None)
+                wexpected[key] = None
+            else:
+                wexpected[key] = entry[0]
+        events = self.events
+        apply_many = state.apply_many
+        for start in range(0, len(events), _SLICE):
+            apply_many(events[start : start + _SLICE])
+            yield
         cached = state.tasks
-        pairs = sorted(
-            (
-                (
-                    task_row(cached[raw], (meta[key][1] if key in meta else None) or broker),
-                    expected[key],
-                )
-                for raw, key in self.keys.items()
-                if raw in cached
-            ),
-            key=_first_key,
-        )
-        task_rows = [p[0] for p in pairs]
-        versions = [p[1] for p in pairs]
-        found = state.workers
-        worker_rows = sorted(
-            (
-                worker_row(found[host], wbrokers.get(host) or broker)
-                for host in self.raw_hosts
-                if host in found
-            ),
-            key=_key,
-        )
-        return task_rows, versions, worker_rows
+        pairs = []
+        for raw, key in self.keys.items():
+            t = cached.get(raw)
+            if t is not None:
+                entry = meta.get(key)
+                row_broker = (entry[1] if entry is not None else None) or broker
+                pairs.append((task_row(t, row_broker), expected[key]))
+                meta[key] = (token, row_broker)
+        pairs.sort(key=_first_key)
+        prepared.task_rows = [p[0] for p in pairs]
+        prepared.task_expected = [p[1] for p in pairs]
+        wpairs = []
+        wcached = state.workers
+        for raw, key in self.raw_hosts.items():
+            w = wcached.get(raw)
+            if w is not None:
+                entry = wmeta.get(key)
+                row_broker = (entry[1] if entry is not None else None) or broker
+                wpairs.append((worker_row(w, row_broker), wexpected[key]))
+                wmeta[key] = (token, row_broker)
+        wpairs.sort(key=_first_key)
+        prepared.worker_rows = [p[0] for p in wpairs]
+        prepared.worker_expected = [p[1] for p in wpairs]
+
+    def reduce(
+        self,
+        cache: RowCache,
+        tasks: Sequence[Mapping[str, Any]],
+        workers: Sequence[Mapping[str, Any]],
+        broker: str | None,
+        token: int = 0,
+    ) -> Prepared:
+        """:meth:`steps` in one go."""
+        prepared = Prepared(self, broker, cache.epoch, token)
+        for _ in self.steps(cache, tasks, workers, prepared):
+            pass
+        return prepared
 
     def replay(
-        self, keys: Iterable[str], tasks: Sequence[Mapping[str, Any]], broker: str | None
-    ) -> list[tuple[Any, ...]]:
-        """The rows of the tasks *keys* of the batch, replayed over their stored rows
-        *tasks* in a throw-away state (worker rows are not rebuilt)."""
-        wanted = set(keys)
+        self,
+        keys: Iterable[str],
+        tasks: Sequence[Mapping[str, Any]],
+        hosts: Iterable[str],
+        workers: Sequence[Mapping[str, Any]],
+        broker: str | None,
+    ) -> tuple[_Rows, _Rows]:
+        """The rows of the tasks *keys* and workers *hosts* of the batch, replayed over
+        their stored rows *tasks* and *workers* in a throw-away state."""
+        wanted, wanted_hosts = set(keys), set(hosts)
         raws = {raw for raw, key in self.keys.items() if key in wanted}
-        state = ClusterState(max_tasks=len(raws) + 1, max_workers=len(self.hosts) + 1)
+        raw_hosts = {raw for raw, key in self.raw_hosts.items() if key in wanted_hosts}
+        state = ClusterState(max_tasks=len(self.keys) + 1, max_workers=len(self.raw_hosts) + 1)
         brokers: dict[str, str | None] = {}
         for row in tasks:
             d = task_dict(row)
             state.restore_task(d)
             brokers[d["uuid"]] = row["broker"]
+        wbrokers: dict[str, str | None] = {}
+        for row in workers:
+            wbrokers[seed_worker(state, row).hostname] = row["broker"]
         state.apply_many(
-            f for f in self.events if f["type"].startswith("task-") and f.get("uuid") in raws
+            f for f in self.events if f.get("uuid") in raws or f.get("hostname") in raw_hosts
         )
-        found = state.tasks
-        return sorted(
-            (task_row(found[raw], brokers.get(raw) or broker) for raw in raws if raw in found),
-            key=_key,
+        found, wfound = state.tasks, state.workers
+        return (
+            sorted(
+                (task_row(found[r], brokers.get(r) or broker) for r in raws if r in found),
+                key=_key,
+            ),
+            sorted(
+                (
+                    worker_row(wfound[h], wbrokers.get(h) or broker)
+                    for h in raw_hosts
+                    if h in wfound
+                ),
+                key=_key,
+            ),
         )
 
 

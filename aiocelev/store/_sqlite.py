@@ -26,7 +26,7 @@ import anyio.to_thread
 from .._exceptions import ConfigurationError, StoreConnectionError, StoreError
 from ._base import EventStore, Where, _escape_like
 from ._filter import Term
-from ._rows import TASK_COLUMNS, TEXT_FIELDS, WORKER_COLUMNS, Batch, event_row
+from ._rows import TASK_COLUMNS, TEXT_FIELDS, WORKER_COLUMNS, Prepared, _Rows, event_row
 
 __all__ = ["SQLiteStore"]
 
@@ -110,17 +110,32 @@ MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-def _upsert(table: str, columns: Sequence[str], key: str) -> str:
-    marks = ", ".join("?" * len(columns))
+def _upsert(table: str, columns: Sequence[str], key: str, rows: int = 1) -> str:
+    marks = "(" + ", ".join("?" * len(columns)) + ")"
     sets = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
     return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([marks] * rows)} "
         f"ON CONFLICT ({key}) DO UPDATE SET {sets}"
     )
 
 
-_UPSERT_TASKS = _upsert("tasks", TASK_COLUMNS, "uuid")
-_UPSERT_WORKERS = _upsert("workers", WORKER_COLUMNS, "hostname")
+#: Rows per statement: 32,766 parameters at most (the default limit of older SQLite).
+_ROWS_PER_STATEMENT = 32_766 // len(TASK_COLUMNS)
+
+
+def _upsert_rows(
+    con: sqlite3.Connection, table: str, columns: Sequence[str], key: str, rows: _Rows
+) -> None:
+    """Upsert *rows*, many per statement: the rows are bound at once and the
+    database works without the interpreter lock (one statement per row would take
+    it back for every row, contending with the event loop)."""
+    step = _ROWS_PER_STATEMENT
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        sql = _upsert(table, columns, key, len(chunk))
+        con.execute(sql, [value for row in chunk for value in row])
+
+
 _INSERT_EVENTS = "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)"
 _SELECT_TASKS = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks WHERE uuid IN "
 _SELECT_WORKERS = f"SELECT {', '.join(WORKER_COLUMNS)} FROM workers WHERE hostname IN "
@@ -277,40 +292,77 @@ class SQLiteStore(EventStore):
 
     # -- writing ----------------------------------------------------------------
 
-    async def _write(self, batch: Batch, broker: str | None) -> tuple[int, int]:
-        con = self._con(self._writer)
+    async def _read_rows(
+        self, uuids: Sequence[str], hosts: Sequence[str]
+    ) -> tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]:
+        if not uuids and not hosts:
+            return [], []
+        con = self._con(self._reader)
         return await self._run(
-            self._wlimiter, lambda: self._write_sync(con, batch, broker), "writing a batch"
+            self._rlimiter,
+            lambda: (_select(con, _SELECT_TASKS, uuids), _select(con, _SELECT_WORKERS, hosts)),
+            "reading rows",
         )
 
-    def _write_sync(
-        self, con: sqlite3.Connection, batch: Batch, broker: str | None
-    ) -> tuple[int, int]:
-        cache = self._cache
+    async def _write(self, prepared: Prepared) -> tuple[int, int]:
+        con = self._con(self._writer)
+        done = await self._run(
+            self._wlimiter, lambda: self._write_sync(con, prepared), "writing a batch"
+        )
+        if done is not None:
+            return done
+        # Another connection wrote, or the cache was dropped, since the batch was
+        # prepared: replay it over rows read within the transaction.
+        async with self._cache_lock:
+            return await self._run(
+                self._wlimiter, lambda: self._write_again_sync(con, prepared), "writing a batch"
+            )
+
+    def _write_sync(self, con: sqlite3.Connection, prepared: Prepared) -> tuple[int, int] | None:
         con.execute("BEGIN IMMEDIATE")
         try:
             version = con.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._data_version:
-                # Another connection committed since our last batch: trust no cached row.
-                if cache.meta:
-                    self._conflicts += 1
-                cache.clear()
-            tasks = _select(con, _SELECT_TASKS, cache.misses(batch))
-            workers = _select(con, _SELECT_WORKERS, batch.hosts)
-            task_rows, _, worker_rows = batch.reduce(cache, tasks, workers, broker)
-            con.executemany(_UPSERT_TASKS, task_rows)
-            con.executemany(_UPSERT_WORKERS, worker_rows)
-            if self.event_log:
-                con.executemany(_INSERT_EVENTS, [event_row(f) for f in batch.events])
+            if version != self._data_version or prepared.epoch != self._cache.epoch:
+                con.execute("ROLLBACK")
+                return None
+            result = self._write_rows(con, prepared)
             con.execute("COMMIT")
         except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return result
+
+    def _write_again_sync(self, con: sqlite3.Connection, prepared: Prepared) -> tuple[int, int]:
+        cache, batch = self._cache, prepared.batch
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            version = con.execute("PRAGMA data_version").fetchone()[0]
+            if self._data_version is not None and version != self._data_version:
+                self._conflicts += 1  # another connection wrote
             cache.clear()
+            uuids, hosts = cache.misses(batch)
+            again = batch.reduce(
+                cache,
+                _select(con, _SELECT_TASKS, uuids),
+                _select(con, _SELECT_WORKERS, hosts),
+                prepared.broker,
+            )
+            result = self._write_rows(con, again)
+            con.execute("COMMIT")
+        except BaseException:
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
         self._data_version = version
-        cache.commit(batch, dict.fromkeys(batch.uuids, 0), broker)
-        return len(task_rows), len(worker_rows)
+        return result
+
+    def _write_rows(self, con: sqlite3.Connection, prepared: Prepared) -> tuple[int, int]:
+        _upsert_rows(con, "tasks", TASK_COLUMNS, "uuid", prepared.task_rows)
+        _upsert_rows(con, "workers", WORKER_COLUMNS, "hostname", prepared.worker_rows)
+        if self.event_log:
+            con.executemany(_INSERT_EVENTS, [event_row(f) for f in prepared.batch.events])
+        return len(prepared.task_rows), len(prepared.worker_rows)
 
     async def _execute(self, sql: str, params: Sequence[Any]) -> int:
         con = self._con(self._writer)
@@ -320,7 +372,8 @@ class SQLiteStore(EventStore):
             self._cache.clear()
             return int(con.execute(sql, params).rowcount)
 
-        return await self._run(self._wlimiter, execute, "writing")
+        async with self._cache_lock:
+            return await self._run(self._wlimiter, execute, "writing")
 
     # -- reading ------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from .._exceptions import (
     StoreError,
 )
 from ._base import EventStore
+from ._rows import Prepared
 
 __all__ = ["StoreWriter", "WriterStatistics"]
 
@@ -61,9 +62,12 @@ class StoreWriter:
 
     :meth:`put` appends to a buffer of at most *buffer_size* events and returns;
     when the buffer is full it waits for room (backpressure: nothing is ever
-    dropped).  The writer task takes whatever is buffered, up to *max_batch*
-    events, and writes it in one transaction (natural batching: an idle writer
-    commits at once, a busy one coalesces).  While the database is unreachable
+    dropped).  The writer takes whatever is buffered, up to *max_batch* events,
+    replays it over the store's cache (:meth:`EventStore.prepare`) and writes it
+    in one transaction (natural batching: an idle writer commits at once, a busy
+    one coalesces).  The next batch is prepared while the previous one is being
+    written, so at most *buffer_size* + 2 × *max_batch* events are held; batches
+    are committed, and acknowledged, in the order they were taken.  While the database is unreachable
     (:class:`~aiocelev.StoreConnectionError`) the batch is retried with capped,
     jittered backoff and the buffer fills up, so ingestion slows down to the
     database's pace.  A batch the database refuses for another reason is split
@@ -236,8 +240,38 @@ class StoreWriter:
     # -- the writer task ----------------------------------------------------------------
 
     async def _run(self) -> None:
-        buffer = self._buffer
+        # Two stages: the next batch is replayed over the store's cache (Python work)
+        # while the previous one is written (database work); batches are written,
+        # and acknowledged, in the order they were taken.
+        send, receive = anyio.create_memory_object_stream[tuple[list[_Item], Prepared | None]]()
         try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._prepare_batches, send)
+                async with receive:
+                    async for batch, prepared in receive:
+                        if prepared is None:
+                            await self._commit(batch)
+                        else:
+                            await self._commit_prepared(batch, prepared)
+                        self._committed += len(batch)
+                        self._batches += 1
+                        self._release_acks()
+                        self._progress.set()
+                        self._progress = anyio.Event()
+        except StoreError as exc:
+            self._error = exc
+            self._progress.set()
+            self._writable.set()
+            logger.error("the store writer stopped: %s", exc)
+
+    async def _prepare_batches(
+        self, send: anyio.abc.ObjectSendStream[tuple[list[_Item], Prepared | None]]
+    ) -> None:
+        buffer, store = self._buffer, self.store
+        taken = self._committed
+        first = True
+        last: Prepared | None = None
+        async with send:
             while True:
                 while not buffer:
                     self._readable = anyio.Event()
@@ -245,17 +279,32 @@ class StoreWriter:
                 n = min(len(buffer), self._max_batch)
                 batch = [buffer.popleft() for _ in range(n)]
                 self._writable.set()
-                await self._commit(batch)
-                self._committed += n
-                self._batches += 1
-                self._release_acks()
-                self._progress.set()
-                self._progress = anyio.Event()
-        except StoreError as exc:
-            self._error = exc
-            self._progress.set()
-            self._writable.set()
-            logger.error("the store writer stopped: %s", exc)
+                settled = first
+                if not first and (last is None or not store.is_current(last)):
+                    # The previous batch is prepared again when it is written (the cache
+                    # was dropped since, or preparing it failed): this one waits for
+                    # that, or it would be prepared over rows about to change and be
+                    # prepared again in turn, and so on.
+                    while self._committed < taken:
+                        progress = self._progress
+                        await progress.wait()
+                    settled = True
+                first = False
+                prepared: Prepared | None
+                try:
+                    prepared = await store.prepare(batch, self.broker, settled=settled)
+                except StoreError:
+                    prepared = None  # written the plain way, with its retries
+                last = prepared
+                taken += n
+                # Waits until the previous batch is written: one batch ahead at most.
+                await send.send((batch, prepared))
+
+    async def _commit_prepared(self, batch: list[_Item], prepared: Prepared) -> None:
+        try:
+            await self.store.write_prepared(prepared)
+        except StoreError:
+            await self._commit(batch)  # retried, or split around what is refused
 
     async def _commit(self, batch: list[_Item]) -> None:
         backoff = Backoff(0.1, 5.0)

@@ -17,7 +17,15 @@ import pytest
 
 from aiocelev import ClusterState
 from aiocelev.dashboard._query import TaskQuery
-from aiocelev.store import EventStore, QueryError, StoreError, TaskFilter, _rows, open_store
+from aiocelev.store import (
+    EventStore,
+    QueryError,
+    StoreError,
+    StoreWriter,
+    TaskFilter,
+    _rows,
+    open_store,
+)
 
 from ._events import comparable, ev, expected, lifecycle
 
@@ -184,6 +192,47 @@ async def test_concurrent_writers_on_one_database_lose_no_update(store_url: str)
         ).tasks.items():
             stored = await b.get(uuid)
             assert stored is not None and comparable(stored) == comparable(t.to_dict()), uuid
+
+
+async def test_writers_preparing_ahead_on_one_database_lose_no_update(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two StoreWriters (each prepares its next batch while the previous one is written)
+    on the same tasks and worker, with a cache that keeps starting afresh (small, and
+    emptied by retention) : every row ends as ClusterState has it, no count twice."""
+    monkeypatch.setattr(_rows, "CACHE_TASKS", 60)
+    first: list[dict[str, Any]] = []  # a task's two events often in consecutive batches
+    for i in range(600):
+        first.append(ev("task-received", f"pipe-{i}", 1.0 + i, name="proj.add", args=f"({i},)"))
+        if i >= 4:
+            first.append(ev("task-started", f"pipe-{i - 4}", 1.5 + i))
+        if i % 5 == 0:
+            first.append(ev("worker-heartbeat", None, 1.0 + i, freq=2.0, active=1))
+    second = [ev("task-succeeded", f"pipe-{i}", 700.0 + i, result=str(i)) for i in range(600)]
+
+    async def put(writer: StoreWriter, events: list[dict[str, Any]]) -> None:
+        for e in events:
+            await writer.put(e)
+        await writer.flush()
+
+    async with open_store(store_url) as a, open_store(store_url) as b:
+        async with (
+            StoreWriter(a, max_batch=23, prune_every=0.005, max_age=1e12) as wa,
+            StoreWriter(b, max_batch=17, prune_every=0.007, max_age=1e12) as wb,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(put, wa, first)
+            tg.start_soon(put, wb, second)
+        want = expected(first + second)
+        for uuid, t in want.tasks.items():
+            stored = await b.get(uuid)
+            assert stored is not None, uuid
+            got, exp = comparable(stored), comparable(t.to_dict())
+            for key in ("state", "name", "args", "result", "received", "started", "succeeded"):
+                assert got[key] == exp[key], (uuid, key)
+        (worker,) = await a.workers()
+        assert worker["heartbeat_count"] == 120
+        assert worker["event_counts"] == want.workers["w1@h"].event_counts
 
 
 async def test_events_that_change_nothing_are_counted(store: EventStore) -> None:
@@ -363,7 +412,8 @@ async def test_a_version_1_postgres_schema_is_migrated(postgres_url: str) -> Non
         await store.write(lifecycle("old", "STARTED", 1.0)[:2])
     conn = await asyncpg.connect(POSTGRES_URL)
     try:  # as the first release left it
-        await conn.execute(f'ALTER TABLE "{schema}".tasks DROP COLUMN version')
+        for table in ("tasks", "workers"):
+            await conn.execute(f'ALTER TABLE "{schema}".{table} DROP COLUMN version')
         await conn.execute(f"UPDATE \"{schema}\".aiocelev_meta SET value = '1'")
     finally:
         await conn.close()

@@ -67,7 +67,9 @@ async def test_a_full_buffer_applies_backpressure_and_drops_nothing(
                 await anyio.wait_all_tasks_blocked()
                 assert not done.is_set()  # put() waits: the buffer is full
                 stats = writer.statistics()
-                assert (stats.received, stats.committed, stats.pending) == (11, 0, 11)
+                # One event being written, one batch (max_batch) prepared behind it,
+                # a full buffer: nothing more is taken.
+                assert (stats.received, stats.committed, stats.pending) == (15, 0, 15)
             # The database is free again: the producer finishes.
             await done.wait()
         await writer.flush()
