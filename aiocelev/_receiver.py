@@ -57,6 +57,9 @@ _set = object.__setattr__
 _LOG_FIRST = 10
 _LOG_EVERY = 1000
 
+# Who is reading the subscription (inside its ``__anext__``): one task at a time.
+_NOBODY, _PUMP, _CONSUMER = 0, 1, 2
+
 
 class ReceiverStatistics(NamedTuple):
     """Counters of an :class:`EventReceiver` (cumulative except ``buffered``)."""
@@ -118,6 +121,19 @@ class EventReceiver:
     drop (counted in ``statistics().dropped``); ``error`` ends the stream with
     :class:`~aiocelev.BufferFullError`.  ``block`` is a dispatcher policy and is
     refused here.
+
+    While the buffer is empty, the task waiting in ``async for`` /
+    :meth:`receive` / :meth:`batches` reads the subscription itself (*pull
+    mode*: a message reaches it without a hand-off through the receiver's own
+    task); the receiver's task reads whenever the caller is away (busy with
+    an event), which keeps the read-ahead, ``pause`` and the drop policies as
+    described.  Nothing awaits between the adapter handing a message over and
+    its events joining the buffer, so cancelling the caller never loses a
+    message.  A read right after acknowledgements were requested is left to
+    the receiver's task, which sends them.  While the caller reads, the
+    adapter's reconnects run in the caller's task, and a cancellation of the
+    caller takes effect once the adapter's current read ends (at most
+    0.2 seconds on Redis).
 
     The receiver reads in a task group of its own: enter and exit it
     (``async with``, or ``__aenter__`` then :meth:`aclose`) in the same task.
@@ -185,6 +201,19 @@ class EventReceiver:
         self._writable = anyio.Event()
         self._reader_waiting = False
         self._pump_waiting = False
+        # Pull mode: while the buffer is empty the consumer reads the
+        # subscription itself (one hand-off fewer); the pump reads while the
+        # consumer is away.  See _fill and _pump.
+        self._reader = _NOBODY
+        self._pump_parked = False
+        self._pump_wake = anyio.Event()
+        # Acknowledgements requested since the subscription was last read: the
+        # adapter sends them from its next read, which is then left to the pump
+        # (never cancelled mid-stream) rather than to a cancellable consumer.
+        self._acked = False
+        # Events of a message the consumer read that did not fit the buffer under
+        # ``pause``: the pump buffers them (waiting for room) before reading more.
+        self._carry: tuple[list[Event], Callable[[], None] | None, int] | None = None
         self._messages = 0
         self._events = 0
         self._delivered = 0
@@ -275,7 +304,7 @@ class EventReceiver:
                     continue
                 self._delivered += 1
                 return item  # type: ignore[return-value]
-            await self._wait_readable()
+            await self._fill()
 
     def batches(self, max_size: int | None = None) -> EventBatches:
         """Iterate over the events in lists: every event buffered when the caller asks.
@@ -326,7 +355,7 @@ class EventReceiver:
                     self._delivered += len(batch)
                     return batch
                 continue
-            await self._wait_readable()
+            await self._fill()
 
     def _take_mixed(self, max_size: int | None) -> list[Event]:
         """Take events up to *max_size* from a buffer holding acknowledgement markers.
@@ -359,8 +388,15 @@ class EventReceiver:
         while deferred:
             self._acknowledge(deferred.popleft())
 
-    async def _wait_readable(self) -> None:
-        """Wait for the pump to buffer something; raise if the stream ended."""
+    async def _fill(self) -> None:
+        """Wait until the buffer holds something (or the stream ended); raise if it ended.
+
+        While the buffer is empty and nobody reads the subscription, the
+        consumer reads it itself (pull mode): a message goes from the adapter
+        to the caller without passing through the pump task.  The pump reads
+        whenever the consumer is away (see :meth:`_pump`), so read-ahead,
+        ``pause`` and the drop policies work as before.
+        """
         if self._pump_done:
             if self._pump_error is not None:
                 raise self._pump_error
@@ -371,12 +407,73 @@ class EventReceiver:
             )
         if not self._lifecycle.is_open:
             self._lifecycle.check_open()
-        self._readable = anyio.Event()
-        self._reader_waiting = True
         try:
-            await self._readable.wait()
+            if self._reader == _NOBODY and self._carry is None and not self._acked:
+                await self._pull()
+                return
+            # The pump reads (or has a message to finish buffering): wait for it.
+            self._wake_pump()
+            self._readable = anyio.Event()
+            self._reader_waiting = True
+            try:
+                await self._readable.wait()
+            finally:
+                self._reader_waiting = False
         finally:
-            self._reader_waiting = False
+            # Leaving: the pump reads ahead while the caller is busy.
+            self._wake_pump()
+
+    async def _pull(self) -> None:
+        """Read one message from the subscription in the caller's task and buffer it.
+
+        Nothing awaits between the adapter handing a message over and its
+        events joining the buffer, so a cancelled caller loses nothing that was
+        read.  The end of the subscription or a broker error ends the stream
+        as it does in the pump.
+        """
+        subscription = self._subscription
+        assert subscription is not None
+        self._reader = _CONSUMER
+        try:
+            message = await subscription.__anext__()
+        except StopAsyncIteration:
+            self._pump_done = True
+            return
+        except Exception as exc:
+            self._fail(exc)
+            return
+        finally:
+            self._reader = _NOBODY
+        if self._pump_done:  # closed meanwhile
+            return
+        self._messages += 1
+        try:
+            events = self._decode(message)
+        except DecodeError as exc:
+            self._report(exc, message)
+            events = None
+        if events:
+            try:
+                rest = self._put(events, message.ack, 0)
+            except BufferFullError as exc:
+                self._fail(exc)
+                return
+            if rest >= 0:
+                self._carry = (events, message.ack, rest)
+        elif message.ack is not None:
+            self._ack_eventless(message.ack)
+
+    def _fail(self, exc: Exception) -> None:
+        """End the stream with *exc* (raised once the buffered events are taken)."""
+        if not isinstance(exc, AiocelevError):
+            logger.exception("the receiver's pump failed")
+        self._pump_error = exc
+        self._pump_done = True
+        self._link.lost(str(exc))
+
+    def _wake_pump(self) -> None:
+        if self._pump_parked:
+            self._pump_wake.set()
 
     async def capture(
         self,
@@ -467,10 +564,12 @@ class EventReceiver:
                     self._buffer.clear()
                     self._deferred_acks.clear()
                     self._acks_buffered = 0
+                    self._carry = None
                     self._pump_done = True
                     self._lifecycle.closed()
                     self._readable.set()
                     self._writable.set()
+                    self._pump_wake.set()
 
     def __repr__(self) -> str:
         return (
@@ -513,6 +612,7 @@ class EventReceiver:
             self._link.lost(status.reason or "connection lost")
 
     def _acknowledge(self, marker: _Ack) -> None:
+        self._acked = True
         try:
             marker.ack()
         except AiocelevError as exc:
@@ -535,23 +635,51 @@ class EventReceiver:
                 logger.exception("the on_error callback raised")
 
     async def _pump(self, subscription: Subscription) -> None:
+        hold = False
         try:
-            async for message in subscription:
-                self._messages += 1
+            while True:
+                carry = self._carry
+                if carry is not None:
+                    self._carry = None
+                    await self._enqueue(*carry)
+                # Leave the subscription to a consumer reading it, and to one
+                # just handed events (it reads next, unless it goes away first:
+                # leaving receive() wakes the pump).
+                while not self._pump_done and (hold or self._reader != _NOBODY):
+                    hold = False
+                    self._pump_wake = anyio.Event()
+                    self._pump_parked = True
+                    try:
+                        await self._pump_wake.wait()
+                    finally:
+                        self._pump_parked = False
+                if self._pump_done:
+                    return
+                if self._carry is not None:
+                    continue
+                # The pump is the reader until the message's events are all
+                # buffered (under ``pause`` that waits for room): order is kept.
+                self._reader = _PUMP
+                self._acked = False
                 try:
-                    events = self._decode(message)
-                except DecodeError as exc:
-                    self._report(exc, message)
-                    events = None
-                if events:
-                    await self._enqueue(events, message.ack)
-                elif message.ack is not None:
-                    self._ack_eventless(message.ack)
+                    message = await subscription.__anext__()
+                    self._messages += 1
+                    try:
+                        events = self._decode(message)
+                    except DecodeError as exc:
+                        self._report(exc, message)
+                        events = None
+                    if events:
+                        await self._enqueue(events, message.ack)
+                        hold = self._reader_waiting
+                    elif message.ack is not None:
+                        self._ack_eventless(message.ack)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    self._reader = _NOBODY
         except Exception as exc:
-            if not isinstance(exc, AiocelevError):
-                logger.exception("the receiver's pump failed")
-            self._pump_error = exc
-            self._link.lost(str(exc))
+            self._fail(exc)
         finally:
             self._pump_done = True
             self._readable.set()
@@ -668,41 +796,65 @@ class EventReceiver:
         _set(event, "_fields", data)
         return event
 
-    async def _enqueue(self, events: list[Event], ack: Callable[[], None] | None) -> None:
+    async def _enqueue(
+        self, events: list[Event], ack: Callable[[], None] | None, start: int = 0
+    ) -> None:
+        """Buffer *events* from *start* on (then the ack marker), waiting for room under ``pause``."""
         buffer = self._buffer
         limit = self._buffer_size
-        if len(buffer) + len(events) <= limit:
+        if start == 0 and len(buffer) + len(events) <= limit:
             buffer.extend(events)
-        else:
-            policy = self._overflow
-            for event in events:
-                if len(buffer) >= limit:
-                    if policy is Overflow.PAUSE:
-                        if self._reader_waiting:
-                            self._readable.set()
-                        while len(buffer) >= limit:
-                            self._writable = anyio.Event()
-                            self._pump_waiting = True
-                            try:
-                                await self._writable.wait()
-                            finally:
-                                self._pump_waiting = False
-                    elif policy is Overflow.DROP_OLDEST:
-                        self._drop_oldest()
-                    elif policy is Overflow.DROP_NEWEST:
-                        self._count_drop()
-                        continue
-                    else:
-                        self._pump_error = BufferFullError(
-                            f"receiver buffer full ({limit} events) and overflow='error'"
-                        )
-                        raise self._pump_error
-                buffer.append(event)
+            if ack is not None:
+                buffer.append(_Ack(ack))
+                self._acks_buffered += 1
+            if self._reader_waiting:
+                self._readable.set()
+            return
+        start = self._put(events, ack, start)
+        while start >= 0:
+            if self._reader_waiting:
+                self._readable.set()
+            while len(buffer) >= limit:
+                self._writable = anyio.Event()
+                self._pump_waiting = True
+                try:
+                    await self._writable.wait()
+                finally:
+                    self._pump_waiting = False
+            start = self._put(events, ack, start)
+
+    def _put(self, events: list[Event], ack: Callable[[], None] | None, start: int) -> int:
+        """Buffer ``events[start:]`` (then the ack marker) as the overflow policy says.
+
+        Returns ``-1`` once all are buffered or dropped, else the index of the
+        first event that must wait for room (``pause``).
+
+        :raises BufferFullError: the buffer is full and ``overflow="error"``.
+        """
+        buffer = self._buffer
+        limit = self._buffer_size
+        policy = self._overflow
+        for i in range(start, len(events)):
+            if len(buffer) >= limit:
+                if policy is Overflow.PAUSE:
+                    return i
+                if policy is Overflow.DROP_OLDEST:
+                    self._drop_oldest()
+                elif policy is Overflow.DROP_NEWEST:
+                    self._count_drop()
+                    continue
+                else:
+                    self._pump_error = BufferFullError(
+                        f"receiver buffer full ({limit} events) and overflow='error'"
+                    )
+                    raise self._pump_error
+            buffer.append(events[i])
         if ack is not None:
             buffer.append(_Ack(ack))
             self._acks_buffered += 1
         if self._reader_waiting:
             self._readable.set()
+        return -1
 
     def _drop_oldest(self) -> None:
         buffer = self._buffer
