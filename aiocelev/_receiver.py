@@ -833,6 +833,9 @@ class EventReceiver:
         """
         buffer = self._buffer
         limit = self._buffer_size
+        if start == 0 and len(buffer) + len(events) <= limit:
+            buffer.extend(events)
+            start = len(events)
         policy = self._overflow
         for i in range(start, len(events)):
             if len(buffer) >= limit:
