@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -182,8 +183,38 @@ def _int_column(name: str, value: Any, raw: dict[str, Any]) -> int | None:
     return None
 
 
+_texts = operator.attrgetter(*TEXT_FIELDS)
+_times = operator.attrgetter("runtime", *TIME_FIELDS)
+_TEXT_TYPES = frozenset((str, type(None)))
+_TIME_TYPES = frozenset((float, type(None)))
+
+
 def task_row(t: TaskState, broker: str | None) -> tuple[Any, ...]:
     """The ``tasks`` row of *t*, in :data:`TASK_COLUMNS` order."""
+    uuid, state, retries, ts, clock = t.uuid, t.state, t.retries, t.timestamp, t.clock
+    texts, times = _texts(t), _times(t)
+    # The common case at once: plain ASCII texts, float times, 64-bit integers, no extra.
+    if (
+        type(ts) is float
+        and math.isfinite(ts)
+        and type(uuid) is str
+        and type(state) is str
+        and _TEXT_TYPES.issuperset(map(type, texts))
+        and _TIME_TYPES.issuperset(map(type, times))
+        and (retries is None or (type(retries) is int and _INT_MIN <= retries <= _INT_MAX))
+        and (clock is None or (type(clock) is int and _INT_MIN <= clock <= _INT_MAX))
+        and not t.extra
+    ):
+        plain = "\x01".join((uuid, state, *filter(None, texts)))
+        if plain.isascii() and "\x00" not in plain:
+            return (
+                uuid, state, state in READY_STATES, broker, *texts, retries, *times, ts, clock, None
+            )  # fmt: skip
+    return _task_row(t, broker)
+
+
+def _task_row(t: TaskState, broker: str | None) -> tuple[Any, ...]:
+    """:func:`task_row` for any values (a sanitised column, the exact value in ``raw``)."""
     raw: dict[str, Any] = {}
     row: list[Any] = [clean_text(t.uuid), clean_text(t.state), t.state in READY_STATES, broker]
     if row[0] != t.uuid:
