@@ -9,6 +9,9 @@ Not a test: numbers depend on the machine.
   flight on 8 workers plus their heartbeats; events/s from the first event
   sent to the last one committed.  The same stream is also timed straight into
   ``StoreWriter.put`` (no broker), which is what the store itself sustains.
+* **put_long**: the same straight into ``StoreWriter.put`` with 3,000 tasks in
+  flight instead of 200, so a task's events mostly land in different batches and
+  its row is written more than once (about 0.5 rows per event instead of 0.35).
 * **query**: one page (50) of failed tasks of one name, newest first, over
   ``--rows`` stored tasks (1,000,000 by default; 20 names, 5% failures), and
   the next page by cursor; median of 21 runs, after one warm-up.
@@ -165,11 +168,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
     results: dict[str, Any] = {}
     events = make_stream(args.events)
+    long_events = make_stream(args.events, in_flight=3_000)
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
             r: dict[str, Any] = {}
             async with opened(backend, tmp) as store:
                 r["put_events_per_s"] = round(await bench_put(store, events))
+            async with opened(backend, tmp) as store:
+                r["put_long_events_per_s"] = round(await bench_put(store, long_events))
             async with opened(backend, tmp) as store:
                 r["live_events_per_s"] = round(await bench_live(store, events))
             if args.rows:
