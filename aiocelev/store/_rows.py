@@ -329,6 +329,7 @@ CACHE_TASKS = 20_000
 _SLICE = 1_000
 
 _Rows = list[tuple[Any, ...]]
+_Pair = tuple[tuple[Any, ...], int | None]
 
 
 class RowCache:
@@ -577,6 +578,8 @@ class Batch:
                 pairs.append((task_row(t, row_broker), expected[key]))
                 meta[key] = (token, row_broker)
         pairs.sort(key=_first_key)
+        if len(self.uuids) != len(self.keys):
+            pairs = _last_per_key(pairs)  # ids that differ only in NUL or bad surrogates
         prepared.task_rows = [p[0] for p in pairs]
         prepared.task_expected = [p[1] for p in pairs]
         wpairs = []
@@ -589,6 +592,8 @@ class Batch:
                 wpairs.append((worker_row(w, row_broker), wexpected[key]))
                 wmeta[key] = (token, row_broker)
         wpairs.sort(key=_first_key)
+        if len(self.hosts) != len(self.raw_hosts):
+            wpairs = _last_per_key(wpairs)
         prepared.worker_rows = [p[0] for p in wpairs]
         prepared.worker_expected = [p[1] for p in wpairs]
 
@@ -650,6 +655,11 @@ class Batch:
 
 def _key(row: tuple[Any, ...]) -> Any:
     return row[0]
+
+
+def _last_per_key(pairs: list[_Pair]) -> list[_Pair]:
+    """One pair per row key (the last one), in key order: a row is written once."""
+    return list({pair[0][0]: pair for pair in pairs}.values())
 
 
 def _first_key(pair: tuple[tuple[Any, ...], Any]) -> Any:

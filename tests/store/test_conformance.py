@@ -235,6 +235,17 @@ async def test_writers_preparing_ahead_on_one_database_lose_no_update(
         assert worker["event_counts"] == want.workers["w1@h"].event_counts
 
 
+async def test_ids_that_differ_only_in_unclean_characters_share_a_row(store: EventStore) -> None:
+    """Two task ids (and hostnames) equal once NUL and lone surrogates are replaced."""
+    await store.write([
+        ev("task-received", "a\x00", 1.0, "h\x00@x", name="first", args="()", kwargs="{}"),
+        ev("task-received", "a\ufffd", 2.0, "h\ufffd@x", name="second", args="()", kwargs="{}"),
+    ])  # fmt: skip
+    assert store.statistics().rejected == {}
+    assert await store.count() == 1
+    assert len(await store.workers()) == 1
+
+
 async def test_events_that_change_nothing_are_counted(store: EventStore) -> None:
     await store.write(
         [{"no": "type"}, ev("task-received", None, 1.0), ev("task-received", "ok", 1.0)]
