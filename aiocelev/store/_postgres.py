@@ -2,17 +2,17 @@
 
 asyncpg because it is asyncio-native, the fastest PostgreSQL driver for Python,
 and speaks ``COPY`` directly: a batch goes to the server as one binary ``COPY``
-into a temporary table and one ``UPDATE ... FROM``, whatever its size.
+into a temporary table and one ``INSERT ... ON CONFLICT DO UPDATE``, whatever
+its size.
 
-A write is one transaction on the writer's own connection.  Worker rows (a
-few) get a placeholder, are locked in key order and read back.  Task rows are
-not locked before they are written: the batch is replayed over the writer's
-cache of the rows it wrote last (rows it does not hold are read first), and
-one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE version = <the version read>``
-writes them.  Every writing transaction stamps the rows it writes with a random
-version, so a row another writer changed meanwhile fails the check: it stays
-locked, is read again and the batch's events are replayed over what it holds
-now.  Several processes may write into one database and no update is lost.
+A batch is replayed over the writer's cache of the rows it wrote last (the rows
+it does not hold are read first, without locks), then written in one
+transaction on the writer's own connection: workers, then tasks, each in key
+order, by ``INSERT ... ON CONFLICT DO UPDATE ... WHERE version = <cached>``.
+Every writing transaction stamps the rows it writes with a random version, so a
+row another writer changed meanwhile fails the check: it stays locked, is read
+again and the batch's events are replayed over what it holds now.  Several
+processes may write into one database and no update is lost.
 Reads use the other connections of a small pool.  Text
 search is a ``pg_trgm`` GIN index over the first 64 KiB of ``args``, ``kwargs``,
 ``result`` and ``exception`` (substring, case-insensitive), when the extension
