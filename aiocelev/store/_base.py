@@ -185,7 +185,7 @@ class EventStore(abc.ABC):
         """
         batch = Batch(events)
         if batch.events:
-            await self.write_prepared(await self.prepare(batch, broker, settled=True))
+            await self.write_prepared(await self.prepare(batch, broker))
         else:
             self._ignored += batch.ignored
         return len(batch.events)
@@ -195,24 +195,28 @@ class EventStore(abc.ABC):
         events: Batch | Iterable[Event | Mapping[str, Any]],
         broker: str | None = None,
         *,
-        settled: bool = False,
+        after: Prepared | None = None,
     ) -> Prepared:
         """Replay *events* over the rows this store wrote last (reading the others):
         the rows :meth:`write_prepared` will write.
 
-        Prepared batches are written in the order they were prepared; the next
-        batch may be prepared while the previous one is being written
-        (:class:`StoreWriter` does).  *settled*: no batch prepared before is
-        still unwritten.
+        Prepared batches are written in the order they were prepared.  *after* is
+        the batch prepared just before, when it may not be written yet (the next
+        batch may be prepared while the previous one is written, as
+        :class:`StoreWriter` does).  If the cache was dropped since *after* was
+        prepared (it failed, retention ran...), or has to start afresh for this
+        batch, nothing is replayed now: the batch is prepared when it is written.
         """
         batch = events if isinstance(events, Batch) else Batch(events)
         async with self._cache_lock:
+            cache = self._cache
             try:
                 while True:
-                    cache = self._cache
-                    if not settled and cache.needs_room(batch):
-                        # Rows of batches before it, not written yet, would be read back
-                        # from the database: it is prepared when it is written instead.
+                    if after is not None and (
+                        after.epoch != cache.epoch or cache.needs_room(batch)
+                    ):
+                        # Rows of the batches before it, not written yet, would be read
+                        # back from the database, or missed: prepare it when written.
                         return Prepared(batch, broker, -1, 0)
                     task_keys, host_keys = cache.misses(batch)
                     epoch = cache.epoch
@@ -251,7 +255,7 @@ class EventStore(abc.ABC):
 
     async def _prepare_again(self, prepared: Prepared) -> Prepared:
         """*prepared* replayed again over the cache as it is now (its predecessors written)."""
-        return await self.prepare(prepared.batch, prepared.broker, settled=True)
+        return await self.prepare(prepared.batch, prepared.broker)
 
     @abc.abstractmethod
     async def _read_rows(

@@ -279,20 +279,19 @@ class StoreWriter:
                 n = min(len(buffer), self._max_batch)
                 batch = [buffer.popleft() for _ in range(n)]
                 self._writable.set()
-                settled = first
+                after = None if first else last
                 if not first and (last is None or not store.is_current(last)):
                     # The previous batch is prepared again when it is written (the cache
                     # was dropped since, or preparing it failed): this one waits for
-                    # that, or it would be prepared over rows about to change and be
-                    # prepared again in turn, and so on.
+                    # that, or it would only be deferred in turn, and so on.
                     while self._committed < taken:
                         progress = self._progress
                         await progress.wait()
-                    settled = True
+                    after = None
                 first = False
                 prepared: Prepared | None
                 try:
-                    prepared = await store.prepare(batch, self.broker, settled=settled)
+                    prepared = await store.prepare(batch, self.broker, after=after)
                 except StoreError:
                     prepared = None  # written the plain way, with its retries
                 last = prepared
