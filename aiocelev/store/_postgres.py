@@ -322,12 +322,12 @@ class PostgresStore(EventStore):
 
     async def _writer(self) -> Any:
         conn = self._wconn
-        if conn is not None and not conn.is_closed():
+        if conn is not None and not _closed(conn):
             return conn
         pool = self._need_pool()
         if conn is not None:
             self._wconn = None
-            await pool.release(conn)
+            await _give_back(pool, conn)
         conn = await pool.acquire()
         try:
             # The columns of the rows, no constraint: a new task has no version yet.
@@ -377,15 +377,15 @@ class PostgresStore(EventStore):
             done = True
             return result
         except _errors() as exc:
-            done = not (conn is not None and conn.is_closed())
+            done = not (conn is not None and _closed(conn))
             raise _translate(exc, "writing a batch") from exc
         finally:
             if not done and conn is not None and self._wconn is conn:
-                # Cancelled mid-transaction: drop the connection, the server rolls back.
+                # Cancelled mid-transaction, or the connection is gone: drop it (the
+                # server rolls back).
                 self._wconn = None
-                conn.terminate()
                 with anyio.CancelScope(shield=True):
-                    await self._need_pool().release(conn)
+                    await _give_back(self._need_pool(), conn, terminate=True)
 
     async def _write_batch(self, conn: Any, prepared: Prepared) -> tuple[int, int]:
         token = prepared.token
@@ -496,6 +496,25 @@ class PostgresStore(EventStore):
         else:
             # The indexed expression narrows, the column decides.
             where.add(f"search ILIKE ? ESCAPE '\\' AND {self._ilike(term.field)}", pattern, pattern)
+
+
+def _closed(conn: Any) -> bool:
+    """Whether the writer's connection is unusable (closed; or lost, and the pool
+    already took it back)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+async def _give_back(pool: Any, conn: Any, *, terminate: bool = False) -> None:
+    """Return the writer's connection to the pool, whatever state it is in."""
+    try:
+        if terminate:
+            conn.terminate()
+        await pool.release(conn)
+    except (asyncpg.InterfaceError, OSError):
+        pass  # lost: the pool already took it back
 
 
 def _worker_record(row: tuple[Any, ...], version: int | None) -> tuple[Any, ...]:

@@ -302,8 +302,18 @@ class StoreWriter:
     async def _commit_prepared(self, batch: list[_Item], prepared: Prepared) -> None:
         try:
             await self.store.write_prepared(prepared)
+            return
+        except StoreConnectionError as exc:
+            self._retries += 1
+            logger.warning(
+                "writing %d events to %s failed (%s); retrying",
+                len(batch),
+                self.store.url,
+                exc,
+            )
         except StoreError:
-            await self._commit(batch)  # retried, or split around what is refused
+            pass
+        await self._commit(batch)  # retried with backoff, or split around what is refused
 
     async def _commit(self, batch: list[_Item]) -> None:
         backoff = Backoff(0.1, 5.0)

@@ -436,6 +436,54 @@ async def test_a_version_1_postgres_schema_is_migrated(postgres_url: str) -> Non
         assert task is not None and task["state"] == "SUCCESS" and task["name"] == "proj.add"
 
 
+async def test_a_writer_preparing_ahead_survives_losing_its_connection(postgres_url: str) -> None:
+    """The writer's connection is killed three times while it writes: the batch in hand
+    fails, the cache is dropped, the batch prepared behind it is prepared again after
+    the retry; every row ends as ClusterState has it."""
+    import asyncpg
+
+    from .conftest import POSTGRES_URL
+
+    events: list[dict[str, Any]] = []
+    for i in range(1500):
+        events.append(ev("task-received", f"kill-{i}", 1.0 + i, name="proj.add", args=f"({i},)"))
+        if i >= 4:
+            events.append(ev("task-started", f"kill-{i - 4}", 1.2 + i))
+        if i >= 8:
+            events.append(ev("task-succeeded", f"kill-{i - 8}", 1.4 + i, result=str(i)))
+        if i % 10 == 0:
+            events.append(ev("worker-heartbeat", None, 1.0 + i, freq=2.0, active=1))
+    killer = await asyncpg.connect(POSTGRES_URL)
+    try:
+        async with open_store(postgres_url) as store, StoreWriter(store, max_batch=40) as writer:
+
+            async def kill() -> None:
+                for after in (3, 10, 20):
+                    while writer.statistics().batches < after:
+                        await anyio.sleep(0.001)
+                    conn = store._wconn  # type: ignore[attr-defined]
+                    while not conn.is_in_transaction():  # in the middle of a batch
+                        await anyio.sleep(0)
+                    await killer.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(kill)
+                for e in events:
+                    await writer.put(e)
+            await writer.flush()
+            stats = writer.statistics()
+            assert stats.committed == len(events) and stats.rejected == 0
+            assert stats.retries >= 1  # at least one kill landed in the middle of a batch
+            want = expected(events)
+            for uuid, t in want.tasks.items():
+                stored = await store.get(uuid)
+                assert stored is not None and comparable(stored) == comparable(t.to_dict()), uuid
+            (worker,) = await store.workers()
+            assert worker["heartbeat_count"] >= 150  # a commit whose reply was lost counts twice
+    finally:
+        await killer.close()
+
+
 async def test_a_closed_store_raises_store_error(store_url: str) -> None:
     store = open_store(store_url)
     with pytest.raises(StoreError):
