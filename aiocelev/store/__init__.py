@@ -15,7 +15,9 @@
   ``query`` / ``count`` (the dashboard's filter language, cursor pages), ``get``,
   ``workers``, ``unfinished``, ``restore`` (into a :class:`~aiocelev.ClusterState`),
   ``prune`` (retention) and ``events`` (the optional raw log).
-* :class:`StoreWriter` batches writes behind a bounded buffer, with backpressure.
+* :class:`StoreWriter` batches writes behind a bounded buffer, with backpressure,
+  preparing the next batch (:meth:`EventStore.prepare`, a :class:`Prepared`) while
+  the previous one is written.
 * :class:`Ingest` runs a receiver into a writer and acknowledges broker messages
   only after their events are committed (at least once, on RabbitMQ).
 
@@ -29,12 +31,14 @@ from ._base import EventStore, StoreStatistics, TaskPage
 from ._filter import QueryError, TaskFilter, Term, parse_search, parse_time
 from ._ingest import Ingest, IngestStatistics
 from ._open import open_store
+from ._rows import Prepared
 from ._writer import StoreWriter, WriterStatistics
 
 __all__ = [
     "EventStore",
     "Ingest",
     "IngestStatistics",
+    "Prepared",
     "QueryError",
     "StoreConnectionError",
     "StoreError",
