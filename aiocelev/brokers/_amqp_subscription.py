@@ -76,6 +76,9 @@ class AmqpSubscription:
         self._underlay: aiormq.abc.AbstractChannel | None = None
         self._closed = False
         self._reconnects = 0
+        #: Backoff of the recovery in progress: kept across calls, because the task
+        #: iterating (a caller in pull mode) may be cancelled in the middle of one.
+        self._recovery: Backoff | None = None
         self._dropped = 0
         #: Whether this subscription hears the broker now; each loss is a gap.
         self.link = LinkMonitor(connection.masked)
@@ -308,6 +311,8 @@ class AmqpSubscription:
         first = self._channel is not None
         old, self._channel = self._channel, None
         self._detach()
+        if first or self._recovery is None:
+            self._recovery = Backoff(self._opts.reconnect_delay, self._opts.reconnect_max_delay)
         if first:
             self._reconnects += 1
             self.link.lost(link.last_error or "channel closed")
@@ -317,7 +322,7 @@ class AmqpSubscription:
                 link.current_masked,
             )
         await close_quietly(old)
-        backoff = Backoff(self._opts.reconnect_delay, self._opts.reconnect_max_delay)
+        backoff = self._recovery
         while not self._closed:
             try:
                 await self.start()
@@ -343,7 +348,8 @@ class AmqpSubscription:
                     await self._wakeup.wait()
             else:
                 self.link.restored()
-                if first:
+                self._recovery = None
+                if self._reconnects:
                     logger.warning(
                         "subscription re-created as %s on %s",
                         self.queue_name,
