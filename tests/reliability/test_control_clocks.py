@@ -15,8 +15,7 @@ import logging
 import pytest
 
 from aiocelev._clock import MAX_CLOCK, LamportClock
-from aiocelev._control import accept_reply
-from aiocelev._control import ControlRequest
+from aiocelev._control import ControlRequest, accept_reply
 
 ABSURD = [10**30, MAX_CLOCK, -5, True]
 
