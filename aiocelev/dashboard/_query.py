@@ -9,7 +9,7 @@ rather than spread through the handlers.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
 from aiocelev import ClusterState, TaskState
@@ -21,6 +21,7 @@ from ..store._filter import (
     FLOWER_DATE_FORMAT as FLOWER_DATE_FORMAT,
     SEARCH_FIELDS as SEARCH_FIELDS,
     QueryError as QueryError,
+    TaskFilter as TaskFilter,
     Term as Term,
     parse_search as parse_search,
     parse_time as parse_time,
@@ -118,18 +119,9 @@ def _matches(task: TaskState, terms: list[Term]) -> bool:
 
 
 @dataclass
-class TaskQuery:
-    """Filters, sort and page of a task list (Flower's parameters and the page's own)."""
+class TaskQuery(TaskFilter):
+    """Filters (the store's :class:`TaskFilter`), sort and page of a task list."""
 
-    state: str | None = None
-    name: str | None = None
-    worker: str | None = None
-    broker: str | None = None
-    received_start: float | None = None
-    received_end: float | None = None
-    started_start: float | None = None
-    started_end: float | None = None
-    search: list[Term] = field(default_factory=list)
     sort_by: str | None = None
     offset: int = 0
     limit: int | None = None
@@ -148,13 +140,6 @@ class TaskQuery:
         :raises QueryError: a bad number, date or sort key.
         """
 
-        def get(*names: str) -> str | None:
-            for name in names:
-                value = params.get(name)
-                if value is not None and value not in _ANY:
-                    return value
-            return None
-
         def integer(name: str, default: int | None) -> int | None:
             value = params.get(name)
             if value is None or value == "":
@@ -164,7 +149,9 @@ class TaskQuery:
             except ValueError:
                 raise QueryError(f"invalid {name} {value!r}, expected an integer") from None
 
-        sort_by = get("sort_by")
+        sort_by = params.get("sort_by")
+        if sort_by in _ANY:
+            sort_by = None
         if sort_by is not None and sort_by.lstrip("-") not in sort_keys:
             raise QueryError(
                 f"Invalid sort_by '{sort_by}', expected one of {', '.join(sorted(sort_keys))}"
@@ -172,16 +159,9 @@ class TaskQuery:
         limit = integer("limit", default_limit)
         if limit is not None and max_limit is not None:
             limit = max(1, min(limit, max_limit))
+        conditions = TaskFilter.from_params(params)
         return cls(
-            state=get("state"),
-            name=get("taskname", "name"),
-            worker=get("workername", "worker"),
-            broker=get("broker"),
-            received_start=parse_time(params.get("received_start"), "received_start"),
-            received_end=parse_time(params.get("received_end"), "received_end"),
-            started_start=parse_time(params.get("started_start"), "started_start"),
-            started_end=parse_time(params.get("started_end"), "started_end"),
-            search=parse_search(params.get("search")),
+            **{f.name: getattr(conditions, f.name) for f in fields(TaskFilter)},
             sort_by=sort_by,
             offset=max(integer("offset", 0) or 0, 0),
             limit=limit,
