@@ -1,6 +1,7 @@
 """Task-history store: sustained ingestion and query latency, SQLite and PostgreSQL.
 
-Run: ``python -m benchmarks.store [--events N] [--rows N] [--backend sqlite|postgres|all]``.
+Run: ``python -m benchmarks.store [--events N] [--rows N] [--backend sqlite|postgres|all]
+[--only put,put_long,live,query]``.
 Not a test: numbers depend on the machine.
 
 * **ingest**: a live stream from the in-memory broker (``EventDispatcher`` ->
@@ -41,6 +42,7 @@ from aiocelev.store import EventStore, Ingest, StoreWriter, open_store
 POSTGRES_URL = os.environ.get(
     "AIOCELEV_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+PARTS = {"put", "put_long", "live", "query"}
 NAMES = [f"proj.tasks.task_{i:02}" for i in range(20)]
 
 
@@ -98,13 +100,25 @@ async def opened(backend: str, tmp: str) -> AsyncIterator[EventStore]:
         await conn.close()
 
 
-async def bench_put(store: EventStore, events: list[dict[str, Any]]) -> float:
+async def bench_put(
+    store: EventStore, events: list[dict[str, Any]], max_batch: int | None = None
+) -> float:
     start = time.perf_counter()
-    async with StoreWriter(store) as writer:
+    cpu = time.process_time()
+    options = {} if max_batch is None else {"max_batch": max_batch}
+    async with StoreWriter(store, **options) as writer:
         for e in events:
             await writer.put(e)
         await writer.flush()
-    return len(events) / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    if os.environ.get("AIOCELEV_BENCH_VERBOSE"):
+        s = store.statistics()
+        print(
+            f"  {len(events)} events in {elapsed:.2f}s, process CPU {time.process_time() - cpu:.2f}s,"
+            f" {s.batches} batches, {s.tasks / len(events):.2f} task rows per event",
+            flush=True,
+        )
+    return len(events) / elapsed
 
 
 async def bench_live(store: EventStore, events: list[dict[str, Any]]) -> float:
@@ -167,18 +181,26 @@ async def bench_query(store: EventStore, name: str) -> tuple[float, float, int]:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
     results: dict[str, Any] = {}
+    only = set(args.only.split(","))
+    if only - PARTS:
+        raise SystemExit(f"--only: choose among {', '.join(sorted(PARTS))}")
     events = make_stream(args.events)
     long_events = make_stream(args.events, in_flight=3_000)
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
             r: dict[str, Any] = {}
-            async with opened(backend, tmp) as store:
-                r["put_events_per_s"] = round(await bench_put(store, events))
-            async with opened(backend, tmp) as store:
-                r["put_long_events_per_s"] = round(await bench_put(store, long_events))
-            async with opened(backend, tmp) as store:
-                r["live_events_per_s"] = round(await bench_live(store, events))
-            if args.rows:
+            if "put" in only:
+                async with opened(backend, tmp) as store:
+                    r["put_events_per_s"] = round(await bench_put(store, events, args.max_batch))
+            if "put_long" in only:
+                async with opened(backend, tmp) as store:
+                    r["put_long_events_per_s"] = round(
+                        await bench_put(store, long_events, args.max_batch)
+                    )
+            if "live" in only:
+                async with opened(backend, tmp) as store:
+                    r["live_events_per_s"] = round(await bench_live(store, events))
+            if args.rows and "query" in only:
                 async with opened(backend, tmp) as store:
                     r["fill_seconds"] = round(await fill_rows(store, args.rows), 1)
                     name = NAMES[0]
@@ -197,4 +219,8 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
+    parser.add_argument("--max-batch", type=int, default=None, help="default: StoreWriter's")
+    parser.add_argument(
+        "--only", default=",".join(sorted(PARTS)), help="comma-separated: put,put_long,live,query"
+    )
     anyio.run(main, parser.parse_args())

@@ -90,7 +90,7 @@ class StoreWriter:
         store: EventStore,
         *,
         buffer_size: int = 20_000,
-        max_batch: int = 10_000,
+        max_batch: int = 20_000,
         broker: str | None = None,
         max_age: float | None = None,
         max_rows: int | None = None,
