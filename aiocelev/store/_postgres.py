@@ -111,7 +111,19 @@ SCHEMA_V2 = [
     "ALTER TABLE tasks ADD COLUMN version bigint NOT NULL DEFAULT 0",
     "ALTER TABLE workers ADD COLUMN version bigint NOT NULL DEFAULT 0",
 ]
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2)]
+SCHEMA_V3 = [
+    # The indexes of the filters end at ``ts``: a task row written again (its state
+    # changed) adds an entry to each, and the uuid made them a third larger.  Pages
+    # are still read in index order: rows of equal ``ts`` are sorted by uuid as they
+    # come (an incremental sort), and a cursor's ``ts <= ?`` bounds the scan.
+    "DROP INDEX tasks_state",
+    "DROP INDEX tasks_name",
+    "DROP INDEX tasks_worker",
+    "CREATE INDEX tasks_state ON tasks (state, name, ts)",
+    "CREATE INDEX tasks_name ON tasks (name, ts)",
+    "CREATE INDEX tasks_worker ON tasks (worker, ts)",
+]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _OPTIONS = {"schema", "events", "pool_size"}

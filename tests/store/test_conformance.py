@@ -315,6 +315,31 @@ async def test_filters_match_the_dashboard_language_and_cursor_pages(
     assert await store.count(TaskFilter.from_params(params)) == len(want)
 
 
+async def test_pages_through_many_tasks_of_equal_timestamps(store: EventStore) -> None:
+    """Pages of every filter the indexes serve, over rows sharing their ``ts`` (the
+    indexes end at ``ts``; the uuid orders the rows of one timestamp): newest first,
+    none repeated, none missed."""
+    events: list[dict[str, Any]] = []
+    for i in range(240):
+        outcome = "FAILURE" if i % 3 == 0 else "SUCCESS"
+        events += lifecycle(f"eq-{i:03}", outcome, 10.0 + i // 60, name=f"proj.t{i % 2}",
+                            host=f"w{i % 4}@h")  # fmt: skip
+    await store.write(events)
+    state = expected(events)
+    for params in (
+        {},
+        {"name": "proj.t1"},
+        {"worker": "w2@h"},
+        {"state": "FAILURE"},
+        {"state": "FAILURE", "name": "proj.t0"},
+        {"state": "SUCCESS", "worker": "w1@h"},
+    ):
+        _total, want = TaskQuery.from_params(params).run(state)
+        got = await all_tasks(store, params, limit=7)
+        keys = [(t["timestamp"], t["uuid"]) for t in got]
+        assert keys == sorted({(t.timestamp, t.uuid) for t in want}, reverse=True), params
+
+
 async def test_children_and_task_shape(populated: tuple[EventStore, ClusterState]) -> None:
     store, state = populated
     parent = await store.get("task-3")
@@ -429,7 +454,17 @@ async def test_a_version_1_postgres_schema_is_migrated(postgres_url: str) -> Non
     finally:
         await conn.close()
     async with open_store(postgres_url) as store:
-        assert store.schema_version == latest_schema(store) == 2
+        assert store.schema_version == latest_schema(store) == 3
+        indexes = dict(
+            await store._pool.fetch(  # type: ignore[attr-defined]
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1", schema
+            )
+        )
+        # Version 3: the indexes of the filters end at ts.
+        assert indexes["tasks_name"].endswith("(name, ts)")
+        assert indexes["tasks_state"].endswith("(state, name, ts)")
+        assert indexes["tasks_worker"].endswith("(worker, ts)")
+        assert indexes["tasks_ts"].endswith("(ts, uuid)")
         await store.write(lifecycle("old", "SUCCESS", 1.0)[2:])
         await store.write(lifecycle("old", "SUCCESS", 1.0)[2:])
         task = await store.get("old")
