@@ -212,6 +212,8 @@ class EventStore(abc.ABC):
             cache = self._cache
             try:
                 while True:
+                    if cache.needs_room(batch) and (after is None or after.epoch == cache.epoch):
+                        cache.compact(batch)  # else it starts afresh (below)
                     if after is not None and (
                         after.epoch != cache.epoch or cache.needs_room(batch)
                     ):

@@ -374,6 +374,51 @@ class RowCache:
         self.wmeta = {}
         self.epoch += 1
 
+    def compact(self, batch: Batch) -> bool:
+        """Make room for *batch*, keeping the rows most likely to be written again.
+
+        A new state keeps every worker, the cached tasks *batch* touches and the
+        newest unfinished tasks, up to a quarter of the cache; the other rows are
+        forgotten (read back when next touched; a batch prepared before and not
+        written yet settles only the rows still cached).  Kept rows go through
+        their stored form, as if read back, and keep their versions, so the epoch
+        stays: batches prepared before are still valid.  ``False`` (nothing
+        changed) when *batch* does not fit even so: the cache has to start afresh.
+        """
+        old, meta, wmeta = self.state, self.meta, self.wmeta
+        cached = old.tasks
+        keep = dict.fromkeys(raw for raw in batch.keys if raw in cached)
+        budget = self.max_tasks - len(batch.keys)
+        if len(keep) > budget:
+            return False
+        room = min(budget, self.max_tasks // 4) - len(keep)
+        if room > 0:
+            for raw in reversed(list(cached)):  # newest first
+                if raw not in keep and cached[raw].state not in READY_STATES:
+                    keep[raw] = None
+                    room -= 1
+                    if room == 0:
+                        break
+        workers = old.workers
+        state = self._new_state(self.max_tasks, len(workers))
+        new_meta: dict[str, tuple[int, str | None]] = {}
+        for raw in keep:
+            key = _clean(raw)
+            entry = meta.get(key)
+            if entry is not None:
+                row = task_row(cached[raw], entry[1])
+                state.restore_task(task_dict(dict(zip(TASK_COLUMNS, row, strict=True))))
+                new_meta[key] = entry
+        new_wmeta: dict[str, tuple[int, str | None]] = {}
+        for raw, w in workers.items():
+            key = _clean(raw)
+            entry = wmeta.get(key)
+            if entry is not None:
+                seed_worker(state, dict(zip(WORKER_COLUMNS, worker_row(w, entry[1]), strict=True)))
+                new_wmeta[key] = entry
+        self.state, self.meta, self.wmeta = state, new_meta, new_wmeta
+        return True
+
     def needs_room(self, batch: Batch) -> bool:
         """Whether *batch* fits only in a cache started afresh."""
         state = self.state

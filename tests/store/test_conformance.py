@@ -145,6 +145,39 @@ async def test_a_writer_whose_cache_overflows_reads_back_what_it_dropped(
             assert stored is not None and comparable(stored) == comparable(t.to_dict()), uuid
 
 
+async def test_a_writer_whose_cache_is_full_keeps_its_unfinished_tasks(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making room drops finished rows first: tasks still running stay cached (never
+    read back), and the cache does not start afresh."""
+    monkeypatch.setattr(_rows, "CACHE_TASKS", 40)
+    long = [f"long-{i}" for i in range(5)]
+    events = [e for uuid in long for e in lifecycle(uuid, "SUCCESS", 1.0)[:2]]
+    for i in range(200):
+        events += lifecycle(f"short-{i}", "FAILURE" if i % 7 == 0 else "SUCCESS", 2.0 + i)
+    events += [e for uuid in long for e in lifecycle(uuid, "SUCCESS", 1.0)[2:]]
+    async with open_store(store_url) as store:
+        read: list[str] = []
+        read_rows = store._read_rows
+
+        async def spy(uuids: Any, hosts: Any) -> Any:
+            tasks, workers = await read_rows(uuids, hosts)
+            read.extend(row["uuid"] for row in tasks)
+            return tasks, workers
+
+        monkeypatch.setattr(store, "_read_rows", spy)
+        await store.write(events[:30])
+        epoch = store._cache.epoch
+        for start in range(30, len(events), 30):
+            await store.write(events[start : start + 30])
+        assert store._cache.epoch == epoch  # made room each time, never started afresh
+        assert len(store._cache.state.tasks) <= 40
+        assert not set(read) & set(long)
+        for uuid, t in expected(events).tasks.items():
+            stored = await store.get(uuid)
+            assert stored is not None and comparable(stored) == comparable(t.to_dict()), uuid
+
+
 async def test_writers_taking_turns_on_one_database_lose_no_update(store_url: str) -> None:
     """Each writer caches the rows it wrote; the other one's writes make them stale."""
     events: list[dict[str, Any]] = []
