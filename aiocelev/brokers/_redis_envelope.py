@@ -35,13 +35,41 @@ ENVELOPE_REASON = "envelope"
 
 if sys.version_info >= (3, 11):
 
-    def _b64decode(text: str) -> bytes:
+    def _b64decode_stdlib(text: str) -> bytes:
         return binascii.a2b_base64(text, strict_mode=True)
 
 else:  # pragma: no cover - Python 3.10
 
-    def _b64decode(text: str) -> bytes:
+    def _b64decode_stdlib(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
+
+
+def _simd_b64decode() -> Callable[[str], bytes] | None:
+    """pybase64's SIMD decoder with validation, if installed (the ``redis`` extra has it).
+
+    About 15 times faster than the standard library on an event batch's
+    body.  What it accepts, the strict standard decoder accepts too, with the
+    same bytes; it refuses a few odd strings the standard decoder takes (a
+    ``=`` after a complete quantum), so a refusal is decided by the standard
+    decoder: the outcome is always exactly ``a2b_base64(strict_mode=True)``'s
+    (tests/brokers/test_redis_envelope_base64.py).
+    """
+    try:
+        from pybase64 import b64decode
+    except ImportError:  # pragma: no cover - the redis extra installs it
+        return None
+
+    def decode(text: str) -> bytes:
+        try:
+            return b64decode(text, validate=True)
+        except ValueError:  # binascii.Error included
+            return _b64decode_stdlib(text)
+
+    return decode
+
+
+#: Decodes a base64 body strictly: pybase64 when installed, else the standard library.
+_b64decode: Callable[[str], bytes] = _simd_b64decode() or _b64decode_stdlib
 
 
 def encode_envelope(
