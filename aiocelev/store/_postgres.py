@@ -166,7 +166,16 @@ def _upsert(table: str, temp: str, columns: Sequence[str]) -> str:
     )
 
 
-_UPSERT_TASKS = _upsert("tasks", "aiocelev_tasks_in", TASK_COLUMNS)
+# Task rows are many: the upsert counts them, and only when some were not written
+# (the rare case) are those found.
+_UPSERT_TASKS = (
+    f"WITH written AS ({_upsert('tasks', 'aiocelev_tasks_in', TASK_COLUMNS)}) "
+    "SELECT count(*) FROM written"
+)
+_STALE_TASKS = (
+    "SELECT s.uuid FROM aiocelev_tasks_in AS s WHERE NOT EXISTS "
+    "(SELECT FROM tasks AS t WHERE t.uuid = s.uuid AND t.version = $1)"
+)
 _UPSERT_WORKERS = _upsert("workers", "aiocelev_workers_in", WORKER_COLUMNS)
 
 
@@ -402,7 +411,7 @@ class PostgresStore(EventStore):
     async def _write_batch(self, conn: Any, prepared: Prepared) -> tuple[int, int]:
         token = prepared.token
         task_rows, worker_rows = prepared.task_rows, prepared.worker_rows
-        versions: dict[str, int] = {}
+        versions: dict[str, int] | None = None  # None: every task row at the token
         wversions: dict[str, int] = {}
         async with conn.transaction():
             # Workers first, then tasks, each in key order: no deadlock between writers.
@@ -424,9 +433,16 @@ class PostgresStore(EventStore):
                     ],
                     columns=_TASK_IN,
                 )
-                versions = {r[0]: r[1] for r in await conn.fetch(_UPSERT_TASKS, token)}
-            if len(versions) < len(task_rows) or len(wversions) < len(worker_rows):
-                self._conflicts += await self._rewrite(conn, prepared, versions, wversions)
+                if await conn.fetchval(_UPSERT_TASKS, token) < len(task_rows):
+                    stale = {r[0] for r in await conn.fetch(_STALE_TASKS, token)}
+                    versions = {r[0]: token for r in task_rows if r[0] not in stale}
+            if versions is not None or len(wversions) < len(worker_rows):
+                self._conflicts += await self._rewrite(
+                    conn,
+                    prepared,
+                    {r[0]: token for r in task_rows} if versions is None else versions,
+                    wversions,
+                )
             if self.event_log:
                 await conn.copy_records_to_table(
                     "aiocelev_events_in", records=[event_row(f) for f in prepared.batch.events]

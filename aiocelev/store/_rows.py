@@ -446,9 +446,13 @@ class RowCache:
         )
 
     def settle(
-        self, prepared: Prepared, versions: Mapping[str, int], wversions: Mapping[str, int]
+        self,
+        prepared: Prepared,
+        versions: Mapping[str, int] | None,
+        wversions: Mapping[str, int] | None,
     ) -> None:
-        """After the commit of *prepared*: the versions the rows were written with.
+        """After the commit of *prepared*: the versions the rows were written with
+        (``None``: every row at the batch's own, which the cache holds already).
 
         A row of the batch without one (another writer changed it meanwhile, it
         was written again over that) is forgotten: it is read back when next touched.
@@ -460,6 +464,8 @@ class RowCache:
             (self.meta, prepared.task_rows, versions),
             (self.wmeta, prepared.worker_rows, wversions),
         ):
+            if written is None:
+                continue
             for row in rows:
                 key = row[0]
                 entry = meta.get(key)
