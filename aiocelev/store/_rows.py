@@ -391,14 +391,12 @@ class RowCache:
         budget = self.max_tasks - len(batch.keys)
         if len(keep) > budget:
             return False
-        room = min(budget, self.max_tasks // 4) - len(keep)
-        if room > 0:
-            for raw in reversed(list(cached)):  # newest first
-                if raw not in keep and cached[raw].state not in READY_STATES:
-                    keep[raw] = None
-                    room -= 1
-                    if room == 0:
-                        break
+        limit = min(budget, self.max_tasks // 4)
+        if len(keep) < limit:
+            for t in old.unready_tasks(limit):  # newest first
+                keep[t.uuid] = None
+                if len(keep) >= limit:
+                    break
         workers = old.workers
         state = self._new_state(self.max_tasks, len(workers))
         new_meta: dict[str, tuple[int, str | None]] = {}
