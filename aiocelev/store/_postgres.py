@@ -116,12 +116,14 @@ SCHEMA_V3 = [
     # changed) adds an entry to each, and the uuid made them a third larger.  Pages
     # are still read in index order: rows of equal ``ts`` are sorted by uuid as they
     # come (an incremental sort), and a cursor's ``ts <= ?`` bounds the scan.
-    "DROP INDEX tasks_state",
-    "DROP INDEX tasks_name",
-    "DROP INDEX tasks_worker",
-    "CREATE INDEX tasks_state ON tasks (state, name, ts)",
-    "CREATE INDEX tasks_name ON tasks (name, ts)",
-    "CREATE INDEX tasks_worker ON tasks (worker, ts)",
+    # Built before the old ones are dropped: readers wait only for the swap.
+    "CREATE INDEX tasks_state_v3 ON tasks (state, name, ts)",
+    "CREATE INDEX tasks_name_v3 ON tasks (name, ts)",
+    "CREATE INDEX tasks_worker_v3 ON tasks (worker, ts)",
+    "DROP INDEX tasks_state, tasks_name, tasks_worker",
+    "ALTER INDEX tasks_state_v3 RENAME TO tasks_state",
+    "ALTER INDEX tasks_name_v3 RENAME TO tasks_name",
+    "ALTER INDEX tasks_worker_v3 RENAME TO tasks_worker",
 ]
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
