@@ -725,50 +725,63 @@ class EventReceiver:
         errors: dict[str, DecodeError] | None = None
         type_: Any
         ts: Any
-        for data in items:
-            # validate_event inlined; its message is built only on failure
-            if type(data) is dict:
-                type_ = data.get("type")
-                ts = data.get("timestamp")
-                valid = (
-                    type(type_) is str
-                    and type_ != ""
-                    and type(data.get("hostname")) is str
-                    and (type(ts) is float or type(ts) is int)
-                )
-            else:
-                valid = False
-            if not valid:
-                why = validate_event(data) or "not an event"
-                if single:
-                    raise DecodeError("not-an-event", why)
-                if errors is None:
-                    errors = {}
-                self._report(element_error(why, errors), message)
-                continue
-            if type_ == "task-sent":
-                # Clients never synchronise their clocks: Celery replaces them.
-                value = (clock.value or 1) - 1
-                data["clock"] = value
-                clock.value = (value if value > clock.value else clock.value) + 1
-            else:
-                raw = data.get("clock")
-                if type(raw) is int and 0 <= raw < MAX_CLOCK:
-                    current = clock.value
-                    clock.value = (raw if raw > current else current) + 1
+        # The clock's value is kept in a local and stored back at the end (and
+        # before on_error runs): nothing awaits in between, and on an error
+        # the value reached so far is stored (finally).
+        value = clock.value
+        invalid_clocks = 0
+        try:
+            for data in items:
+                # validate_event inlined; its message is built only on failure
+                if type(data) is dict:
+                    type_ = data.get("type")
+                    ts = data.get("timestamp")
+                    valid = (
+                        type(type_) is str
+                        and type_ != ""
+                        and type(data.get("hostname")) is str
+                        and (type(ts) is float or type(ts) is int)
+                    )
                 else:
-                    if "clock" in data:
-                        self._invalid_clocks += 1
-                    clock.value += 1
-                    data["clock"] = clock.value
-            if localize:
-                offset = data.get("utcoffset")
-                if type(offset) is int or type(offset) is float:
-                    data["timestamp"] = ts - (offset - here) * 3600
-            data["local_received"] = now
-            event = new(registry_get(type_) or event_class(type_))
-            set_fields(event, "_fields", data)
-            append(event)
+                    valid = False
+                if not valid:
+                    why = validate_event(data) or "not an event"
+                    if single:
+                        raise DecodeError("not-an-event", why)
+                    if errors is None:
+                        errors = {}
+                    # on_error may read the clock and the statistics
+                    clock.value = value
+                    self._invalid_clocks += invalid_clocks
+                    invalid_clocks = 0
+                    self._report(element_error(why, errors), message)
+                    continue
+                if type_ == "task-sent":
+                    # Clients never synchronise their clocks: Celery replaces them.
+                    sent = (value or 1) - 1
+                    data["clock"] = sent
+                    value = (sent if sent > value else value) + 1
+                else:
+                    raw = data.get("clock")
+                    if type(raw) is int and 0 <= raw < MAX_CLOCK:
+                        value = (raw if raw > value else value) + 1
+                    else:
+                        if "clock" in data:
+                            invalid_clocks += 1
+                        value += 1
+                        data["clock"] = value
+                if localize:
+                    offset = data.get("utcoffset")
+                    if type(offset) is int or type(offset) is float:
+                        data["timestamp"] = ts - (offset - here) * 3600
+                data["local_received"] = now
+                event = new(registry_get(type_) or event_class(type_))
+                set_fields(event, "_fields", data)
+                append(event)
+        finally:
+            clock.value = value
+            if invalid_clocks:
+                self._invalid_clocks += invalid_clocks
         self._events += len(events)
         return events
 
