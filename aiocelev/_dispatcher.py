@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Collection, Mapping
@@ -16,8 +17,8 @@ import anyio.abc
 
 from ._backoff import Backoff
 from ._clock import LamportClock, utcoffset, valid_clock
-from ._codec import dumps, dumps_plain, plain_values
-from ._events import Event, group_of, routing_key_of
+from ._codec import _INT_MAX, _INT_MIN, dumps, dumps_plain, plain_values
+from ._events import Event, routing_key_of
 from ._exceptions import (
     AiocelevError,
     BrokerError,
@@ -40,8 +41,14 @@ __all__ = ["DispatcherStatistics", "EventDispatcher", "anon_nodename"]
 
 logger = logging.getLogger("aiocelev.dispatcher")
 
-#: Most event types whose group a dispatcher remembers.
-_GROUP_CACHE = 1024
+#: Most event types whose group and routing key a dispatcher remembers.
+_ROUTE_CACHE = 1024
+#: How long (seconds of wall-clock time) the stamped ``utcoffset`` is reused before re-reading it.
+_STAMP_PERIOD = 60.0
+
+_OPEN = LifecycleState.OPEN
+_now = time.time
+_type = type  # send() has a parameter named type
 
 
 class DispatcherStatistics(NamedTuple):
@@ -70,18 +77,48 @@ def anon_nodename() -> str:
     return f"gen{os.getpid()}@{socket.gethostname()}"
 
 
-# A buffered event: (batch group or None, routing key, the event as encoded JSON
-# or as a plain dict to encode at publish time, sequence number: 1-based position
-# among accepted events).
-_Item = tuple[str | None, str, "str | dict[str, Any]", int]
+class _Encoded:
+    """An event encoded when it was sent (its values are not all plain): kombu's JSON bytes.
+
+    msgspec refuses to encode it, which is how a batch holding one is told apart
+    from a batch of plain dicts without looking at every element.
+    """
+
+    __slots__ = ("json",)
+
+    def __init__(self, json: bytes) -> None:
+        self.json = json
 
 
-def _encode_batch(payloads: list[str | dict[str, Any]]) -> bytes:
-    """The JSON array of already encoded events and plain dicts, in order."""
-    if all(type(p) is dict for p in payloads):
-        return dumps_plain(payloads)
-    parts = [p.encode() if isinstance(p, str) else dumps_plain(p) for p in payloads]
-    return b"[" + b", ".join(parts) + b"]"
+#: A buffered event: a plain dict (encoded at publish time) or an :class:`_Encoded`.
+_Body = "dict[str, Any] | _Encoded"
+
+
+class _Run:
+    """Consecutive accepted events that leave in one message.
+
+    A run of a batch group holds up to ``max_batch`` events (one ``<group>.multi``
+    message); any other event is a run of its own.  ``first`` is the sequence
+    number (1-based position among accepted events) of ``bodies[0]``: the events
+    of a run are consecutive, so the next one is ``first + 1``.
+    """
+
+    __slots__ = ("bodies", "first", "group", "routing_key")
+
+    def __init__(self, group: str | None, routing_key: str, bodies: list[Any], first: int) -> None:
+        self.group = group
+        self.routing_key = routing_key
+        self.bodies = bodies
+        self.first = first
+
+
+def _encode_batch(payloads: list[Any]) -> bytes:
+    """The JSON array of plain dicts and already encoded events, in order."""
+    try:
+        return dumps_plain(payloads)  # every element a plain dict: one call
+    except TypeError:  # an element was encoded when sent (msgspec refuses _Encoded)
+        parts = [p.json if type(p) is _Encoded else dumps_plain(p) for p in payloads]
+        return b"[" + b", ".join(parts) + b"]"
 
 
 class EventDispatcher:
@@ -149,11 +186,15 @@ class EventDispatcher:
             raise ConfigurationError("buffer_size must be at least 1")
         self._overflow = parse_overflow(overflow, DISPATCHER_POLICIES, "EventDispatcher")
         self._broker, self._owns_broker = resolve_broker(broker, broker_options)
-        self.hostname = hostname or anon_nodename()
+        # The template every event's stamped fields are copied from (in Celery's
+        # key order); rebuilt when the wall clock leaves [_stamp_from, _stamp_until).
+        self._template: dict[str, Any] = {}
+        self._stamp_from = self._stamp_until = 0.0
+        self._hostname = hostname or anon_nodename()
         self.groups: set[str] | None = set(groups) if groups is not None else None
         self.batch_groups = frozenset(batch_groups)
         self.clock = clock if clock is not None else LamportClock()
-        self.pid = os.getpid()
+        self._pid = os.getpid()
         self._enabled = enabled
         self._max_batch = max_batch
         self._buffer_size = buffer_size
@@ -161,8 +202,15 @@ class EventDispatcher:
         self._close_timeout = close_timeout
         self._headers = {"hostname": self.hostname}
 
-        self._buffer: deque[_Item] = deque()
-        self._inflight: list[_Item] = []
+        # Accepted events not yet handed to the broker: _runs waiting, _inflight
+        # being published.  _free is buffer_size minus the events in both.
+        self._runs: deque[_Run] = deque()
+        self._inflight: list[_Run] = []
+        self._free = buffer_size
+        # The bodies of the last run while more events of _tail_group may join it.
+        self._tail: list[Any] = []
+        self._tail_group: str | None = None
+        self._tail_room = 0
         self._accepted = 0
         self._sent = 0
         self._messages = 0
@@ -174,17 +222,10 @@ class EventDispatcher:
         self._wakeup = anyio.Event()
         self._publisher_waiting = False
         self._progress = anyio.Event()
-        self._offset = utcoffset()
-        self._offset_checked = time.monotonic()
         self._lifecycle = Lifecycle("EventDispatcher")
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._group_of: dict[str, str] = {}
-        self._template: dict[str, Any] = {
-            "hostname": self.hostname,
-            "utcoffset": self._offset,
-            "pid": self.pid,
-            "clock": 0,
-        }
+        # event type -> (group, routing key), the group interned
+        self._routes: dict[str, tuple[str, str]] = {}
 
     # -- public API ---------------------------------------------------------
 
@@ -192,6 +233,26 @@ class EventDispatcher:
     def broker(self) -> Broker:
         """The broker adapter this dispatcher publishes to."""
         return self._broker
+
+    @property
+    def hostname(self) -> str:
+        """The node name stamped on every event sent."""
+        return self._hostname
+
+    @hostname.setter
+    def hostname(self, value: str) -> None:
+        self._hostname = value
+        self._stamp_until = 0.0  # restamp with the new name
+
+    @property
+    def pid(self) -> int:
+        """The process id stamped on every event sent."""
+        return self._pid
+
+    @pid.setter
+    def pid(self, value: int) -> None:
+        self._pid = value
+        self._stamp_until = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -213,7 +274,7 @@ class EventDispatcher:
             sent=self._sent,
             messages=self._messages,
             batches=self._batches,
-            buffered=len(self._buffer) + len(self._inflight),
+            buffered=self._buffer_size - self._free,
             dropped=self._dropped,
             filtered=self._filtered,
             publish_errors=self._publish_errors,
@@ -229,30 +290,66 @@ class EventDispatcher:
         :raises BufferFullError: the buffer is full and the policy is ``error``.
         :raises ClosedError: the dispatcher is not open.
         """
-        if self._lifecycle.state is not LifecycleState.OPEN:
+        # The whole of an accepted event's path is inline here (this runs for
+        # every event): only a full buffer leaves it, to wait for room.
+        if self._lifecycle.state is not _OPEN:
             self._lifecycle.check_open()
-        group = self._group_of.get(type)
-        if group is None:
-            group = type.partition("-")[0]
-            if len(self._group_of) < _GROUP_CACHE:
-                self._group_of[type] = group
+        route = self._routes.get(type)
+        if route is None:
+            route = self._route(type)
+        group = route[0]
         if not self._enabled or (self.groups is not None and group not in self.groups):
             self._filtered += 1
             return
-        timestamp = fields.pop("timestamp", None)
-        # hostname, utcoffset and pid from a prebuilt template (in Celery's key order)
-        data = self._stamp().copy()
+        now = _now()
+        if not self._stamp_from <= now < self._stamp_until:
+            self._restamp(now)
+        timestamp = fields.pop("timestamp") if "timestamp" in fields else None
         clock = self.clock
-        clock.value += 1
-        data["clock"] = clock.value
+        clock.value = value = clock.value + 1
+        # hostname, utcoffset and pid from the template, in Celery's key order
+        data = self._template.copy()
+        data["clock"] = value
         data.update(fields)
-        data["timestamp"] = timestamp if timestamp is not None else time.time()
+        data["timestamp"] = now if timestamp is None else timestamp
         data["type"] = type
         # Plain events are encoded later, a whole batch in one call; anything
         # else is encoded now, so a value that is not serialisable fails here.
-        # The stamped fields are plain by construction: check the caller's only.
-        plain = plain_values(fields.values()) and (timestamp is None or plain_values((timestamp,)))
-        await self._accept(group, type, data if plain else dumps(data))
+        # The stamped fields are plain by construction: check the caller's only
+        # (what plain_values checks, inline).
+        body: Any = data
+        for v in fields.values():
+            t = _type(v)
+            if t is str or v is None or t is bool:
+                continue
+            if t is float:
+                if 1e-4 <= v < 1e16 or -1e16 < v <= -1e-4 or v == 0.0:
+                    continue
+            elif t is int:
+                if _INT_MIN <= v < _INT_MAX:
+                    continue
+            elif (t is list or t is tuple) and plain_values((v,)):
+                continue
+            body = _Encoded(dumps(data).encode("ascii"))
+            break
+        else:
+            if timestamp is not None and not plain_values((timestamp,)):
+                body = _Encoded(dumps(data).encode("ascii"))
+        if self._free <= 0 and not await self._make_room():
+            return
+        self._free -= 1
+        self._accepted = seq = self._accepted + 1
+        if group in self.batch_groups:
+            if group is self._tail_group and self._tail_room:
+                self._tail_room -= 1
+                self._tail.append(body)
+            else:
+                self._new_run(group, "", body, seq)
+        else:
+            self._new_run(None, route[1], body, seq)
+        if self._publisher_waiting:
+            self._publisher_waiting = False
+            self._wakeup.set()
 
     async def send_event(self, event: Event | Mapping[str, Any]) -> None:
         """Buffer an already complete event (e.g. one being replayed) unchanged.
@@ -265,14 +362,30 @@ class EventDispatcher:
         type_ = data.get("type")
         if not isinstance(type_, str):
             raise ConfigurationError("an event needs a string 'type' field")
-        group = group_of(type_)
+        route = self._routes.get(type_) or self._route(type_)
+        group = route[0]
         if not self._enabled or (self.groups is not None and group not in self.groups):
             self._filtered += 1
             return
         clock = data.get("clock")
         if valid_clock(clock):  # an absurd clock must not drag the local one along
             self.clock.adjust(clock)
-        await self._accept(group, type_, dumps(data))
+        body = _Encoded(dumps(data).encode("ascii"))
+        if self._free <= 0 and not await self._make_room():
+            return
+        self._free -= 1
+        self._accepted = seq = self._accepted + 1
+        if group in self.batch_groups:
+            if group is self._tail_group and self._tail_room:
+                self._tail_room -= 1
+                self._tail.append(body)
+            else:
+                self._new_run(group, "", body, seq)
+        else:
+            self._new_run(None, route[1], body, seq)
+        if self._publisher_waiting:
+            self._publisher_waiting = False
+            self._wakeup.set()
 
     async def flush(self) -> None:
         """Return once every event accepted so far was handed to the broker (or dropped)."""
@@ -335,7 +448,7 @@ class EventDispatcher:
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(self._close_timeout):
                 await self._wait_settled(self._accepted)
-            unsent = len(self._buffer) + len(self._inflight)
+            unsent = self._buffer_size - self._free
             if unsent:
                 self._dropped += unsent
                 logger.warning(
@@ -344,8 +457,10 @@ class EventDispatcher:
                     self._broker.url,
                     self._close_timeout,
                 )
-                self._buffer.clear()
+                self._runs.clear()
+                self._tail_group = None
                 self._inflight = []
+                self._free = self._buffer_size
         task_group.cancel_scope.cancel()
         try:
             await task_group.__aexit__(None, None, None)
@@ -367,52 +482,50 @@ class EventDispatcher:
 
     # -- internals ------------------------------------------------------------
 
-    def _utcoffset(self) -> float:
-        now = time.monotonic()
-        if now - self._offset_checked > 60.0:
-            self._offset = utcoffset()
-            self._offset_checked = now
-        return self._offset
+    def _route(self, type_: str) -> tuple[str, str]:
+        """The group (interned: compared by identity) and routing key of *type_*, remembered."""
+        route = (sys.intern(type_.partition("-")[0]), routing_key_of(type_))
+        if len(self._routes) < _ROUTE_CACHE:
+            self._routes[type_] = route
+        return route
 
-    def _stamp(self) -> dict[str, Any]:
-        """The stamped fields every event starts from (``clock`` is set per event).
+    def _restamp(self, now: float) -> None:
+        """Rebuild the template of the stamped fields (``clock`` is set per event).
 
-        Rebuilt when the zone offset is re-read (every minute) or ``hostname`` /
+        Done when the wall clock leaves the template's minute (the zone offset
+        is re-read: a DST change shows within a minute) or ``hostname`` /
         ``pid`` were reassigned.
         """
-        template = self._template
-        if (
-            time.monotonic() - self._offset_checked > 60.0
-            or template["hostname"] is not self.hostname
-            or template["pid"] is not self.pid
-        ):
-            template = self._template = {
-                "hostname": self.hostname,
-                "utcoffset": self._utcoffset(),
-                "pid": self.pid,
-                "clock": 0,
-            }
-        return template
+        self._template = {
+            "hostname": self._hostname,
+            "utcoffset": utcoffset(),
+            "pid": self._pid,
+            "clock": 0,
+        }
+        self._stamp_from = now
+        self._stamp_until = now + _STAMP_PERIOD
 
-    async def _accept(self, group: str, type_: str, body: str | dict[str, Any]) -> None:
-        if (
-            len(self._buffer) + len(self._inflight) >= self._buffer_size
-            and not await self._make_room()
-        ):
-            return
-        self._accepted += 1
-        if group in self.batch_groups:
-            # Batched events go out on <group>.multi: no routing key of their own.
-            self._buffer.append((group, "", body, self._accepted))
-        else:
-            self._buffer.append((None, routing_key_of(type_), body, self._accepted))
-        if self._publisher_waiting:
-            self._wakeup.set()
+    def _new_run(self, group: str | None, routing_key: str, body: Any, seq: int) -> None:
+        """Start a run with *body* (event number *seq*); a batch group's run stays open."""
+        bodies = [body]
+        self._runs.append(_Run(group, routing_key, bodies, seq))
+        self._tail_group = group
+        if group is not None:
+            self._tail = bodies
+            self._tail_room = self._max_batch - 1
 
     def _drop_oldest(self) -> bool:
-        if not self._buffer:
+        runs = self._runs
+        if not runs:
             return False  # everything left is in flight: cannot drop it
-        self._buffer.popleft()
+        run = runs[0]
+        del run.bodies[0]
+        run.first += 1
+        if not run.bodies:
+            runs.popleft()
+            if not runs:
+                self._tail_group = None
+        self._free += 1
         self._dropped += 1
         if self._dropped == 1 or self._dropped % 1000 == 0:
             logger.warning(
@@ -436,14 +549,14 @@ class EventDispatcher:
             return False
         if policy is Overflow.BLOCK and self._connected:
             with anyio.move_on_after(self._block_timeout):
-                while len(self._buffer) + len(self._inflight) >= self._buffer_size:
+                while self._free <= 0:
                     await self._progress_wait()
                     self._lifecycle.check_open()
                     if not self._is_connected():
                         break  # the broker went away: stop waiting, drop the oldest
                 else:
                     return True
-        while len(self._buffer) + len(self._inflight) >= self._buffer_size:
+        while self._free <= 0:
             if not self._drop_oldest():
                 self._dropped += 1
                 return False
@@ -462,9 +575,9 @@ class EventDispatcher:
         # Events leave in order (a drop may leave a gap behind the in-flight
         # ones): everything before the oldest pending event is sent or dropped.
         if self._inflight:
-            return self._inflight[0][3] - 1
-        if self._buffer:
-            return self._buffer[0][3] - 1
+            return self._inflight[0].first - 1
+        if self._runs:
+            return self._runs[0].first - 1
         return self._accepted
 
     async def _wait_settled(self, target: int) -> None:
@@ -473,41 +586,34 @@ class EventDispatcher:
                 raise ClosedError("the dispatcher closed before the flush completed")
             await self._progress_wait()
 
-    def _build_messages(self, items: list[_Item]) -> tuple[list[OutgoingMessage], int]:
+    def _build_messages(self, runs: list[_Run]) -> tuple[list[OutgoingMessage], int]:
         messages: list[OutgoingMessage] = []
         batches = 0
         headers = self._headers
-        max_batch = self._max_batch
-        i, n = 0, len(items)
-        while i < n:
-            group, routing_key, body, _ = items[i]
-            if group is None:
-                encoded = body.encode() if type(body) is str else dumps_plain(body)
+        for run in runs:
+            if run.group is None:
+                (body,) = run.bodies
+                encoded = body.json if type(body) is _Encoded else dumps_plain(body)
                 messages.append(
-                    OutgoingMessage(routing_key=routing_key, body=encoded, headers=headers)
+                    OutgoingMessage(routing_key=run.routing_key, body=encoded, headers=headers)
                 )
-                i += 1
                 continue
-            j = i + 1
-            while j < n and j - i < max_batch and items[j][0] == group:
-                j += 1
             messages.append(
                 OutgoingMessage(
-                    routing_key=f"{group}.multi",
-                    body=_encode_batch([item[2] for item in items[i:j]]),
+                    routing_key=f"{run.group}.multi",
+                    body=_encode_batch(run.bodies),
                     headers=headers,
                 )
             )
             batches += 1
-            i = j
         return messages, batches
 
     async def _publisher(self) -> None:
         backoff = Backoff()
         take = self._max_batch * 4
-        buffer = self._buffer
+        runs = self._runs
         while True:
-            if not buffer:
+            if not runs:
                 self._wakeup = anyio.Event()
                 self._publisher_waiting = True
                 try:
@@ -515,18 +621,25 @@ class EventDispatcher:
                 finally:
                     self._publisher_waiting = False
                 continue
-            count = min(take, len(buffer))
-            items = [buffer.popleft() for _ in range(count)]
-            self._inflight = items
-            messages, batches = self._build_messages(items)
+            # Whole runs, about `take` events (a run is one message).
+            taken: list[_Run] = []
+            count = 0
+            while runs and count < take:
+                run = runs.popleft()
+                taken.append(run)
+                count += len(run.bodies)
+            if not runs:
+                self._tail_group = None  # the open run, if any, is taken: later events start anew
+            self._inflight = taken
+            messages, batches = self._build_messages(taken)
             try:
                 await self._broker.publish(messages)
             except AiocelevError as exc:
                 self._publish_errors += 1
                 # Put the events back in front, in order; trim if the buffer overflowed meanwhile.
-                buffer.extendleft(reversed(items))
+                runs.extendleft(reversed(taken))
                 self._inflight = []
-                while len(buffer) > self._buffer_size:
+                while self._free < 0:
                     self._drop_oldest()
                 delay = backoff.next_delay()
                 if self._connected or backoff.attempts % 10 == 1:
@@ -534,7 +647,7 @@ class EventDispatcher:
                         "publishing to %s failed (%s); %d events buffered, retrying in %.2fs",
                         self._broker.url,
                         exc,
-                        len(buffer),
+                        self._buffer_size - self._free,
                         delay,
                     )
                 self._connected = False
@@ -546,6 +659,7 @@ class EventDispatcher:
                 self._connected = True
             backoff.reset()
             self._inflight = []
+            self._free += count
             self._sent += count
             self._messages += len(messages)
             self._batches += batches
