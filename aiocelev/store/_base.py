@@ -356,8 +356,7 @@ class EventStore(abc.ABC):
         where = self._where(filter)
         if cursor is not None:
             ts, uuid = decode_cursor(cursor)
-            # ``ts <= ?`` too: an index that ends at ``ts`` can start the scan there.
-            where.add("ts <= ? AND (ts, uuid) < (?, ?)", ts, ts, uuid)
+            where.add("(ts, uuid) < (?, ?)", ts, uuid)
         sql = f"SELECT {_SELECT_TASKS} FROM tasks{where.sql()} ORDER BY ts DESC, uuid DESC LIMIT ?"
         rows = await self._fetch(sql, [*where.params, limit + 1])
         more = len(rows) > limit

@@ -111,21 +111,7 @@ SCHEMA_V2 = [
     "ALTER TABLE tasks ADD COLUMN version bigint NOT NULL DEFAULT 0",
     "ALTER TABLE workers ADD COLUMN version bigint NOT NULL DEFAULT 0",
 ]
-SCHEMA_V3 = [
-    # The indexes of the filters end at ``ts``: a task row written again (its state
-    # changed) adds an entry to each, and the uuid made them a third larger.  Pages
-    # are still read in index order: rows of equal ``ts`` are sorted by uuid as they
-    # come (an incremental sort), and a cursor's ``ts <= ?`` bounds the scan.
-    # Built before the old ones are dropped: readers wait only for the swap.
-    "CREATE INDEX tasks_state_v3 ON tasks (state, name, ts)",
-    "CREATE INDEX tasks_name_v3 ON tasks (name, ts)",
-    "CREATE INDEX tasks_worker_v3 ON tasks (worker, ts)",
-    "DROP INDEX tasks_state, tasks_name, tasks_worker",
-    "ALTER INDEX tasks_state_v3 RENAME TO tasks_state",
-    "ALTER INDEX tasks_name_v3 RENAME TO tasks_name",
-    "ALTER INDEX tasks_worker_v3 RENAME TO tasks_worker",
-]
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2), (3, SCHEMA_V3)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, SCHEMA_V1), (2, SCHEMA_V2)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _OPTIONS = {"schema", "events", "pool_size"}
