@@ -111,9 +111,13 @@ def _make_fast_dumps() -> Callable[[Any], str]:
         if type(obj) is dict and _plain_tree(obj, 0):
             # msgspec writes such a tree exactly as kombu does (see dumps_plain),
             # several times faster: e.g. kombu's Redis envelope of a large batch.
-            out = _dumps_plain_dict(obj)
-            if out.isascii() and b"\x7f" not in out:
-                return out.decode("ascii")
+            try:
+                out = _dumps_plain_dict(obj)
+            except UnicodeEncodeError:
+                pass  # a lone surrogate: the standard library escapes it, as kombu's
+            else:
+                if out.isascii() and b"\x7f" not in out:
+                    return out.decode("ascii")
         try:
             return join(iterencode(obj, 0))
         except RecursionError:
