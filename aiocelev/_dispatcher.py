@@ -192,7 +192,7 @@ class EventDispatcher:
         self._stamp_from = self._stamp_until = 0.0
         self._hostname = hostname or anon_nodename()
         self.groups: set[str] | None = set(groups) if groups is not None else None
-        self.batch_groups = frozenset(batch_groups)
+        self._batch_groups = frozenset(batch_groups)
         self.clock = clock if clock is not None else LamportClock()
         self._pid = os.getpid()
         self._enabled = enabled
@@ -233,6 +233,16 @@ class EventDispatcher:
     def broker(self) -> Broker:
         """The broker adapter this dispatcher publishes to."""
         return self._broker
+
+    @property
+    def batch_groups(self) -> frozenset[str]:
+        """The groups whose events are batched (reassigning it applies to the next event)."""
+        return self._batch_groups
+
+    @batch_groups.setter
+    def batch_groups(self, value: Collection[str]) -> None:
+        self._batch_groups = frozenset(value)
+        self._tail_group = None  # the open run was for the old groups
 
     @property
     def hostname(self) -> str:
@@ -310,7 +320,7 @@ class EventDispatcher:
         # hostname, utcoffset and pid from the template, in Celery's key order
         data = self._template.copy()
         data["clock"] = value
-        data.update(fields)
+        data |= fields
         data["timestamp"] = now if timestamp is None else timestamp
         data["type"] = type
         # Plain events are encoded later, a whole batch in one call; anything
@@ -338,15 +348,16 @@ class EventDispatcher:
         if self._free <= 0 and not await self._make_room():
             return
         self._free -= 1
-        self._accepted = seq = self._accepted + 1
-        if group in self.batch_groups:
-            if group is self._tail_group and self._tail_room:
-                self._tail_room -= 1
-                self._tail.append(body)
-            else:
-                self._new_run(group, "", body, seq)
+        self._accepted += 1
+        if group is self._tail_group:  # the open run of a batch group has room
+            self._tail.append(body)
+            self._tail_room -= 1
+            if not self._tail_room:
+                self._tail_group = None
+        elif group in self._batch_groups:
+            self._new_run(group, "", body)
         else:
-            self._new_run(None, route[1], body, seq)
+            self._new_run(None, route[1], body)
         if self._publisher_waiting:
             self._publisher_waiting = False
             self._wakeup.set()
@@ -374,15 +385,16 @@ class EventDispatcher:
         if self._free <= 0 and not await self._make_room():
             return
         self._free -= 1
-        self._accepted = seq = self._accepted + 1
-        if group in self.batch_groups:
-            if group is self._tail_group and self._tail_room:
-                self._tail_room -= 1
-                self._tail.append(body)
-            else:
-                self._new_run(group, "", body, seq)
+        self._accepted += 1
+        if group is self._tail_group:  # the open run of a batch group has room
+            self._tail.append(body)
+            self._tail_room -= 1
+            if not self._tail_room:
+                self._tail_group = None
+        elif group in self._batch_groups:
+            self._new_run(group, "", body)
         else:
-            self._new_run(None, route[1], body, seq)
+            self._new_run(None, route[1], body)
         if self._publisher_waiting:
             self._publisher_waiting = False
             self._wakeup.set()
@@ -505,14 +517,20 @@ class EventDispatcher:
         self._stamp_from = now
         self._stamp_until = now + _STAMP_PERIOD
 
-    def _new_run(self, group: str | None, routing_key: str, body: Any, seq: int) -> None:
-        """Start a run with *body* (event number *seq*); a batch group's run stays open."""
+    def _new_run(self, group: str | None, routing_key: str, body: Any) -> None:
+        """Start a run with *body*, the last event accepted; a batch group's run stays open.
+
+        The open run (the tail) takes the next events of its group while it has
+        room; any other event, or the publisher taking the run, closes it.
+        """
         bodies = [body]
-        self._runs.append(_Run(group, routing_key, bodies, seq))
-        self._tail_group = group
-        if group is not None:
+        self._runs.append(_Run(group, routing_key, bodies, self._accepted))
+        if group is not None and self._max_batch > 1:
             self._tail = bodies
             self._tail_room = self._max_batch - 1
+            self._tail_group = group
+        else:
+            self._tail_group = None
 
     def _drop_oldest(self) -> bool:
         runs = self._runs
