@@ -236,9 +236,13 @@ def dumps_plain(obj: Any) -> bytes:
     msgspec's encoder plus its one-line formatter give the standard library's
     ``", "`` / ``": "`` layout at a fraction of the cost; output that is not pure
     ASCII or holds a DEL character (which kombu escapes) is written again by
-    :func:`dumps`.
+    :func:`dumps`, and so is a string holding a lone surrogate (which msgspec
+    cannot encode and kombu escapes).
     """
-    out = _msgspec_format(_msgspec_encode(obj), indent=0)
+    try:
+        out = _msgspec_format(_msgspec_encode(obj), indent=0)
+    except UnicodeEncodeError:
+        return dumps(obj).encode("ascii")
     if out.isascii() and b"\x7f" not in out:
         return out
     return dumps(obj).encode("ascii")
