@@ -47,7 +47,6 @@ _ROUTE_CACHE = 1024
 _STAMP_PERIOD = 60.0
 
 _OPEN = LifecycleState.OPEN
-_now = time.time
 _type = type  # send() has a parameter named type
 
 
@@ -90,29 +89,33 @@ class _Encoded:
         self.json = json
 
 
-#: A buffered event: a plain dict (encoded at publish time) or an :class:`_Encoded`.
-_Body = "dict[str, Any] | _Encoded"
-
-
 class _Run:
     """Consecutive accepted events that leave in one message.
 
     A run of a batch group holds up to ``max_batch`` events (one ``<group>.multi``
     message); any other event is a run of its own.  ``first`` is the sequence
     number (1-based position among accepted events) of ``bodies[0]``: the events
-    of a run are consecutive, so the next one is ``first + 1``.
+    of a run are consecutive, so the next one is ``first + 1``.  A body is a
+    plain dict (encoded at publish time, with the rest of its batch) or an
+    :class:`_Encoded`.
     """
 
     __slots__ = ("bodies", "first", "group", "routing_key")
 
-    def __init__(self, group: str | None, routing_key: str, bodies: list[Any], first: int) -> None:
+    def __init__(
+        self,
+        group: str | None,
+        routing_key: str,
+        bodies: list[dict[str, Any] | _Encoded],
+        first: int,
+    ) -> None:
         self.group = group
         self.routing_key = routing_key
         self.bodies = bodies
         self.first = first
 
 
-def _encode_batch(payloads: list[Any]) -> bytes:
+def _encode_batch(payloads: list[dict[str, Any] | _Encoded]) -> bytes:
     """The JSON array of plain dicts and already encoded events, in order."""
     try:
         return dumps_plain(payloads)  # every element a plain dict: one call
@@ -134,8 +137,9 @@ class EventDispatcher:
     is not fails right there) and buffers it; a background publisher encodes
     buffered events, a whole batch at once, and hands them to the broker in
     order.  Events of plain values (strings, numbers, lists of them) are encoded
-    at publish time, so do not mutate a list after passing it to ``send``.  Events of ``batch_groups`` go out as
-    JSON arrays on ``<group>.multi`` (natural batching: whatever accumulated while
+    at publish time, so do not mutate a list after passing it to ``send``.
+    Events of ``batch_groups`` go out as JSON arrays on ``<group>.multi``
+    (natural batching: consecutive events of the group that accumulated while
     the previous publish was in flight, up to ``max_batch`` per message); worker
     events are never batched.  While the broker is away, events wait in the
     bounded buffer and go out in order once it is back.  Leaving the context
@@ -208,7 +212,7 @@ class EventDispatcher:
         self._inflight: list[_Run] = []
         self._free = buffer_size
         # The bodies of the last run while more events of _tail_group may join it.
-        self._tail: list[Any] = []
+        self._tail: list[dict[str, Any] | _Encoded] = []
         self._tail_group: str | None = None
         self._tail_room = 0
         self._accepted = 0
@@ -311,7 +315,7 @@ class EventDispatcher:
         if not self._enabled or (self.groups is not None and group not in self.groups):
             self._filtered += 1
             return
-        now = _now()
+        now = time.time()  # looked up per call: a test may replace time.time
         if not self._stamp_from <= now < self._stamp_until:
             self._restamp(now)
         timestamp = fields.pop("timestamp") if "timestamp" in fields else None
@@ -517,7 +521,9 @@ class EventDispatcher:
         self._stamp_from = now
         self._stamp_until = now + _STAMP_PERIOD
 
-    def _new_run(self, group: str | None, routing_key: str, body: Any) -> None:
+    def _new_run(
+        self, group: str | None, routing_key: str, body: dict[str, Any] | _Encoded
+    ) -> None:
         """Start a run with *body*, the last event accepted; a batch group's run stays open.
 
         The open run (the tail) takes the next events of its group while it has

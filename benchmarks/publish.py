@@ -40,9 +40,10 @@ def _aiocelev(spec: dict[str, Any]) -> dict[str, Any]:
                 await d.send("task-succeeded", **fields[n + i])
             await d.flush()
             before = d.statistics()
+            send = d.send  # bound once, as on Celery's side
             start = time.perf_counter()
             for i in range(n):
-                await d.send("task-succeeded", **fields[i])
+                await send("task-succeeded", **fields[i])
             await d.flush()
             elapsed = time.perf_counter() - start
             after = d.statistics()
