@@ -304,8 +304,8 @@ class EventDispatcher:
         :raises BufferFullError: the buffer is full and the policy is ``error``.
         :raises ClosedError: the dispatcher is not open.
         """
-        # The whole of an accepted event's path is inline here (this runs for
-        # every event): only a full buffer leaves it, to wait for room.
+        # This runs for every event: one coroutine, and only a full buffer
+        # suspends it, to wait for room.
         if self._lifecycle.state is not _OPEN:
             self._lifecycle.check_open()
         route = self._routes.get(type)
@@ -349,23 +349,10 @@ class EventDispatcher:
         else:
             if timestamp is not None and not plain_values((timestamp,)):
                 body = _Encoded(dumps(data).encode("ascii"))
-        # what _accept does, inline (one coroutine fewer per event)
+        # what _accept does, without a second coroutine per event
         if self._free <= 0 and not await self._make_room():
             return
-        self._free -= 1
-        self._accepted += 1
-        if group is self._tail_group:  # the open run of a batch group has room
-            self._tail.append(body)
-            self._tail_room -= 1
-            if not self._tail_room:
-                self._tail_group = None
-        elif group in self._batch_groups:
-            self._new_run(group, "", body)
-        else:
-            self._new_run(None, route[1], body)
-        if self._publisher_waiting:
-            self._publisher_waiting = False
-            self._wakeup.set()
+        self._append(group, route[1], body)
 
     async def send_event(self, event: Event | Mapping[str, Any]) -> None:
         """Buffer an already complete event (e.g. one being replayed) unchanged.
@@ -526,10 +513,14 @@ class EventDispatcher:
     async def _accept(self, group: str, routing_key: str, body: dict[str, Any] | _Encoded) -> None:
         """Buffer *body*, an event of *group*, making room first if the buffer is full.
 
-        :meth:`send` does the same inline.
+        :meth:`send` does the same without awaiting this coroutine.
         """
         if self._free <= 0 and not await self._make_room():
             return
+        self._append(group, routing_key, body)
+
+    def _append(self, group: str, routing_key: str, body: dict[str, Any] | _Encoded) -> None:
+        """Buffer *body* in the room just taken, and wake the publisher if it waits."""
         self._free -= 1
         self._accepted += 1
         if group is self._tail_group:  # the open run of a batch group has room
