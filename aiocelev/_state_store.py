@@ -232,6 +232,24 @@ class StateStore:
         self._by_name.remove(t.name, uuid)
         self._by_worker.remove(t.worker, uuid)
 
+    def forget_task(self, uuid: str) -> TaskState | None:
+        """Drop task *uuid* from the state as eviction would (not counted as evicted).
+
+        Every index and queue follows; the ``children`` links of other tasks
+        are left as they are.  Returns the task dropped, ``None`` if it was not kept.
+        """
+        t = self._tasks.pop(uuid, None)
+        if t is None:
+            return None
+        if uuid in self._ready:
+            del self._ready[uuid]
+        else:
+            del self._unready[uuid]
+        self._by_state.remove(t.state, uuid)
+        self._by_name.remove(t.name, uuid)
+        self._by_worker.remove(t.worker, uuid)
+        return t
+
     def _add_child(self, parent_id: str, uuid: str) -> None:
         """Link task *uuid* to its parent, remembered until the parent is seen."""
         parent = self._tasks.get(parent_id)

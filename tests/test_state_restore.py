@@ -80,6 +80,26 @@ def test_restore_respects_the_bound_and_evicts_finished_first() -> None:
     _check_indexes(s)
 
 
+def test_forget_task_drops_it_from_every_index() -> None:
+    s = ClusterState(max_tasks=10)
+    for e in [*lifecycle("done"), received("open", host="celery@b")]:
+        s.apply(e)
+    forgotten = s.forget_task("done")
+    assert forgotten is not None and forgotten.uuid == "done"
+    assert s.task("done") is None and sorted(s.tasks) == ["open"]
+    assert not s.ready_tasks() and [t.uuid for t in s.unready_tasks()] == ["open"]
+    assert s.state_counts() == {"RECEIVED": 1} and s.evicted_tasks == 0
+    _check_indexes(s)
+    assert s.forget_task("done") is None  # not kept: nothing to do
+    s.forget_task("open")
+    assert len(s) == 0 and s.task_names() == [] and s.worker_task_counts() == {}
+    _check_indexes(s)
+    s.apply(received("done"))  # an event for a forgotten task starts it afresh
+    t = s.task("done")
+    assert t is not None and t.state == "RECEIVED" and t.succeeded is None
+    _check_indexes(s)
+
+
 def test_restore_ignores_index_values_of_the_wrong_type() -> None:
     s = ClusterState()
     t = s.restore_task(

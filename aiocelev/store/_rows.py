@@ -377,44 +377,31 @@ class RowCache:
     def compact(self, batch: Batch) -> bool:
         """Make room for *batch*, keeping the rows most likely to be written again.
 
-        A new state keeps every worker, the cached tasks *batch* touches and the
-        newest unfinished tasks, up to a quarter of the cache; the other rows are
-        forgotten (read back when next touched; a batch prepared before and not
-        written yet settles only the rows still cached).  Kept rows go through
-        their stored form, as if read back, and keep their versions, so the epoch
-        stays: batches prepared before are still valid.  ``False`` (nothing
-        changed) when *batch* does not fit even so: the cache has to start afresh.
+        The cache keeps every worker, the cached tasks *batch* touches and the
+        newest unfinished tasks, up to a quarter of the cache; the other tasks
+        are dropped in place (read back when next touched; a batch prepared
+        before and not written yet settles only the rows still cached).  The
+        kept rows are untouched and keep their versions, so the epoch stays:
+        batches prepared before are still valid.  ``False`` (nothing changed)
+        when *batch* does not fit even so: the cache has to start afresh.
         """
-        old, meta, wmeta = self.state, self.meta, self.wmeta
-        cached = old.tasks
-        keep = dict.fromkeys(raw for raw in batch.keys if raw in cached)
+        state, meta = self.state, self.meta
+        cached = state.tasks
+        keep = {raw for raw in batch.keys if raw in cached}
         budget = self.max_tasks - len(batch.keys)
         if len(keep) > budget:
             return False
         limit = min(budget, self.max_tasks // 4)
         if len(keep) < limit:
-            for t in old.unready_tasks(limit):  # newest first
-                keep[t.uuid] = None
+            for t in state.unready_tasks(limit):  # newest first
+                keep.add(t.uuid)
                 if len(keep) >= limit:
                     break
-        workers = old.workers
-        state = self._new_state(self.max_tasks, len(workers))
-        new_meta: dict[str, tuple[int, str | None]] = {}
-        for raw in keep:
-            key = _clean(raw)
-            entry = meta.get(key)
-            if entry is not None:
-                row = task_row(cached[raw], entry[1])
-                state.restore_task(task_dict(dict(zip(TASK_COLUMNS, row, strict=True))))
-                new_meta[key] = entry
-        new_wmeta: dict[str, tuple[int, str | None]] = {}
-        for raw, w in workers.items():
-            key = _clean(raw)
-            entry = wmeta.get(key)
-            if entry is not None:
-                seed_worker(state, dict(zip(WORKER_COLUMNS, worker_row(w, entry[1]), strict=True)))
-                new_wmeta[key] = entry
-        self.state, self.meta, self.wmeta = state, new_meta, new_wmeta
+        forget = state.forget_task
+        for raw in [raw for raw in cached if raw not in keep]:
+            forget(raw)
+        kept = {_clean(raw) for raw in keep}
+        self.meta = {key: entry for key, entry in meta.items() if key in kept}
         return True
 
     def needs_room(self, batch: Batch) -> bool:
