@@ -7,18 +7,39 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 
 from .._message import IncomingMessage, OutgoingMessage
 from .._receiver import ErrorCallback, EventReceiver
-from .._url import mask_url
+from .._url import mask_url, scheme_of, split_urls
 from ..brokers import Broker, ControlTransport, Subscription
 from ..brokers._registry import resolve_broker
 from ._base import EventStore
 from ._writer import StoreWriter
 
 __all__ = ["Ingest", "IngestStatistics"]
+
+#: ``prefetch_count`` of an :class:`Ingest` opened from a RabbitMQ URL that sets none.
+#: Its acknowledgements wait for commits, so the broker's window of unacknowledged
+#: messages is what a batch can hold: 100 messages (the adapter's default) capped
+#: each commit at 100 single-event messages (measured: 3,800 events/s into
+#: PostgreSQL, 6,300 with this window).
+INGEST_PREFETCH = 1_000
+
+_AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "librabbitmq"})
+
+
+def _broker_options(url: str) -> dict[str, Any]:
+    """Keyword options for opening *url*: a wider prefetch window on RabbitMQ unless set."""
+    urls = split_urls(url)
+    if not urls or scheme_of(urls[0]) not in _AMQP_SCHEMES:
+        return {}
+    for one in urls:
+        if any(key == "prefetch_count" for key, _ in parse_qsl(urlsplit(one).query)):
+            return {}
+    return {"prefetch_count": INGEST_PREFETCH}
 
 
 class IngestStatistics(NamedTuple):
@@ -135,7 +156,9 @@ class Ingest:
     yet acknowledged is delivered again and rewritten (writes are idempotent).
     Without acknowledgements (Redis pub/sub, the default RabbitMQ queue) what is
     published while the subscription is down is lost; ``statistics().gaps``
-    counts those windows.
+    counts those windows.  A RabbitMQ URL without ``prefetch_count`` is consumed
+    with :data:`INGEST_PREFETCH` unacknowledged messages at most, so that a batch
+    is not capped by the broker's window while it waits for its commit.
 
     :param broker: a URL (opened and closed here) or a :class:`~aiocelev.Broker`.
     :param store: an open :class:`EventStore`.
@@ -155,7 +178,8 @@ class Ingest:
         receiver_buffer: int = 10_000,
         **writer_options: Any,
     ) -> None:
-        inner, self._owns_broker = resolve_broker(broker)
+        options = _broker_options(broker) if isinstance(broker, str) else None
+        inner, self._owns_broker = resolve_broker(broker, options)
         writer_options.setdefault("broker", mask_url(inner.url))
         self.writer = StoreWriter(store, **writer_options)
         self._broker = _AckAfterCommit(inner, _OrderedAcks(self.writer))

@@ -132,3 +132,52 @@ async def test_kill_9_mid_stream_and_restart_loses_nothing(amqp_url: str, tmp_pa
             proc.stderr.close()
         await _delete_queue(amqp_url, queue)
         await delete_exchanges(amqp_url, exchange)
+
+
+@pytest.mark.parametrize(("query", "window"), [("", 1_000), ("&prefetch_count=30", 30)])
+async def test_ingest_window_is_wide_unless_the_url_sets_one(
+    amqp_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, query: str, window: int
+) -> None:
+    """Acknowledgements wait for the commit: the broker's window of unacknowledged
+    messages is what one batch can hold.  While nothing commits, an Ingest takes
+    up to 1,000 single-event messages by default (the adapter's default of 100 would
+    cap it there), and exactly what the URL asks for otherwise."""
+    from aiocelev.store import Ingest, open_store
+
+    tag = uuid.uuid4().hex[:10]
+    exchange, queue = f"aiocelev-window-ev-{tag}", f"aiocelev-window-{tag}"
+    source = f"{amqp_url}?exchange={exchange}&queue_name={queue}&durable=1{query}"
+    published = 300
+    expected = min(window, published)
+    try:
+        async with open_store(f"sqlite:///{tmp_path / 'h.db'}") as store:
+            never = anyio.Event()
+
+            async def stalled(*args: object, **kwargs: object) -> None:
+                await never.wait()
+
+            monkeypatch.setattr(store, "write_prepared", stalled)
+            monkeypatch.setattr(store, "write", stalled)
+            async with (
+                Ingest(source, store, close_timeout=0.2) as ingest,
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(ingest.run)
+                async with EventDispatcher(
+                    f"{amqp_url}?exchange={exchange}&confirm_publish=1",
+                    hostname="w@window",
+                    max_batch=1,
+                ) as d:
+                    for i in range(published):
+                        await d.send("task-received", uuid=f"w-{i}", name="proj.add")
+                        await d.flush()
+                with anyio.fail_after(20):
+                    while ingest.statistics().events < expected:
+                        await anyio.sleep(0.01)
+                await anyio.sleep(0.3)  # nothing more arrives without an acknowledgement
+                stats = ingest.statistics()
+                assert (stats.events, stats.committed, stats.acked) == (expected, 0, 0)
+                tg.cancel_scope.cancel()
+    finally:
+        await _delete_queue(amqp_url, queue)
+        await delete_exchanges(amqp_url, exchange)

@@ -493,6 +493,16 @@ async def test_a_version_1_postgres_schema_is_migrated(postgres_url: str) -> Non
         assert task is not None and task["state"] == "SUCCESS" and task["name"] == "proj.add"
 
 
+async def test_postgres_statements_are_planned_for_their_parameters(postgres_url: str) -> None:
+    """asyncpg prepares every statement; a generic plan made while the table was nearly
+    empty (a sequential scan to read rows back) must not outlive the table's growth."""
+    async with open_store(postgres_url) as store:
+        async with store._need_pool().acquire() as conn:  # type: ignore[attr-defined]
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+        writer = await store._writer()  # type: ignore[attr-defined]
+        assert await writer.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+
+
 async def test_a_writer_preparing_ahead_survives_losing_its_connection(postgres_url: str) -> None:
     """The writer's connection is killed three times while it writes: the batch in hand
     fails, the cache is dropped, the batch prepared behind it is prepared again after
