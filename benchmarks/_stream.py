@@ -79,14 +79,20 @@ def _raw_messages(spec: dict[str, Any]) -> tuple[list[Any], int]:
     return messages, n
 
 
-async def _fast_publish(broker: Any) -> Any:
+async def _fast_publish(broker: Any, messages: list[Any]) -> Any:
     """A ``publish(messages)`` for the raw stream that outruns any receiver.
 
     On RabbitMQ it pipelines ``basic.publish`` frames through aiormq (waiting
     for the socket only after the last message of each call) -- about twice
-    what a per-message ``exchange.publish`` achieves; elsewhere it is the
-    adapter's own ``publish``.
+    what a per-message ``exchange.publish`` achieves.  On Redis every
+    ``PUBLISH`` of *messages* is encoded up front (kombu's envelope, made by the
+    adapter's own encoder) and written as raw protocol on a connection of its
+    own: through redis-py the publisher, not the receivers, set the pace of one
+    event per message (both receivers then read exactly the publisher's ~25-30k
+    events/s).  Elsewhere it is the adapter's own ``publish``.
     """
+    if hasattr(broker, "_channels") and URLS["redis"].startswith("redis://"):
+        return await _fast_publish_redis(broker, messages)
     if not hasattr(broker, "_publisher_exchange"):
         return broker.publish
     from pamqp import commands
@@ -117,6 +123,47 @@ async def _fast_publish(broker: Any) -> Any:
     return publish
 
 
+async def _fast_publish_redis(broker: Any, messages: list[Any]) -> Any:
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from aiocelev.brokers._redis_envelope import encode_envelope
+
+    channels = broker._channels
+    encoded: dict[int, bytes] = {}
+    for m in messages:
+        channel = channels.channel_for(m.routing_key).encode()
+        body = encode_envelope(m, channels.exchange)
+        encoded[id(m)] = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            len(channel), channel, len(body), body
+        )  # fmt: skip
+    url = urlsplit(URLS["redis"])
+    reader, writer = await asyncio.open_connection(url.hostname, url.port or 6379)
+    if url.password:
+        user = url.username or "default"
+        writer.write(b"*3\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            len(user), user.encode(), len(url.password), url.password.encode()))  # fmt: skip
+        line = await reader.readline()
+        if not line.startswith(b"+OK"):
+            raise RuntimeError(f"redis AUTH refused: {line!r}")
+
+    async def publish(batch: list[Any]) -> None:
+        writer.write(b"".join([encoded[id(m)] for m in batch]))
+        await writer.drain()
+        # One integer reply (":<subscribers>") per PUBLISH; an error reply is fatal.
+        replies, data = 0, b""
+        while replies < len(batch):
+            chunk = await reader.read(65536)
+            if not chunk:
+                raise RuntimeError("redis closed the publishing connection")
+            data += chunk
+            if b"-" in data and b"\r\n-" in b"\r\n" + data:
+                raise RuntimeError(f"redis refused a PUBLISH: {data[:200]!r}")
+            replies = data.count(b"\r\n")
+
+    return publish
+
+
 async def _run_async(spec: dict[str, Any]) -> dict[str, Any]:
     import anyio
 
@@ -143,7 +190,7 @@ async def _run_async(spec: dict[str, Any]) -> dict[str, Any]:
             while not os.path.exists(go):
                 await broker.publish([probe])
                 await anyio.sleep(0.02)
-            publish = await _fast_publish(broker)
+            publish = await _fast_publish(broker, messages)
             start = time.perf_counter()
             chunk = 64
             if rate:
