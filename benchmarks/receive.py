@@ -52,7 +52,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         result = run_aiocelev(spec, stream, handle, broker_options=broker_options, batches=batches)
         if with_state:
             result["tasks_kept"] = len(state.tasks)
-        return result
+        return _complete(result)
 
     if with_state:
         from celery.events.state import State
@@ -67,4 +67,16 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     result = run_celery(spec, stream, handle, queue_ttl=RECEIVE_QUEUE_TTL if amqp else None)
     if with_state:
         result["tasks_kept"] = len(cstate.tasks)
+    return _complete(result)
+
+
+def _complete(result: dict[str, Any]) -> dict[str, Any]:
+    """*result*, if every published event was received: a rate over part of the stream
+    would measure nothing (the broker cut the subscriber off, e.g. Redis's pub/sub
+    ``client-output-buffer-limit`` for a receiver too far behind)."""
+    sent = result.get("published")
+    if isinstance(sent, int) and result["received"] < sent:
+        raise RuntimeError(
+            f"received {result['received']} of {sent} events: the stream was cut short"
+        )
     return result

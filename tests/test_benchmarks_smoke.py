@@ -87,3 +87,17 @@ def test_benchmarks_quick_amqp(amqp_url: str, tmp_path: Path) -> None:
 @pytest.mark.timeout(150)
 def test_benchmarks_quick_redis(redis_url: str, tmp_path: Path) -> None:
     _check(_run_quick("redis", redis_url, tmp_path), "redis")
+
+
+def test_a_receive_measurement_of_part_of_the_stream_fails() -> None:
+    """A subscriber the broker cut off gets no rate: the A/B table would compare
+    a partial stream with a whole one."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.receive import _complete
+    finally:
+        sys.path.remove(str(ROOT))
+    whole = {"received": 40_000, "published": 40_000, "rate": 1.0}
+    assert _complete(whole) is whole
+    with pytest.raises(RuntimeError, match="received 17760 of 200000 events"):
+        _complete({"received": 17_760, "published": 200_000, "rate": 1.0})
