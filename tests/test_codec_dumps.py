@@ -16,28 +16,22 @@ from kombu.utils.json import dumps as kombu_dumps
 
 from aiocelev._codec import _MAX_PLAIN_DEPTH, _plain_tree, dumps
 
-# any character, lone surrogates included (msgspec cannot encode them; kombu escapes them)
-_chars = st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr))
-_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(_chars, max_size=16),
-)
+from ._strategies import any_char, json_scalars
+
+_scalars = json_scalars(16)
 _trees = st.recursive(
     _scalars,
     lambda inner: st.one_of(
         st.lists(inner, max_size=4),
         st.tuples(inner, inner),
-        st.dictionaries(st.text(_chars, max_size=6), inner, max_size=4),
+        st.dictionaries(st.text(any_char, max_size=6), inner, max_size=4),
     ),
     max_leaves=20,
 )
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.dictionaries(st.text(_chars, max_size=8), _trees, max_size=6))
+@given(st.dictionaries(st.text(any_char, max_size=8), _trees, max_size=6))
 def test_dumps_of_a_dict_is_kombus(value: dict[str, Any]) -> None:
     assert dumps(value) == kombu_dumps(value)
 

@@ -26,6 +26,7 @@ from aiocelev._clock import utcoffset
 from aiocelev.brokers.memory import MemoryBroker
 
 from ._helpers import broker_fixture, url_fixture  # noqa: F401
+from ._strategies import json_scalars
 
 HOST = "celery@wörker-1"  # not ASCII: the stamped prefix is escaped as kombu does
 
@@ -86,15 +87,7 @@ def _check(
     assert pending == []
 
 
-# any character, lone surrogates included (msgspec cannot encode them; kombu escapes them)
-_chars = st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr))
-_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(_chars, max_size=12),
-)
+_scalars = json_scalars(12)
 _values = st.one_of(
     _scalars,
     st.lists(_scalars, max_size=3),
