@@ -127,6 +127,8 @@ async def _fast_publish_redis(broker: Any, messages: list[Any]) -> Any:
     import asyncio
     from urllib.parse import urlsplit
 
+    import hiredis
+
     from aiocelev.brokers._redis_envelope import encode_envelope
 
     channels = broker._channels
@@ -139,6 +141,7 @@ async def _fast_publish_redis(broker: Any, messages: list[Any]) -> Any:
         )  # fmt: skip
     url = urlsplit(URLS["redis"])
     reader, writer = await asyncio.open_connection(url.hostname, url.port or 6379)
+    parser = hiredis.Reader()
     if url.password:
         user = url.username or "default"
         writer.write(b"*3\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
@@ -150,16 +153,17 @@ async def _fast_publish_redis(broker: Any, messages: list[Any]) -> Any:
     async def publish(batch: list[Any]) -> None:
         writer.write(b"".join([encoded[id(m)] for m in batch]))
         await writer.drain()
-        # One integer reply (":<subscribers>") per PUBLISH; an error reply is fatal.
-        replies, data = 0, b""
+        # One integer reply (the number of subscribers) per PUBLISH; an error is fatal.
+        replies = 0
         while replies < len(batch):
             chunk = await reader.read(65536)
             if not chunk:
                 raise RuntimeError("redis closed the publishing connection")
-            data += chunk
-            if b"-" in data and b"\r\n-" in b"\r\n" + data:
-                raise RuntimeError(f"redis refused a PUBLISH: {data[:200]!r}")
-            replies = data.count(b"\r\n")
+            parser.feed(chunk)
+            while (reply := parser.gets()) is not False:
+                if isinstance(reply, hiredis.ReplyError):
+                    raise RuntimeError(f"redis refused a PUBLISH: {reply}")
+                replies += 1
 
     return publish
 
