@@ -12,9 +12,10 @@ from .._exceptions import ConfigurationError
 from .._url import mask_url, split_urls
 from ._options import to_bool, to_opt_float, to_opt_int
 
-__all__ = ["AmqpOptions", "Endpoint", "parse_options", "replace"]
+__all__ = ["SCHEMES", "AmqpOptions", "Endpoint", "parse_options", "replace", "split_query"]
 
-_SCHEMES = {"amqp": "amqp", "pyamqp": "amqp", "librabbitmq": "amqp", "amqps": "amqps"}
+#: The URL schemes of RabbitMQ, and the scheme each is opened with.
+SCHEMES = {"amqp": "amqp", "pyamqp": "amqp", "librabbitmq": "amqp", "amqps": "amqps"}
 
 #: Query parameters handed to aiormq unchanged (connection tuning and TLS files).
 _PASSTHROUGH = frozenset(
@@ -89,7 +90,7 @@ class Endpoint:
     ssl: bool
 
 
-def _split_query(url: str) -> tuple[str, dict[str, str]]:
+def split_query(url: str) -> tuple[str, dict[str, str]]:
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", parts.fragment)), query
@@ -98,9 +99,9 @@ def _split_query(url: str) -> tuple[str, dict[str, str]]:
 def _endpoint(
     url: str, passthrough: Mapping[str, str], heartbeat: int | None, connection_name: str
 ) -> Endpoint:
-    bare, _ = _split_query(url)
+    bare, _ = split_query(url)
     parts = urlsplit(bare)
-    scheme = _SCHEMES.get(parts.scheme.lower())
+    scheme = SCHEMES.get(parts.scheme.lower())
     if scheme is None:
         raise ConfigurationError(f"not an AMQP URL: {mask_url(url)!r}")
     try:
@@ -142,7 +143,7 @@ def parse_options(url: str, options: Mapping[str, Any]) -> tuple[list[Endpoint],
     from_query: dict[str, str] = {}
     passthrough: dict[str, str] = {}
     for one in urls:
-        _, query = _split_query(one)
+        _, query = split_query(one)
         for key, value in query.items():
             if key in _CONVERTERS:
                 from_query[key] = value

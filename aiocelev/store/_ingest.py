@@ -7,7 +7,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 
@@ -15,6 +14,7 @@ from .._message import IncomingMessage, OutgoingMessage
 from .._receiver import ErrorCallback, EventReceiver
 from .._url import mask_url, scheme_of, split_urls
 from ..brokers import Broker, ControlTransport, Subscription
+from ..brokers._amqp_options import SCHEMES as AMQP_SCHEMES, split_query
 from ..brokers._registry import resolve_broker
 from ._base import EventStore
 from ._writer import StoreWriter
@@ -28,17 +28,14 @@ __all__ = ["Ingest", "IngestStatistics"]
 #: PostgreSQL, 6,300 with this window).
 INGEST_PREFETCH = 1_000
 
-_AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "librabbitmq"})
-
 
 def _broker_options(url: str) -> dict[str, Any]:
     """Keyword options for opening *url*: a wider prefetch window on RabbitMQ unless set."""
     urls = split_urls(url)
-    if not urls or scheme_of(urls[0]) not in _AMQP_SCHEMES:
+    if not urls or scheme_of(urls[0]) not in AMQP_SCHEMES:
         return {}
-    for one in urls:
-        if any(key == "prefetch_count" for key, _ in parse_qsl(urlsplit(one).query)):
-            return {}
+    if any("prefetch_count" in split_query(one)[1] for one in urls):
+        return {}
     return {"prefetch_count": INGEST_PREFETCH}
 
 
