@@ -62,6 +62,9 @@ class TaskState:
     __slots__ = (
         "_children",
         "_rank",
+        "_seq_name",
+        "_seq_state",
+        "_seq_worker",
         "_waited",
         "args",
         "clock",
@@ -126,6 +129,9 @@ class TaskState:
     clock: int | None
     extra: dict[str, Any] | None
     _rank: int
+    _seq_state: int
+    _seq_name: int
+    _seq_worker: int
     _waited: bool
     _children: dict[str, None] | None
 
@@ -135,6 +141,7 @@ class TaskState:
         self._rank = _PENDING_RANK
         self._waited = False
         self._children = None
+        self._seq_state = self._seq_name = self._seq_worker = 0
         self.name = self.worker = self.client = None
         self.args = self.kwargs = self.result = self.exception = self.traceback = None
         self.runtime = self.retries = self.eta = self.expires = None

@@ -63,14 +63,17 @@ class TaskQueries(StateStore):
 
     def tasks_by_state(self, state: str, limit: int | None = None) -> list[TaskState]:
         """Tasks currently in *state*, the most recent to enter it first."""
+        self._ensure_indexed()
         return self._by_state.newest(state, limit)
 
     def tasks_by_name(self, name: str, limit: int | None = None) -> list[TaskState]:
         """Tasks named *name*, most recently named first."""
+        self._ensure_indexed()
         return self._by_name.newest(name, limit)
 
     def tasks_by_worker(self, hostname: str, limit: int | None = None) -> list[TaskState]:
         """Tasks last handled by worker *hostname*, most recently assigned first."""
+        self._ensure_indexed()
         return self._by_worker.newest(hostname, limit)
 
     def ready_tasks(self, limit: int | None = None) -> list[TaskState]:
@@ -83,18 +86,22 @@ class TaskQueries(StateStore):
 
     def state_counts(self) -> dict[str, int]:
         """How many kept tasks are in each state."""
+        self._ensure_indexed()
         return self._by_state.counts()
 
     def name_counts(self) -> dict[str, int]:
         """How many kept tasks have each name."""
+        self._ensure_indexed()
         return self._by_name.counts()
 
     def worker_task_counts(self) -> dict[str, int]:
         """How many kept tasks each worker handled last."""
+        self._ensure_indexed()
         return self._by_worker.counts()
 
     def task_names(self) -> list[str]:
         """The names of the kept tasks, sorted."""
+        self._ensure_indexed()
         return self._by_name.keys()
 
     def children(self, uuid: str) -> list[TaskState]:

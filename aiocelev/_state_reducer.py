@@ -174,7 +174,10 @@ class Reducer(StateStore):
         if type(hostname) is not str:
             return t, None
         if t.worker != hostname:
-            self._by_worker.move(t.worker, hostname, uuid, t)
+            if self._indexed:
+                self._by_worker.move(t.worker, hostname, uuid, t)
+            else:
+                self._seq = t._seq_worker = self._seq + 1
             t.worker = hostname
         w = self._workers.get(hostname)
         if w is None:
@@ -202,8 +205,7 @@ class Reducer(StateStore):
         if "name" in f:
             name = f["name"]
             if name != t.name and (name is None or type(name) is str):
-                self._by_name.move(t.name, name, t.uuid, t)
-                t.name = name
+                self._set_name(t, name)
         if "parent_id" in f:
             parent_id = f["parent_id"]
             if parent_id != t.parent_id and (parent_id is None or type(parent_id) is str):

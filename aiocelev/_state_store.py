@@ -2,11 +2,12 @@
 
 :class:`StateStore` owns every container: the tasks (with their eviction
 queues and :class:`~aiocelev._state_index.TaskIndex` indexes), the workers,
-the counters and samples.  Its methods create and drop tasks (every index is
-updated in the same step) and keep the eviction queues in step with the
-finished line.  The reducer (``_state_reducer``) decides *what* changes and
-moves a task between index groups with the index helper; the query mixins
-read.
+the counters and samples.  Its methods create and drop tasks (every kept index
+is updated in the same step) and keep the eviction queues in step with the
+finished line.  The indexes by state, name and worker are built by the first
+query that needs one and kept from then on; until then a change only stamps
+the task with a sequence number, the order the indexes are built in.  The
+reducer (``_state_reducer``) decides *what* changes; the query mixins read.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from typing import Any
 
 from ._exceptions import ConfigurationError
@@ -69,6 +71,14 @@ _WORKER_PLAIN = (
 )
 
 
+_STATE = attrgetter("state")
+_NAME = attrgetter("name")
+_WORKER = attrgetter("worker")
+_SEQ_STATE = attrgetter("_seq_state")
+_SEQ_NAME = attrgetter("_seq_name")
+_SEQ_WORKER = attrgetter("_seq_worker")
+
+
 def _rank(state: str) -> int:
     return PRECEDENCE.get(state, CUSTOM_RANK)
 
@@ -90,9 +100,11 @@ class StateStore:
         "_by_worker",
         "_deaf",
         "_expire_window",
+        "_indexed",
         "_pending_children",
         "_rates",
         "_ready",
+        "_seq",
         "_tasks",
         "_time_source",
         "_unready",
@@ -153,6 +165,13 @@ class StateStore:
         self._by_state: TaskIndex[TaskState] = TaskIndex()
         self._by_name: TaskIndex[TaskState] = TaskIndex()
         self._by_worker: TaskIndex[TaskState] = TaskIndex()
+        #: Whether the three indexes above are kept: from the first query that
+        #: needs one (:meth:`_ensure_indexed`) on.  Until then a change of
+        #: state, name or worker only stamps the task with the next ``_seq``
+        #: (its ``_seq_state`` / ``_seq_name`` / ``_seq_worker``), the order
+        #: in which the indexes are built.
+        self._indexed = False
+        self._seq = 0
         #: parent id -> child ids seen before the parent itself.
         self._pending_children: OrderedDict[str, dict[str, None]] = OrderedDict()
         #: Every worker by hostname, the one heard from least recently first.
@@ -191,7 +210,10 @@ class StateStore:
             self._unready[uuid] = t
         t.state = state
         t._rank = rank
-        self._by_state.add(state, uuid, t)
+        if self._indexed:
+            self._by_state.add(state, uuid, t)
+        else:
+            self._seq = t._seq_state = self._seq + 1
         pending = self._pending_children.pop(uuid, None)
         if pending is not None:
             t._children = pending
@@ -204,12 +226,53 @@ class StateStore:
         eviction queue when it crosses the finished line.
         """
         old = t.state
-        self._by_state.move(old, state, t.uuid, t)
+        if self._indexed:
+            self._by_state.move(old, state, t.uuid, t)
+        else:
+            self._seq = t._seq_state = self._seq + 1
         ready = state in READY_STATES
         if ready is not (old in READY_STATES):
             self._requeue(t, ready)
         t.state = state
         t._rank = rank
+
+    def _set_name(self, t: TaskState, name: str | None) -> None:
+        """Give task *t* another ``name``, the index by name in step."""
+        if self._indexed:
+            self._by_name.move(t.name, name, t.uuid, t)
+        else:
+            self._seq = t._seq_name = self._seq + 1
+        t.name = name
+
+    def _set_worker(self, t: TaskState, worker: str | None) -> None:
+        """Attribute task *t* to another ``worker``, the index by worker in step."""
+        if self._indexed:
+            self._by_worker.move(t.worker, worker, t.uuid, t)
+        else:
+            self._seq = t._seq_worker = self._seq + 1
+        t.worker = worker
+
+    def _ensure_indexed(self) -> None:
+        """Build the indexes by state, name and worker if they are not kept yet.
+
+        Each group is filled in the order its tasks joined it (their
+        ``_seq_*`` stamps), so the result is what keeping the index from the
+        start would have given.  From then on every change keeps them.
+        """
+        if self._indexed:
+            return
+        tasks = list(self._tasks.values())
+        for index, key, seq in (
+            (self._by_state, _STATE, _SEQ_STATE),
+            (self._by_name, _NAME, _SEQ_NAME),
+            (self._by_worker, _WORKER, _SEQ_WORKER),
+        ):
+            index.clear()
+            for t in sorted(tasks, key=seq):
+                value = key(t)
+                if value is not None:
+                    index.add(value, t.uuid, t)
+        self._indexed = True
 
     def _requeue(self, t: TaskState, ready: bool) -> None:
         """Move a task whose state crossed the finished line to the other eviction queue."""
@@ -228,9 +291,10 @@ class StateStore:
         uuid, t = (self._ready or self._unready).popitem(last=False)
         del self._tasks[uuid]
         self.evicted_tasks += 1
-        self._by_state.remove(t.state, uuid)
-        self._by_name.remove(t.name, uuid)
-        self._by_worker.remove(t.worker, uuid)
+        if self._indexed:
+            self._by_state.remove(t.state, uuid)
+            self._by_name.remove(t.name, uuid)
+            self._by_worker.remove(t.worker, uuid)
 
     def forget_task(self, uuid: str) -> TaskState | None:
         """Drop task *uuid* from the state as eviction would (not counted as evicted).
@@ -245,9 +309,10 @@ class StateStore:
             del self._ready[uuid]
         else:
             del self._unready[uuid]
-        self._by_state.remove(t.state, uuid)
-        self._by_name.remove(t.name, uuid)
-        self._by_worker.remove(t.worker, uuid)
+        if self._indexed:
+            self._by_state.remove(t.state, uuid)
+            self._by_name.remove(t.name, uuid)
+            self._by_worker.remove(t.worker, uuid)
         return t
 
     def _add_child(self, parent_id: str, uuid: str) -> None:
@@ -316,13 +381,11 @@ class StateStore:
         if "name" in fields:
             name = fields["name"]
             if name != t.name and _optional_str(name):
-                self._by_name.move(t.name, name, uuid, t)
-                t.name = name
+                self._set_name(t, name)
         if "worker" in fields:
             worker = fields["worker"]
             if worker != t.worker and _optional_str(worker):
-                self._by_worker.move(t.worker, worker, uuid, t)
-                t.worker = worker
+                self._set_worker(t, worker)
         for key in _TASK_PLAIN:
             if key in fields:
                 setattr(t, key, fields[key])

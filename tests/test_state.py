@@ -947,6 +947,80 @@ def test_indexes_consistent_for_random_streams() -> None:
     run()
 
 
+def _index_view(s: ClusterState) -> dict[str, Any]:
+    """Everything the indexes answer, in order."""
+    return {
+        "states": s.state_counts(),
+        "names": s.name_counts(),
+        "workers": s.worker_task_counts(),
+        "task_names": s.task_names(),
+        "by_state": {k: [t.uuid for t in s.tasks_by_state(k)] for k in s.state_counts()},
+        "by_name": {k: [t.uuid for t in s.tasks_by_name(k)] for k in s.task_names()},
+        "by_worker": {k: [t.uuid for t in s.tasks_by_worker(k)] for k in s.worker_task_counts()},
+    }
+
+
+def test_indexes_built_on_first_query_match_indexes_kept_all_along() -> None:
+    """The indexes by state, name and worker are built when first asked for:
+    the answer (groups and their order) is the one keeping them from the
+    first event gives, whenever the first query comes."""
+    from hypothesis import given, settings, strategies as st
+
+    step = st.one_of(
+        st.tuples(
+            st.sampled_from(_TYPES),
+            st.integers(0, 15),  # task
+            st.integers(0, 3),  # worker
+            st.integers(0, 4),  # name
+        ),
+        st.tuples(st.just("forget"), st.integers(0, 15), st.just(0), st.just(0)),
+        st.tuples(st.just("restore"), st.integers(0, 15), st.integers(0, 3), st.integers(0, 4)),
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.integers(1, 8), st.lists(step, max_size=60), st.integers(0, 60))
+    def run(max_tasks: int, steps: list[tuple[str, int, int, int]], first_query: int) -> None:
+        kept = ClusterState(max_tasks=max_tasks)
+        kept.state_counts()  # indexes kept from the start
+        lazy = ClusterState(max_tasks=max_tasks)
+        for i, (type_, task, worker, name) in enumerate(steps):
+            if i == first_query:
+                assert _index_view(lazy) == _index_view(kept)
+            for s in (kept, lazy):
+                if type_ == "forget":
+                    s.forget_task(f"t{task}")
+                elif type_ == "restore":
+                    s.restore_task(
+                        {
+                            "uuid": f"t{task}",
+                            "state": "STARTED",
+                            "name": f"r{name}",
+                            "worker": f"w{worker}",
+                        }
+                    )
+                else:
+                    fields: dict[str, Any] = {}
+                    if type_ in ("task-sent", "task-received"):
+                        fields = {"name": f"n{name}"}
+                    s.apply(task_ev(type_, f"t{task}", host=f"w{worker}", **fields))
+        assert _index_view(lazy) == _index_view(kept)
+        _check_indexes(lazy)
+
+    run()
+
+
+def test_a_state_never_asked_by_index_keeps_no_index() -> None:
+    """Until a query needs them, the indexes hold nothing (what they cost is
+    paid by states that are asked)."""
+    s = ClusterState(max_tasks=5)
+    for i in range(20):
+        for ev in lifecycle(f"t{i}"):
+            s.apply(ev)
+    assert len(s._by_state) == len(s._by_name) == len(s._by_worker) == 0
+    assert s.state_counts() == {"SUCCESS": 5}
+    assert len(s._by_state) == 1
+
+
 def test_per_worker_event_counts() -> None:
     s = ClusterState()
     s.apply(worker_ev("worker-online"))
