@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
 __all__ = ["RateCounter", "Reservoir", "StatisticsQueries", "percentile"]
@@ -43,34 +44,28 @@ class Reservoir:
     :param size: how many samples to keep (at least 1).
     """
 
-    __slots__ = ("_buf", "_pos", "_size", "count")
+    __slots__ = ("_buf", "_size", "count")
 
     def __init__(self, size: int = 10_000) -> None:
         if size < 1:
             raise ValueError("a reservoir needs room for at least one sample")
         self._size = size
-        self._buf: list[float] = []
-        self._pos = 0
+        # A bounded deque drops the oldest sample itself, in C.
+        self._buf: deque[float] = deque(maxlen=size)
         #: How many samples were ever added (also those already overwritten).
         self.count = 0
 
     def add(self, value: float) -> None:
         """Record one sample, overwriting the oldest when full."""
         self.count += 1
-        buf = self._buf
-        if len(buf) < self._size:
-            buf.append(value)
-            return
-        buf[self._pos] = value
-        self._pos = (self._pos + 1) % self._size
+        self._buf.append(value)
 
     def __len__(self) -> int:
         return len(self._buf)
 
     def values(self) -> list[float]:
         """The kept samples, oldest first (a new list)."""
-        buf = self._buf
-        return buf[self._pos :] + buf[: self._pos]
+        return list(self._buf)
 
     def percentile(self, q: float) -> float | None:
         """The *q*-th percentile (0-100) of the kept samples; ``None`` when empty."""
@@ -83,8 +78,7 @@ class Reservoir:
 
     def clear(self) -> None:
         """Forget every sample."""
-        self._buf = []
-        self._pos = 0
+        self._buf.clear()
         self.count = 0
 
 
