@@ -22,7 +22,7 @@ from ._codec import (
     parse_message,
     validate_event,
 )
-from ._events import Event, _registry, event_class
+from ._events import Event, TaskSent, _registry, event_class
 from ._exceptions import (
     AiocelevError,
     BrokerConnectionError,
@@ -53,6 +53,8 @@ Handler = Callable[[Event], object]
 
 _new = object.__new__
 _set = object.__setattr__
+#: Stores an event's wire dict (the slot's own setter: cheaper than object.__setattr__).
+_set_fields: Callable[[Event, dict[str, Any]], None] = vars(Event)["_fields"].__set__
 
 _LOG_FIRST = 10
 _LOG_EVERY = 1000
@@ -718,12 +720,13 @@ class EventReceiver:
         here = utcoffset() if localize else 0.0
         clock = self.clock
         registry_get = _registry.get
+        task_sent = TaskSent
         new = _new
-        set_fields = _set
+        set_fields = _set_fields
         events: list[Event] = []
         append = events.append
         errors: dict[str, DecodeError] | None = None
-        type_: Any
+        cls: type[Event] | None
         ts: Any
         # The clock's value is kept in a local and stored back at the end (and
         # before on_error runs): nothing awaits in between, and on an error
@@ -732,31 +735,35 @@ class EventReceiver:
         invalid_clocks = 0
         try:
             for data in items:
-                # validate_event inlined; its message is built only on failure
-                if type(data) is dict:
-                    type_ = data.get("type")
-                    ts = data.get("timestamp")
-                    valid = (
-                        type(type_) is str
-                        and type_ != ""
-                        and type(data.get("hostname")) is str
-                        and (type(ts) is float or type(ts) is int)
-                    )
-                else:
-                    valid = False
-                if not valid:
-                    why = validate_event(data) or "not an event"
-                    if single:
-                        raise DecodeError("not-an-event", why)
-                    if errors is None:
-                        errors = {}
-                    # on_error may read the clock and the statistics
-                    clock.value = value
-                    self._invalid_clocks += invalid_clocks
-                    invalid_clocks = 0
-                    self._report(element_error(why, errors), message)
-                    continue
-                if type_ == "task-sent":
+                # validate_event's checks, in as few lookups as the common case
+                # allows: a built-in type (the registry holds non-empty strings
+                # only), a numeric timestamp and a string hostname.  Anything
+                # else (a custom type included) is decided by validate_event.
+                try:
+                    cls = registry_get(data["type"])
+                    ts = data["timestamp"]
+                except (KeyError, TypeError):  # not a dict, a key missing, unhashable type
+                    cls = None
+                if (
+                    cls is None
+                    or (type(ts) is not float and type(ts) is not int)
+                    or type(data.get("hostname")) is not str
+                ):
+                    why = validate_event(data)
+                    if why is not None:
+                        if single:
+                            raise DecodeError("not-an-event", why)
+                        if errors is None:
+                            errors = {}
+                        # on_error may read the clock and the statistics
+                        clock.value = value
+                        self._invalid_clocks += invalid_clocks
+                        invalid_clocks = 0
+                        self._report(element_error(why, errors), message)
+                        continue
+                    cls = event_class(data["type"])
+                    ts = data["timestamp"]
+                if cls is task_sent:
                     # Clients never synchronise their clocks: Celery replaces them.
                     sent = (value or 1) - 1
                     data["clock"] = sent
@@ -775,8 +782,8 @@ class EventReceiver:
                     if type(offset) is int or type(offset) is float:
                         data["timestamp"] = ts - (offset - here) * 3600
                 data["local_received"] = now
-                event = new(registry_get(type_) or event_class(type_))
-                set_fields(event, "_fields", data)
+                event = new(cls)
+                set_fields(event, data)
                 append(event)
         finally:
             clock.value = value

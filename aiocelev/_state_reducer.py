@@ -32,6 +32,8 @@ _COMMON = frozenset(
 
 _NUMBER = (float, int)
 
+_UNSET: Any = object()
+
 _rank_of = PRECEDENCE.get
 
 # The rank of the state each built-in task event names, read once from the
@@ -76,15 +78,14 @@ class Reducer(StateStore):
         Never raises on odd input: an unusable event is counted in
         ``ignored_events`` and ``None`` is returned.
         """
-        if type(event) is dict:
-            f: Mapping[str, Any] = event
-        elif isinstance(event, Event):
-            f = event._fields
-        else:
-            f = event
+        f: Mapping[str, Any] = event._fields if isinstance(event, Event) else event
         self.event_count += 1
-        type_ = f.get("type")
-        if type(type_) is not str:
+        type_: Any = f.get("type")
+        try:
+            handler = self._handlers.get(type_)
+        except TypeError:  # an unhashable type
+            handler = None
+        if handler is None and type(type_) is not str:
             self.ignored_events += 1
             return None
         lr = f.get("local_received")
@@ -96,51 +97,62 @@ class Reducer(StateStore):
         except (ValueError, OverflowError):  # NaN or infinity in a hand-made dict
             lr = self._time_source()
             sec = int(lr)
-        if sec == rates.current_sec:
-            bucket = rates.current
-            bucket[type_] = bucket.get(type_, 0) + 1
-        else:
-            rates.add(type_, lr)
-        handler = self._handlers.get(type_)
+        if sec != rates.current_sec:
+            rates.advance(sec)
+        bucket = rates.current
+        bucket[type_] = bucket.get(type_, 0) + 1
         if handler is None:
             return self._on_other(f, lr, type_)
         return handler(f, lr)
 
     def apply_many(self, events: Iterable[Event | Mapping[str, Any]]) -> None:
-        """Apply every event of *events* in order (as :meth:`apply` does, in one loop)."""
+        """Apply every event of *events* in order (as :meth:`apply` does, in one loop).
+
+        The events of one received message share their ``local_received``
+        value: its second is worked out once per message, not once per event.
+        """
         rates = self._rates
-        handlers = self._handlers
+        handlers_get = self._handlers.get
         time_source = self._time_source
-        for event in events:
-            if type(event) is dict:
-                f: Mapping[str, Any] = event
-            elif isinstance(event, Event):
-                f = event._fields
-            else:
-                f = event
-            self.event_count += 1
-            type_ = f.get("type")
-            if type(type_) is not str:
-                self.ignored_events += 1
-                continue
-            lr = f.get("local_received")
-            if type(lr) is not float and type(lr) is not int:
-                lr = time_source()
-            try:
-                sec = int(lr)
-            except (ValueError, OverflowError):
-                lr = time_source()
-                sec = int(lr)
-            if sec == rates.current_sec:
-                bucket = rates.current
+        event_cls = Event
+        bucket = rates.current
+        last_lr: Any = _UNSET  # the last valid local_received seen, by identity
+        count = 0
+        f: Mapping[str, Any]
+        try:
+            for event in events:
+                count += 1
+                f = event._fields if isinstance(event, event_cls) else event
+                type_: Any = f.get("type")
+                try:
+                    handler = handlers_get(type_)
+                except TypeError:  # an unhashable type
+                    handler = None
+                if handler is None and type(type_) is not str:
+                    self.ignored_events += 1
+                    continue
+                lr = f.get("local_received")
+                if lr is not last_lr:
+                    if type(lr) is float or type(lr) is int:
+                        try:
+                            sec = int(lr)
+                            last_lr = lr
+                        except (ValueError, OverflowError):  # NaN or infinity
+                            lr = time_source()
+                            sec = int(lr)
+                    else:
+                        lr = time_source()
+                        sec = int(lr)
+                    if sec != rates.current_sec:
+                        rates.advance(sec)
+                        bucket = rates.current
                 bucket[type_] = bucket.get(type_, 0) + 1
-            else:
-                rates.add(type_, lr)
-            handler = handlers.get(type_)
-            if handler is None:
-                self._on_other(f, lr, type_)
-            else:
-                handler(f, lr)
+                if handler is None:
+                    self._on_other(f, lr, type_)
+                else:
+                    handler(f, lr)
+        finally:
+            self.event_count += count
 
     def _on_other(
         self, f: Mapping[str, Any], lr: float, type_: str

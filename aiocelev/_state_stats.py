@@ -124,6 +124,15 @@ class RateCounter:
         bucket = self._buckets[sec % self._n]
         bucket[type_] = bucket.get(type_, 0) + 1
 
+    def advance(self, sec: int) -> None:
+        """Make *sec* the current second if it is later (a hot path then counts into ``current``).
+
+        An earlier *sec* (time went backwards) leaves the current second: a
+        late event is counted in it, as :meth:`add` does.
+        """
+        if sec > self._sec:
+            self._advance(sec)
+
     def _advance(self, sec: int) -> None:
         """Move the current second forward to *sec*, emptying the skipped buckets."""
         n = self._n

@@ -28,6 +28,7 @@ from aiocelev import (
     WorkerHeartbeat,
 )
 from aiocelev._clock import utcoffset
+from aiocelev._codec import validate_event
 from aiocelev._exceptions import EndOfStream
 from aiocelev.brokers.memory import MemoryBroker, MemoryHub, memory_hub
 
@@ -735,3 +736,40 @@ async def test_closing_ends_iteration_in_other_tasks(broker: MemoryBroker) -> No
             await receiver.__aexit__(None, None, None)
         # the task group only exits because consume() finished
     assert got == ["1"]
+
+
+async def test_batch_elements_are_checked_like_validate_event(broker: MemoryBroker) -> None:
+    # Near misses of the common case (a built-in type, a numeric timestamp, a
+    # string hostname) are refused with validate_event's reason; a custom
+    # type is accepted; what is valid still arrives, in order.
+    elements: list[Any] = [
+        ev(uuid="ok1"),
+        {**ev(uuid="x1"), "hostname": None},
+        {k: v for k, v in ev(uuid="x2").items() if k != "hostname"},
+        {**ev(uuid="x3"), "timestamp": "1.0"},
+        {**ev(uuid="x4"), "timestamp": True},
+        {k: v for k, v in ev(uuid="x5").items() if k != "timestamp"},
+        {**ev(uuid="x6"), "type": ""},
+        {**ev(uuid="x7"), "type": ["task-started"]},
+        {**ev(uuid="x8"), "type": 7},
+        ev("task-progress", uuid="ok2", timestamp=5),
+        ev("task-sent", uuid="ok3"),
+        [ev(uuid="x9")],
+        ev(uuid="ok4"),
+    ]
+    errors: list[str] = []
+
+    def on_error(error: DecodeError, message: IncomingMessage) -> None:
+        errors.append(error.detail)
+
+    async with EventReceiver(broker, on_error=on_error) as receiver:
+        await broker.publish([batch(elements)])
+        got = await take(receiver, 4)
+        stats = receiver.statistics()
+    assert [e["uuid"] for e in got] == ["ok1", "ok2", "ok3", "ok4"]
+    assert type(got[1]).__name__ == "TaskEvent" and got[1].type == "task-progress"
+    assert stats.malformed == {"not-an-event": 9}
+    expected = [validate_event(e) for e in elements]
+    assert all(expected[i] is not None for i in (1, 2, 3, 4, 5, 6, 7, 8, 11))
+    # every refused element reported with validate_event's reason, in order
+    assert errors == [r for r in expected if r is not None]

@@ -146,7 +146,7 @@ class RedisConnection:
             sentinel_kwargs = dict(parsed.options.sentinel_kwargs or {})
             for key in ("socket_timeout", "socket_connect_timeout", "socket_keepalive"):
                 sentinel_kwargs.setdefault(key, kwargs.get(key))
-            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
                 [(e.host, e.port) for e in parsed.endpoints],
                 min_other_sentinels=parsed.options.min_other_sentinels,
                 sentinel_kwargs=sentinel_kwargs,
