@@ -33,6 +33,7 @@ class _Run:
         self.count = 0
         self.t_go: float | None = None
         self.t_last: float | None = None
+        self.t_first: float | None = None
         self.cpu_go = 0.0
         self.cpu_last = 0.0
         self.counted = 0
@@ -40,6 +41,8 @@ class _Run:
     def mark(self) -> None:
         """Note the time of the latest event (CPU time is read once, at the end)."""
         self.t_last = time.perf_counter()
+        if self.t_first is None:
+            self.t_first = self.t_last
         self.counted = self.count
 
     def result(self, publisher: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +65,8 @@ class _Run:
             "elapsed": elapsed,
             "rate": self.counted / elapsed if self.counted and elapsed > 0 else 0.0,
             "start_delay": start_delay,
+            # from the start of the stream to the first events handled (at most 64)
+            "first_delay": self.t_first - t_go if self.t_first is not None else None,
             "cpu": self.cpu_last - self.cpu_go,
             "cpu_rate": self.counted / (self.cpu_last - self.cpu_go)
             if self.counted and self.cpu_last > self.cpu_go
