@@ -101,3 +101,30 @@ def test_a_receive_measurement_of_part_of_the_stream_fails() -> None:
     assert _complete(whole) is whole
     with pytest.raises(RuntimeError, match="received 17760 of 200000 events"):
         _complete({"received": 17_760, "published": 200_000, "rate": 1.0})
+
+
+@pytest.mark.parametrize("side", ["aiocelev", "celery"])
+@pytest.mark.parametrize("mode", ["receive", "monitor"])
+def test_instruction_count_paths_handle_every_event(side: str, mode: str) -> None:
+    """``benchmarks.instructions`` runs each side's path without valgrind: every
+    event of the stream is handled (a child that handles fewer exits with an error)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.instructions", "--child", side, mode, "240", "480"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_instruction_count_child_reports_a_short_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import instructions
+    finally:
+        sys.path.remove(str(ROOT))
+    monkeypatch.setattr(instructions, "_run_celery", lambda bodies, mode: 1)
+    with pytest.raises(SystemExit, match="1 events handled, expected 240"):
+        instructions._child("celery", "receive", 240, 240)
