@@ -15,6 +15,7 @@ receiver counts and reports it; the stream goes on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -56,6 +57,9 @@ _DRAIN_MAX = 255
 #: Most replies taken straight from the hiredis reader in one read pass.
 _FAST_DRAIN_MAX = 4096
 
+#: Most bytes moved from the stream's buffer to the hiredis reader at a time.
+_READ_SIZE = 262144
+
 
 def _hiredis_reader(conn: AbstractConnection) -> Any:
     """The connection's hiredis reader when replies can be taken from it directly, else ``None``.
@@ -69,6 +73,24 @@ def _hiredis_reader(conn: AbstractConnection) -> Any:
     if type(parser) is not _HIREDIS_PARSER or not getattr(parser, "_connected", False):
         return None
     return getattr(parser, "_reader", None)
+
+
+def _buffered_stream(conn: AbstractConnection) -> Any:
+    """The connection's ``asyncio.StreamReader`` when its buffered bytes can be read directly.
+
+    What the hiredis parser reads from (``read_from_socket``); ``None`` when
+    the connection is not laid out that way (another redis-py), and then every
+    read goes through ``read_response``.  Like redis-py's own ``can_read``,
+    this looks at the reader's ``_buffer``: asyncio has no public way to ask
+    whether bytes are waiting.
+    """
+    parser = getattr(conn, "_parser", None)
+    stream = getattr(parser, "_stream", None)
+    if isinstance(stream, asyncio.StreamReader) and isinstance(
+        getattr(stream, "_buffer", None), bytearray
+    ):
+        return stream
+    return None
 
 
 @final
@@ -264,37 +286,34 @@ class RedisSubscription:
 
     async def _read_once(self, conn: AbstractConnection) -> None:
         """One bounded read (runs shielded: a partial read is never abandoned)."""
-        try:
-            response = await conn.read_response(timeout=POLL_INTERVAL)
-        except REDIS_ERRORS as exc:
-            await self._drop(describe(exc))
-            return
-        now = time.monotonic()
-        if response is None:
-            if self._link.parsed.sentinel and await self._master_moved(conn, now):
+        reader = _hiredis_reader(conn)
+        stream = _buffered_stream(conn) if reader is not None else None
+        if stream is not None and stream._buffer:
+            # The event loop has already read bytes off the socket: no need to
+            # wait, they are taken below.
+            self._last_rx = time.monotonic()
+            self._ping_sent_at = None
+        else:
+            try:
+                response = await conn.read_response(timeout=POLL_INTERVAL)
+            except REDIS_ERRORS as exc:
+                await self._drop(describe(exc))
                 return
-            interval = self._link.options.health_check_interval
-            if self._ping_sent_at is None:
-                if now - self._last_rx >= interval:
-                    try:
-                        await conn.send_command("PING")
-                    except CONNECTION_ERRORS as exc:
-                        await self._drop(describe(exc))
-                        return
-                    self._ping_sent_at = now
-            elif now - self._ping_sent_at >= interval:
-                await self._drop(f"no reply to PING within {interval:.0f}s")
-            return
-        self._last_rx = now
-        self._ping_sent_at = None
-        if isinstance(response, list) and response:
-            self._handle(response)
+            now = time.monotonic()
+            if response is None:
+                await self._idle_checks(conn, now)
+                return
+            self._last_rx = now
+            self._ping_sent_at = None
+            if isinstance(response, list) and response:
+                self._handle(response)
         # Drain what has already arrived without waiting: first the replies the
         # hiredis reader has already parsed or buffered (no await, no timeout
-        # per message), then one read of what the socket buffered meanwhile (a
-        # zero timeout only expires when a read would have to wait for the
-        # network), and so on.
-        reader = _hiredis_reader(conn)
+        # per message), then the bytes the event loop has already read from the
+        # socket (fed to the reader directly: StreamReader.read returns at once
+        # when bytes are buffered), then one read_response with a zero timeout,
+        # which only expires when a read would have to wait for the network
+        # (the loop reads the socket meanwhile), and so on.
         taken = 0
         for _ in range(_DRAIN_MAX):
             if reader is not None:
@@ -314,6 +333,14 @@ class RedisSubscription:
                         return
                 if taken >= _FAST_DRAIN_MAX:
                     return
+                if stream is not None and stream._buffer:
+                    try:
+                        chunk = await stream.read(_READ_SIZE)
+                    except REDIS_ERRORS as exc:  # the connection failed after these bytes
+                        await self._drop(describe(exc))
+                        return
+                    reader.feed(chunk)
+                    continue
             try:
                 response = await conn.read_response(timeout=0)
             except REDIS_ERRORS as exc:
@@ -323,6 +350,22 @@ class RedisSubscription:
                 return
             if isinstance(response, list) and response:
                 self._handle(response)
+
+    async def _idle_checks(self, conn: AbstractConnection, now: float) -> None:
+        """Nothing arrived within a poll interval: Sentinel failover, health-check PING."""
+        if self._link.parsed.sentinel and await self._master_moved(conn, now):
+            return
+        interval = self._link.options.health_check_interval
+        if self._ping_sent_at is None:
+            if now - self._last_rx >= interval:
+                try:
+                    await conn.send_command("PING")
+                except CONNECTION_ERRORS as exc:
+                    await self._drop(describe(exc))
+                    return
+                self._ping_sent_at = now
+        elif now - self._ping_sent_at >= interval:
+            await self._drop(f"no reply to PING within {interval:.0f}s")
 
     async def _master_moved(self, conn: AbstractConnection, now: float) -> bool:
         """Sentinel: resubscribe on the new master after a failover (checked while idle)."""
