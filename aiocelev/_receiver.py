@@ -52,7 +52,6 @@ ErrorCallback = Callable[[DecodeError, IncomingMessage], object]
 Handler = Callable[[Event], object]
 
 _new = object.__new__
-_set = object.__setattr__
 #: Stores an event's wire dict (the slot's own setter: cheaper than object.__setattr__).
 _set_fields: Callable[[Event, dict[str, Any]], None] = vars(Event)["_fields"].__set__
 
@@ -813,7 +812,7 @@ class EventReceiver:
                 data["timestamp"] = data["timestamp"] - (offset - here) * 3600
         data["local_received"] = now
         event = _new(_registry.get(data["type"]) or event_class(data["type"]))
-        _set(event, "_fields", data)
+        _set_fields(event, data)
         return event
 
     async def _enqueue(

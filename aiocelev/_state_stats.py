@@ -113,22 +113,17 @@ class RateCounter:
 
     def add(self, type_: str, now: float) -> None:
         """Count one event of *type_* that happened at *now* (epoch seconds)."""
-        sec = int(now)
-        if sec != self._sec:
-            if sec < self._sec:
-                # A late event (time went backwards): count it in the current
-                # second rather than rewriting history.
-                sec = self._sec
-            else:
-                self._advance(sec)
-        bucket = self._buckets[sec % self._n]
+        # A late event (time went backwards) is counted in the current second
+        # rather than rewriting history.
+        self.advance(int(now))
+        bucket = self.current
         bucket[type_] = bucket.get(type_, 0) + 1
 
     def advance(self, sec: int) -> None:
         """Make *sec* the current second if it is later (a hot path then counts into ``current``).
 
         An earlier *sec* (time went backwards) leaves the current second: a
-        late event is counted in it, as :meth:`add` does.
+        late event is counted in it.
         """
         if sec > self._sec:
             self._advance(sec)

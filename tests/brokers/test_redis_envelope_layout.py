@@ -91,12 +91,17 @@ def _envelopes(draw: st.DrawFn) -> bytes:
         payload = payload[:-1] + b', "body": ' + json.dumps(draw(_bodies)).encode() + b"}"
     elif kind == "comma" and payload.endswith(b"}"):
         payload = payload[:-1] + draw(st.sampled_from([b",}", b", }", b",\n}"]))
-    elif kind == "cut":
-        payload = payload[: draw(st.integers(0, len(payload)))]
-    elif kind == "splice":
-        at = draw(st.integers(0, len(payload)))
-        payload = payload[:at] + draw(st.binary(min_size=1, max_size=3)) + payload[at:]
+    elif kind in ("cut", "splice"):
+        payload = _cut_or_splice(draw, payload, kind, 3)
     return payload
+
+
+def _cut_or_splice(draw: st.DrawFn, payload: bytes, kind: str, most: int) -> bytes:
+    """*payload* truncated ("cut") or with 1 to *most* bytes spliced in ("splice")."""
+    if kind == "cut":
+        return payload[: draw(st.integers(0, len(payload)))]
+    at = draw(st.integers(0, len(payload)))
+    return payload[:at] + draw(st.binary(min_size=1, max_size=most)) + payload[at:]
 
 
 @settings(max_examples=1500, deadline=None)
@@ -136,11 +141,8 @@ def _kombu_like(draw: st.DrawFn) -> bytes:
         payload = payload[:-1] + draw(st.sampled_from([b",}", b", }", b",,}"]))
     elif change == "only-body":
         payload = b'{"body": "' + body.encode() + draw(st.sampled_from([b'"}', b'",}', b'" , }']))
-    elif change == "cut":
-        payload = payload[: draw(st.integers(0, len(payload)))]
-    elif change == "splice":
-        at = draw(st.integers(0, len(payload)))
-        payload = payload[:at] + draw(st.binary(min_size=1, max_size=2)) + payload[at:]
+    elif change in ("cut", "splice"):
+        payload = _cut_or_splice(draw, payload, change, 2)
     return payload
 
 
