@@ -15,6 +15,7 @@ Both harnesses follow the same script so that only the implementation differs:
 from __future__ import annotations
 
 import os
+import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +24,12 @@ from typing import Any
 from ._common import PROBE_TYPE, URLS, broker_options as base_options, spawn, wait_side
 
 Handler = Callable[[Any], Any]
+
+
+def _switches() -> tuple[int, int]:
+    """This process's voluntary and involuntary context switches so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw, usage.ru_nivcsw
 
 
 class _Run:
@@ -37,6 +44,19 @@ class _Run:
         self.cpu_go = 0.0
         self.cpu_last = 0.0
         self.counted = 0
+        self.switches_go = (0, 0)
+        self.switches_last = (0, 0)
+
+    def go(self) -> None:
+        """Start the clocks: the first probe arrived (the "go" file is created)."""
+        self.t_go = time.perf_counter()
+        self.cpu_go = time.process_time()
+        self.switches_go = _switches()
+
+    def stop(self) -> None:
+        """Stop the CPU clock (the consuming loop has ended)."""
+        self.cpu_last = time.process_time()
+        self.switches_last = _switches()
 
     def mark(self) -> None:
         """Note the time of the latest event (CPU time is read once, at the end)."""
@@ -68,6 +88,11 @@ class _Run:
             # from the start of the stream to the first events handled (at most 64)
             "first_delay": self.t_first - t_go if self.t_first is not None else None,
             "cpu": self.cpu_last - self.cpu_go,
+            # Context switches between "go" and the end: voluntary ones are
+            # waits (for the socket...), involuntary ones preemptions (the
+            # publisher and the broker share the machine's cores).
+            "voluntary_switches": self.switches_last[0] - self.switches_go[0],
+            "involuntary_switches": self.switches_last[1] - self.switches_go[1],
             "cpu_rate": self.counted / (self.cpu_last - self.cpu_go)
             if self.counted and self.cpu_last > self.cpu_go
             else 0.0,
@@ -141,8 +166,7 @@ def run_aiocelev(
                                 if event.type == PROBE_TYPE:
                                     if run.t_go is None:
                                         open(go, "w").close()
-                                        run.t_go = time.perf_counter()
-                                        run.cpu_go = time.process_time()
+                                        run.go()
                                     continue
                                 if is_async:
                                     await handle(event)
@@ -155,7 +179,7 @@ def run_aiocelev(
                                 if not run.count & 63:
                                     run.mark()
                         tg.cancel_scope.cancel()
-                    run.cpu_last = time.process_time()
+                    run.stop()
                     extra = stats(receiver) if stats else {}
                 finally:
                     publisher = await anyio.to_thread.run_sync(wait_side, proc, 60.0)
@@ -170,8 +194,7 @@ async def _consume_batches(receiver: Any, run: _Run, handle: Handler, go: str) -
         events = [e for e in batch if e.type != PROBE_TYPE]
         if len(events) < len(batch) and run.t_go is None:
             open(go, "w").close()
-            run.t_go = time.perf_counter()
-            run.cpu_go = time.process_time()
+            run.go()
         if not events:
             continue
         room = run.n - run.count
@@ -206,8 +229,7 @@ def run_celery(
             if event["type"] == PROBE_TYPE:
                 if run.t_go is None:
                     open(go, "w").close()
-                    run.t_go = time.perf_counter()
-                    run.cpu_go = time.process_time()
+                    run.go()
                 return
             handle(event)
             run.count += 1
@@ -228,6 +250,6 @@ def run_celery(
                 receiver.capture(limit=None, timeout=idle, wakeup=False)
             except TimeoutError:
                 pass
-            run.cpu_last = time.process_time()
+            run.stop()
         publisher = wait_side(procs[0], 60.0) if procs else {"error": "never subscribed"}
     return run.result(publisher, {})

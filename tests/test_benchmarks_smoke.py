@@ -35,6 +35,7 @@ CASES = {
     "memory_overload",
     "dashboard",
 }
+RECEIVE_CASES = {"receive_batched", "receive_single", "monitor"}
 
 
 def _run_quick(broker: str, url: str, tmp_path: Path) -> dict:  # type: ignore[type-arg]
@@ -75,6 +76,11 @@ def _check(report: dict, broker: str) -> None:  # type: ignore[type-arg]
         for label, results in summary["raw"].items():
             for result in results:
                 assert "error" not in result, (summary["case"], label, result)
+                if summary["case"] in RECEIVE_CASES:
+                    # Waits and preemptions in the measured window, both sides.
+                    for key in ("voluntary_switches", "involuntary_switches"):
+                        value = result.get(key)
+                        assert type(value) is int and value >= 0, (summary["case"], key, result)
 
 
 @pytest.mark.amqp
