@@ -117,6 +117,29 @@ def test_normal_lifecycle_keeps_every_field() -> None:
     assert d["state"] == "SUCCESS" and d["ready"] is True and d["children"] == []
 
 
+def test_rarely_set_fields_read_none_and_cost_nothing_until_set() -> None:
+    s = ClusterState()
+    s.apply_many(lifecycle("ok"))
+    s.apply_many([received("bad"), task_ev("task-failed", "bad", T0 + 1, exception="E()")])
+    ok, bad = s.task("ok"), s.task("bad")
+    assert ok is not None and bad is not None
+    rare = [
+        *("client", "exception", "traceback", "queue", "exchange", "routing_key", "sent"),
+        *("failed", "retried", "revoked", "rejected", "extra"),
+    ]
+    assert all(getattr(ok, name) is None for name in rare)
+    assert {k: v for k, v in ok.to_dict().items() if k in rare} == dict(
+        dict.fromkeys(rare), extra={}
+    )
+    # A task that ran and succeeded holds nothing beyond its slots; a failed
+    # one holds only what its failure set.
+    assert vars(ok) == {}
+    assert vars(bad) == {"failed": T0 + 1, "exception": "E()"}
+    assert bad.to_dict()["exception"] == "E()" and bad.traceback is None
+    # A fresh record does not see another's values (they are per instance).
+    assert TaskState("new").exception is None
+
+
 def test_every_transition_time_is_recorded() -> None:
     s = ClusterState()
     s.apply(task_ev("task-sent", ts=T0, host="gen1@client", name="proj.add", queue="celery"))
