@@ -47,11 +47,23 @@ class _Run:
         self.switches_go = (0, 0)
         self.switches_last = (0, 0)
 
-    def go(self) -> None:
-        """Start the clocks: the first probe arrived (the "go" file is created)."""
-        self.t_go = time.perf_counter()
-        self.cpu_go = time.process_time()
-        self.switches_go = _switches()
+    def go(self, path: str) -> None:
+        """A probe arrived: on the first, create the "go" file *path* and start the clocks."""
+        if self.t_go is None:
+            open(path, "w").close()
+            self.t_go = time.perf_counter()
+            self.cpu_go = time.process_time()
+            self.switches_go = _switches()
+
+    def progress(self, count: int) -> bool:
+        """Store *count* with the time of the latest event; whether it reached ``n``.
+
+        The consuming loops keep their count in a local and call this every
+        64 events and at the last.
+        """
+        self.count = count
+        self.mark()
+        return count >= self.n
 
     def stop(self) -> None:
         """Stop the CPU clock (the consuming loop has ended)."""
@@ -187,20 +199,15 @@ async def _consume_events(
     try:
         async for event in receiver:
             if event.type == PROBE_TYPE:
-                if run.t_go is None:
-                    open(go, "w").close()
-                    run.go()
+                run.go(go)
                 continue
             if is_async:
                 await handle(event)
             else:
                 handle(event)
             count += 1
-            if count >= n or not count & 63:
-                run.count = count
-                run.mark()
-                if count >= n:
-                    break
+            if (count >= n or not count & 63) and run.progress(count):
+                break
     finally:
         run.count = count
 
@@ -209,9 +216,8 @@ async def _consume_batches(receiver: Any, run: _Run, handle: Handler, go: str) -
     """The batch form of the consuming loop: probes filtered out, ``handle(list)`` per list."""
     async for batch in receiver.batches():
         events = [e for e in batch if e.type != PROBE_TYPE]
-        if len(events) < len(batch) and run.t_go is None:
-            open(go, "w").close()
-            run.go()
+        if len(events) < len(batch):
+            run.go(go)
         if not events:
             continue
         room = run.n - run.count
@@ -249,17 +255,12 @@ def run_celery(
             # As _consume_events: the count in a (closure) local, stored every 64 events.
             nonlocal count
             if event["type"] == PROBE_TYPE:
-                if run.t_go is None:
-                    open(go, "w").close()
-                    run.go()
+                run.go(go)
                 return
             handle(event)
             count += 1
-            if count >= n or not count & 63:
-                run.count = count
-                run.mark()
-                if count >= n:
-                    receiver.should_stop = True
+            if (count >= n or not count & 63) and run.progress(count):
+                receiver.should_stop = True
 
         def on_ready(*_args: Any, **_kwargs: Any) -> None:
             if not procs:
