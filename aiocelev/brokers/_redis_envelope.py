@@ -104,28 +104,25 @@ class _Properties(msgspec.Struct):
     delivery_info: Any = None
 
 
-class _Envelope(msgspec.Struct):
-    body: str
+class _Fields(msgspec.Struct, kw_only=True):
+    """What an envelope holds besides its body."""
+
     properties: _Properties
     headers: Any = None
     content_type: Any = msgspec.field(default=None, name="content-type")
     content_encoding: Any = msgspec.field(default=None, name="content-encoding")
 
 
+class _Envelope(_Fields, kw_only=True):
+    body: str
+
+
 _decode_fast: Callable[[bytes], _Envelope] = msgspec.json.Decoder(_Envelope).decode
 
 
-def _message(
-    body: str,
-    body_encoding: Any,
-    delivery_info: Any,
-    headers: Any,
-    content_type: Any,
-    content_encoding: Any,
-    routing_key: str,
-) -> IncomingMessage:
+def _message(body: str, env: _Fields, routing_key: str) -> IncomingMessage:
     # As kombu: base64 only when a body encoding other than UTF-8 is named.
-    if _is_base64(body_encoding):
+    if _is_base64(env.properties.body_encoding):
         try:
             raw = _b64decode(body)
         except (binascii.Error, ValueError) as exc:
@@ -134,7 +131,7 @@ def _message(
             ) from None
     else:
         raw = body.encode("utf-8", "surrogatepass")
-    return _incoming(raw, delivery_info, headers, content_type, content_encoding, routing_key)
+    return _incoming(raw, env, routing_key)
 
 
 def _is_base64(body_encoding: Any) -> bool:
@@ -143,18 +140,13 @@ def _is_base64(body_encoding: Any) -> bool:
     )
 
 
-def _incoming(
-    raw: bytes,
-    delivery_info: Any,
-    headers: Any,
-    content_type: Any,
-    content_encoding: Any,
-    routing_key: str,
-) -> IncomingMessage:
+def _incoming(raw: bytes, env: _Fields, routing_key: str) -> IncomingMessage:
+    delivery_info = env.properties.delivery_info
     if type(delivery_info) is dict:
         key = delivery_info.get("routing_key")
         if type(key) is str:
             routing_key = key
+    content_type, content_encoding, headers = env.content_type, env.content_encoding, env.headers
     return IncomingMessage(
         routing_key=routing_key,
         body=raw,
@@ -170,13 +162,9 @@ _BODY_AT = len(_BODY_PREFIX)
 _JSON_SPACE = b" \t\r\n"
 
 
-class _Rest(msgspec.Struct):
+class _Rest(_Fields, kw_only=True):
     """The envelope without its leading body (a second ``body`` key is noticed)."""
 
-    properties: _Properties
-    headers: Any = None
-    content_type: Any = msgspec.field(default=None, name="content-type")
-    content_encoding: Any = msgspec.field(default=None, name="content-encoding")
     body: Any = msgspec.UNSET
 
 
@@ -208,16 +196,13 @@ def _decode_kombu_layout(payload: bytes, routing_key: str) -> IncomingMessage | 
         env = _decode_rest(b"{" + after)
     except (msgspec.MsgspecError, ValueError, RecursionError):
         return None
-    props = env.properties
-    if env.body is not msgspec.UNSET or not _is_base64(props.body_encoding):
+    if env.body is not msgspec.UNSET or not _is_base64(env.properties.body_encoding):
         return None
     try:
         raw = _b64decode(body)
     except (binascii.Error, ValueError):
         return None
-    return _incoming(
-        raw, props.delivery_info, env.headers, env.content_type, env.content_encoding, routing_key
-    )
+    return _incoming(raw, env, routing_key)
 
 
 def _decode_slow(payload: bytes, routing_key: str) -> IncomingMessage:
@@ -234,15 +219,15 @@ def _decode_slow(payload: bytes, routing_key: str) -> IncomingMessage:
         raise DecodeError(ENVELOPE_REASON, "Redis envelope has no string 'body'")
     if type(props) is not dict:
         raise DecodeError(ENVELOPE_REASON, "Redis envelope has no 'properties' object")
-    return _message(
-        body,
-        props.get("body_encoding"),
-        props.get("delivery_info"),
-        env.get("headers"),
-        env.get("content-type"),
-        env.get("content-encoding"),
-        routing_key,
+    fields = _Fields(
+        properties=_Properties(
+            body_encoding=props.get("body_encoding"), delivery_info=props.get("delivery_info")
+        ),
+        headers=env.get("headers"),
+        content_type=env.get("content-type"),
+        content_encoding=env.get("content-encoding"),
     )
+    return _message(body, fields, routing_key)
 
 
 def decode_envelope(payload: bytes, routing_key: str = "") -> IncomingMessage:
@@ -264,16 +249,7 @@ def _decode_general(payload: bytes, routing_key: str) -> IncomingMessage:
         env = _decode_fast(payload)
     except (msgspec.MsgspecError, ValueError, RecursionError):
         return _decode_slow(payload, routing_key)
-    props = env.properties
-    return _message(
-        env.body,
-        props.body_encoding,
-        props.delivery_info,
-        env.headers,
-        env.content_type,
-        env.content_encoding,
-        routing_key,
-    )
+    return _message(env.body, env, routing_key)
 
 
 def unwrap_envelope(payload: bytes, routing_key: str) -> IncomingMessage:
