@@ -190,17 +190,25 @@ async def _consume_events(
 ) -> None:
     """The per-event consuming loop: probes filtered out, ``handle(event)`` per event.
 
+    Every probe comes before the first event of the stream (the publisher
+    stops probing once it starts the stream, on the same connection), so the
+    type is read only until then, on both sides alike: reading it is the
+    harness's work, not the receiver's.
+
     The count is kept in a local and stored in *run* every 64 events (with
     the time, for the watchdog) and at the end: the harness's own work per
     event stays small beside the receiver's (Celery's loop does the same).
     """
     count = run.count
     n = run.n
+    streaming = False
     try:
         async for event in receiver:
-            if event.type == PROBE_TYPE:
-                run.go(go)
-                continue
+            if not streaming:
+                if event.type == PROBE_TYPE:
+                    run.go(go)
+                    continue
+                streaming = True
             if is_async:
                 await handle(event)
             else:
@@ -213,13 +221,20 @@ async def _consume_events(
 
 
 async def _consume_batches(receiver: Any, run: _Run, handle: Handler, go: str) -> None:
-    """The batch form of the consuming loop: probes filtered out, ``handle(list)`` per list."""
+    """The batch form of the consuming loop: probes filtered out, ``handle(list)`` per list.
+
+    As in :func:`_consume_events`, lists are filtered only until the stream starts.
+    """
+    streaming = False
     async for batch in receiver.batches():
-        events = [e for e in batch if e.type != PROBE_TYPE]
-        if len(events) < len(batch):
-            run.go(go)
-        if not events:
-            continue
+        events = batch
+        if not streaming:
+            events = [e for e in batch if e.type != PROBE_TYPE]
+            if len(events) < len(batch):
+                run.go(go)
+            if not events:
+                continue
+            streaming = True
         room = run.n - run.count
         if len(events) > room:
             events = events[:room]
@@ -250,13 +265,17 @@ def run_celery(
 
         count = 0
         n = run.n
+        streaming = False
 
         def on_event(event: dict[str, Any]) -> None:
-            # As _consume_events: the count in a (closure) local, stored every 64 events.
-            nonlocal count
-            if event["type"] == PROBE_TYPE:
-                run.go(go)
-                return
+            # As _consume_events: the count in a (closure) local, stored every
+            # 64 events; the type read only until the stream starts.
+            nonlocal count, streaming
+            if not streaming:
+                if event["type"] == PROBE_TYPE:
+                    run.go(go)
+                    return
+                streaming = True
             handle(event)
             count += 1
             if (count >= n or not count & 63) and run.progress(count):
