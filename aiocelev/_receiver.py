@@ -8,7 +8,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, Generic, Literal, NamedTuple, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -90,7 +90,22 @@ class _Ack:
         self.ack = ack
 
 
-_Item = Event | _Ack
+#: An event in the buffer: typed, or its wire dict (see ``EventReceiver._dicts``).
+_Buffered = Event | dict[str, Any]
+_Item = Event | dict[str, Any] | _Ack
+
+_B = TypeVar("_B", Event, dict[str, Any])
+
+
+def _wrap(data: dict[str, Any]) -> Event:
+    """The typed event of a prepared wire dict (the dict itself, not a copy)."""
+    event = _new(_registry.get(data["type"]) or event_class(data["type"]))
+    _set_fields(event, data)
+    return event
+
+
+def _unwrap(item: _Buffered) -> dict[str, Any]:
+    return item if type(item) is dict else item._fields  # type: ignore[union-attr]
 
 
 class EventReceiver:
@@ -214,7 +229,11 @@ class EventReceiver:
         self._acked = False
         # Events of a message the consumer read that did not fit the buffer under
         # ``pause``: the pump buffers them (waiting for room) before reading more.
-        self._carry: tuple[list[Event], Callable[[], None] | None, int] | None = None
+        self._carry: tuple[list[_Buffered], Callable[[], None] | None, int] | None = None
+        # What _decode makes of an event: its wire dict (True, since a caller
+        # asked for ``batches(dicts=True)``) or a typed Event.  Every event in
+        # the buffer has the current form (_set_form converts the rest).
+        self._dicts = False
         self._messages = 0
         self._events = 0
         self._delivered = 0
@@ -273,7 +292,7 @@ class EventReceiver:
     async def __anext__(self) -> Event:
         # The common case inline (one coroutine per event, not two): an event is ready.
         buffer = self._buffer
-        if buffer and type(buffer[0]) is not _Ack and not self._deferred_acks:
+        if buffer and type(buffer[0]) is not _Ack and not self._deferred_acks and not self._dicts:
             if self._pump_waiting:
                 self._writable.set()
             self._delivered += 1
@@ -294,20 +313,37 @@ class EventReceiver:
         buffer = self._buffer
         if self._deferred_acks:
             self._ack_deferred()
+        if self._dicts:
+            self._set_form(False)
         while True:
             if buffer:
                 item = buffer.popleft()
                 if self._pump_waiting:
                     self._writable.set()
-                if type(item) is _Ack:
+                kind = type(item)
+                if kind is _Ack:
                     self._acks_buffered -= 1
-                    self._acknowledge(item)
+                    self._acknowledge(item)  # type: ignore[arg-type]
                     continue
                 self._delivered += 1
+                if kind is dict:  # a batches(dicts=True) caller switched the form meanwhile
+                    return _wrap(item)  # type: ignore[arg-type]
                 return item  # type: ignore[return-value]
             await self._fill()
 
-    def batches(self, max_size: int | None = None) -> EventBatches:
+    @overload
+    def batches(
+        self, max_size: int | None = None, *, dicts: Literal[False] = False
+    ) -> EventBatches[Event]: ...
+
+    @overload
+    def batches(
+        self, max_size: int | None = None, *, dicts: Literal[True]
+    ) -> EventBatches[dict[str, Any]]: ...
+
+    def batches(
+        self, max_size: int | None = None, *, dicts: bool = False
+    ) -> EventBatches[Event] | EventBatches[dict[str, Any]]:
         """Iterate over the events in lists: every event buffered when the caller asks.
 
         ::
@@ -323,17 +359,44 @@ class EventReceiver:
         for the next list (or event), as with ``async for``.  Iteration ends as
         ``async for`` does, and raises what :meth:`receive` raises.
 
+        With ``dicts=True`` the lists hold each event's wire dict instead of
+        an :class:`~aiocelev.Event`: the same fields, prepared the same way
+        (clock merged, ``local_received`` set, timestamps localized), without
+        the typed wrapper.  It is the fast path for consumers that take
+        mappings, such as :meth:`ClusterState.apply_many
+        <aiocelev.ClusterState.apply_many>`, a store or a JSON writer; the
+        dicts belong to the caller::
+
+            async for batch in receiver.batches(dicts=True):
+                state.apply_many(batch)
+
         :param max_size: the longest list (``None``: no limit beyond ``buffer_size``).
+        :param dicts: yield wire dicts rather than typed events.
         :raises ConfigurationError: *max_size* is below 1.
         """
         if max_size is not None and max_size < 1:
             raise ConfigurationError("max_size must be at least 1")
-        return EventBatches(self, max_size)
+        if dicts:
+            return EventBatches[dict[str, Any]](self, max_size, True)
+        return EventBatches[Event](self, max_size, False)
 
-    async def receive_batch(self, max_size: int | None = None) -> list[Event]:
+    @overload
+    async def receive_batch(
+        self, max_size: int | None = None, *, dicts: Literal[False] = False
+    ) -> list[Event]: ...
+
+    @overload
+    async def receive_batch(
+        self, max_size: int | None = None, *, dicts: Literal[True]
+    ) -> list[dict[str, Any]]: ...
+
+    async def receive_batch(
+        self, max_size: int | None = None, *, dicts: bool = False
+    ) -> list[Event] | list[dict[str, Any]]:
         """The events waiting now, as a list (what :meth:`batches` yields).
 
-        Waits for at least one event.
+        Waits for at least one event.  With ``dicts=True``, each event's wire
+        dict (see :meth:`batches`).
 
         :raises EndOfStream: the receiver was closed, or the broker ended the subscription.
         :raises BrokerConnectionError: the adapter gave up reconnecting.
@@ -345,8 +408,10 @@ class EventReceiver:
             self._ack_deferred()
         while True:
             if buffer:
+                if dicts is not self._dicts:
+                    self._set_form(dicts)
                 if self._acks_buffered == 0 and (max_size is None or len(buffer) <= max_size):
-                    batch: list[Event] = list(buffer)  # type: ignore[arg-type]
+                    batch: list[Any] = list(buffer)
                     buffer.clear()
                 else:
                     batch = self._take_mixed(max_size)
@@ -358,7 +423,7 @@ class EventReceiver:
                 continue
             await self._fill()
 
-    def _take_mixed(self, max_size: int | None) -> list[Event]:
+    def _take_mixed(self, max_size: int | None) -> list[Any]:
         """Take events up to *max_size* from a buffer holding acknowledgement markers.
 
         Markers before the first event taken belong to messages handed over
@@ -367,7 +432,7 @@ class EventReceiver:
         """
         buffer = self._buffer
         limit = len(buffer) if max_size is None else max_size
-        batch: list[Event] = []
+        batch: list[_Buffered] = []
         deferred = self._deferred_acks
         while buffer:
             item = buffer[0]
@@ -383,6 +448,25 @@ class EventReceiver:
                 break
             batch.append(buffer.popleft())  # type: ignore[arg-type]
         return batch
+
+    def _set_form(self, dicts: bool) -> None:
+        """Decode events as wire dicts (or typed events) from now on; convert those buffered."""
+        self._dicts = dicts
+        convert: Callable[[Any], _Buffered] = _unwrap if dicts else _wrap
+        buffer = self._buffer
+        # In place (the pump may hold a reference): rotate once through it.
+        for _ in range(len(buffer)):
+            item = buffer.popleft()
+            buffer.append(item if type(item) is _Ack else convert(item))
+        if self._carry is not None:
+            self._conform(self._carry[0], self._carry[2])
+
+    def _conform(self, events: list[_Buffered], start: int) -> None:
+        """Give ``events[start:]`` the buffer's form, if a caller switched it since they were decoded."""
+        if start < len(events) and (type(events[start]) is dict) is not self._dicts:
+            convert: Callable[[Any], _Buffered] = _unwrap if self._dicts else _wrap
+            for i in range(start, len(events)):
+                events[i] = convert(events[i])
 
     def _ack_deferred(self) -> None:
         deferred = self._deferred_acks
@@ -696,12 +780,13 @@ class EventReceiver:
         self._buffer.append(marker)
         self._acks_buffered += 1
 
-    def _decode(self, message: IncomingMessage) -> list[Event]:
+    def _decode(self, message: IncomingMessage) -> list[_Buffered]:
         """Decode a message into prepared events, in one pass per event.
 
         Validation (as :func:`~aiocelev._codec.validate_event`), the clock merge,
-        ``localize``, ``local_received`` and the wrap in the event class happen
-        in one loop.  Batch elements that are not events are reported.
+        ``localize``, ``local_received`` and the wrap in the event class (unless
+        the buffer holds wire dicts) happen in one loop.  Batch elements that
+        are not events are reported.
 
         :raises DecodeError: the message as a whole cannot be decoded.
         """
@@ -722,8 +807,9 @@ class EventReceiver:
         task_sent = TaskSent
         new = _new
         set_fields = _set_fields
-        events: list[Event] = []
+        events: list[_Buffered] = []
         append = events.append
+        wrap = not self._dicts
         errors: dict[str, DecodeError] | None = None
         cls: type[Event] | None
         ts: Any
@@ -781,9 +867,12 @@ class EventReceiver:
                     if type(offset) is int or type(offset) is float:
                         data["timestamp"] = ts - (offset - here) * 3600
                 data["local_received"] = now
-                event = new(cls)
-                set_fields(event, data)
-                append(event)
+                if wrap:
+                    event = new(cls)
+                    set_fields(event, data)
+                    append(event)
+                else:
+                    append(data)
         finally:
             clock.value = value
             if invalid_clocks:
@@ -816,9 +905,10 @@ class EventReceiver:
         return event
 
     async def _enqueue(
-        self, events: list[Event], ack: Callable[[], None] | None, start: int = 0
+        self, events: list[_Buffered], ack: Callable[[], None] | None, start: int = 0
     ) -> None:
         """Buffer *events* from *start* on (then the ack marker), waiting for room under ``pause``."""
+        self._conform(events, start)
         buffer = self._buffer
         limit = self._buffer_size
         if start == 0 and len(buffer) + len(events) <= limit:
@@ -842,7 +932,7 @@ class EventReceiver:
                     self._pump_waiting = False
             start = self._put(events, ack, start)
 
-    def _put(self, events: list[Event], ack: Callable[[], None] | None, start: int) -> int:
+    def _put(self, events: list[_Buffered], ack: Callable[[], None] | None, start: int) -> int:
         """Buffer ``events[start:]`` (then the ack marker) as the overflow policy says.
 
         Returns ``-1`` once all are buffered or dropped, else the index of the
@@ -850,6 +940,7 @@ class EventReceiver:
 
         :raises BufferFullError: the buffer is full and ``overflow="error"``.
         """
+        self._conform(events, start)
         buffer = self._buffer
         limit = self._buffer_size
         if start == 0 and len(buffer) + len(events) <= limit:
@@ -911,20 +1002,27 @@ def _broker_reason(exc: BaseException) -> str | None:
     return None
 
 
-class EventBatches:
-    """``async for batch in receiver.batches()``: lists of events (see :meth:`EventReceiver.batches`)."""
+class EventBatches(Generic[_B]):
+    """``async for batch in receiver.batches()``: lists of events (see :meth:`EventReceiver.batches`).
 
-    __slots__ = ("_max_size", "_receiver")
+    ``EventBatches[Event]`` yields typed events, ``EventBatches[dict[str, Any]]``
+    (``batches(dicts=True)``) wire dicts.
+    """
 
-    def __init__(self, receiver: EventReceiver, max_size: int | None) -> None:
+    __slots__ = ("_dicts", "_max_size", "_receiver")
+
+    def __init__(self, receiver: EventReceiver, max_size: int | None, dicts: bool = False) -> None:
         self._receiver = receiver
         self._max_size = max_size
+        self._dicts = dicts
 
-    def __aiter__(self) -> EventBatches:
+    def __aiter__(self) -> EventBatches[_B]:
         return self
 
-    async def __anext__(self) -> list[Event]:
+    async def __anext__(self) -> list[_B]:
         try:
-            return await self._receiver.receive_batch(self._max_size)
+            return await self._receiver.receive_batch(  # type: ignore[no-any-return,call-overload]
+                self._max_size, dicts=self._dicts
+            )
         except EndOfStream:
             raise StopAsyncIteration from None

@@ -146,12 +146,13 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
             "monitor",
             "receive",
             Variant(
-                "aiocelev batches() + ClusterState.apply_many",
+                "aiocelev batches(dicts=True) + ClusterState.apply_many",
                 {
                     "impl": "aiocelev",
                     "stream": "batched",
                     "state": True,
                     "batches": True,
+                    "dicts": True,
                     "n": size(40_000, 600),
                 },
             ),

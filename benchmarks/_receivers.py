@@ -126,11 +126,12 @@ def run_aiocelev(
     stats: Callable[[Any], dict[str, Any]] | None = None,
     hard_stop: bool = False,
     batches: bool = False,
+    dicts: bool = False,
 ) -> dict[str, Any]:
     """Receive with :class:`aiocelev.EventReceiver`; ``handle(event)`` may be sync or async.
 
-    With *batches*, consume ``receiver.batches()`` and call ``handle(list)``
-    (synchronous) with the task events of each list.
+    With *batches*, consume ``receiver.batches(dicts=dicts)`` and call
+    ``handle(list)`` (synchronous) with the task events of each list.
 
     With *hard_stop*, stop *idle* seconds after the publisher exits even if
     events are still arriving (the overload case).
@@ -172,7 +173,7 @@ def run_aiocelev(
 
                         tg.start_soon(watchdog)
                         if batches:
-                            await _consume_batches(receiver, run, handle, go)
+                            await _consume_batches(receiver, run, handle, go, dicts)
                         else:
                             await _consume_events(receiver, run, handle, is_async, go)
                         tg.cancel_scope.cancel()
@@ -220,16 +221,18 @@ async def _consume_events(
         run.count = count
 
 
-async def _consume_batches(receiver: Any, run: _Run, handle: Handler, go: str) -> None:
+async def _consume_batches(
+    receiver: Any, run: _Run, handle: Handler, go: str, dicts: bool = False
+) -> None:
     """The batch form of the consuming loop: probes filtered out, ``handle(list)`` per list.
 
     As in :func:`_consume_events`, lists are filtered only until the stream starts.
     """
     streaming = False
-    async for batch in receiver.batches():
+    async for batch in receiver.batches(dicts=dicts):
         events = batch
         if not streaming:
-            events = [e for e in batch if e.type != PROBE_TYPE]
+            events = [e for e in batch if e["type"] != PROBE_TYPE]
             if len(events) < len(batch):
                 run.go(go)
             if not events:

@@ -7,7 +7,7 @@ through each side's receive path above the transport:
 
 * aiocelev: :class:`aiocelev.EventReceiver` on a subscription that yields the
   messages from a list, consumed with ``async for`` (``receive``) or
-  ``receiver.batches()`` into ``ClusterState.apply_many`` (``monitor``);
+  ``receiver.batches(dicts=True)`` into ``ClusterState.apply_many`` (``monitor``);
 * Celery: kombu's JSON decode of each body, then Celery's
   ``EventReceiver._receive`` (what its consumer callback runs) with a ``"*"``
   handler that counts (``receive``) or calls ``State.event`` (``monitor``).
@@ -64,7 +64,7 @@ def _run_aiocelev(bodies: list[bytes], mode: str) -> int:
                     count += 1
             else:
                 state = ClusterState(max_tasks=10_000)
-                async for batch in receiver.batches():
+                async for batch in receiver.batches(dicts=True):
                     state.apply_many(batch)
                     count += len(batch)
         return count

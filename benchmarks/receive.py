@@ -14,7 +14,9 @@ With ``state=True`` (the *monitor* case) every event is also applied to a
 state: ``celery.events.state.State`` (``max_tasks_in_memory=10000``) for
 Celery, ``aiocelev.ClusterState`` (``max_tasks=10000``) for aiocelev.  With
 ``batches=True`` aiocelev is consumed a list at a time
-(``receiver.batches()``, each list handed to ``ClusterState.apply_many``):
+(``receiver.batches()``, each list handed to ``ClusterState.apply_many``;
+with ``dicts=True`` too, ``receiver.batches(dicts=True)``: wire dicts, as
+Celery's receiver hands its handlers):
 what a monitor built on aiocelev does.
 """
 
@@ -49,7 +51,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             def handle(event: Any) -> None:
                 pass
 
-        result = run_aiocelev(spec, stream, handle, broker_options=broker_options, batches=batches)
+        result = run_aiocelev(
+            spec,
+            stream,
+            handle,
+            broker_options=broker_options,
+            batches=batches,
+            dicts=spec.get("dicts", False),
+        )
         if with_state:
             result["tasks_kept"] = len(state.tasks)
         return _complete(result)

@@ -197,3 +197,89 @@ async def test_apply_many_of_batches_equals_apply_of_events(broker: MemoryBroker
             b.clock,
         )
     assert one.event_count == many.event_count == len(stream)
+
+
+# -- batches(dicts=True): wire dicts instead of typed events --------------------
+
+
+async def test_dict_batches_hold_the_fields_typed_events_would(broker: MemoryBroker) -> None:
+    stream = [ev(uuid=str(i), clock=10 + i) for i in range(4)]
+    async with EventReceiver(broker) as typed, EventReceiver(broker) as wire:
+        await broker.publish([batch(stream)])
+        await wait_until(lambda: typed.statistics().events == wire.statistics().events == 4)
+        events = await next_batch(typed)
+        with anyio.fail_after(5):
+            dicts = await wire.receive_batch(dicts=True)
+    assert all(type(d) is dict for d in dicts)
+    assert [d["uuid"] for d in dicts] == ["0", "1", "2", "3"]
+    for event, data in zip(events, dicts, strict=True):
+        # prepared the same way: clock merged, local_received set
+        assert data["local_received"] is not None
+        assert {k: v for k, v in data.items() if k != "local_received"} == {
+            k: v for k, v in event.items() if k != "local_received"
+        }
+    assert wire.statistics().delivered == 4
+
+
+async def test_switching_between_dicts_and_events_loses_nothing(broker: MemoryBroker) -> None:
+    async with EventReceiver(broker) as receiver:
+        await broker.publish([batch([ev(uuid=str(i)) for i in range(9)])])
+        await wait_until(lambda: receiver.statistics().events == 9)
+        # buffered as typed events, handed over as dicts
+        with anyio.fail_after(5):
+            first = await receiver.receive_batch(3, dicts=True)
+        assert [type(d) for d in first] == [dict] * 3
+        # the rest is buffered as dicts now, and handed over as events again
+        [fourth] = await take(receiver, 1)
+        assert isinstance(fourth, Event)
+        rest = await next_batch(receiver, 2)
+        assert all(isinstance(e, Event) for e in rest)
+        with anyio.fail_after(5):
+            last = await receiver.receive_batch(dicts=True)
+        assert [type(d) for d in last] == [dict] * 3
+        got = [d["uuid"] for d in first] + [fourth["uuid"]] + uuids(rest)
+        assert got + [d["uuid"] for d in last] == [str(i) for i in range(9)]
+        # later messages come in the form last asked for
+        await broker.publish([single(ev(uuid="9"))])
+        with anyio.fail_after(5):
+            async for chunk in receiver.batches(dicts=True):
+                assert [(type(d), d["uuid"]) for d in chunk] == [(dict, "9")]
+                break
+
+
+async def test_dict_form_reaches_events_waiting_for_room(broker: MemoryBroker) -> None:
+    # pause: the events of a message that did not fit wait for room; they are
+    # converted too when the caller switches form.
+    async with EventReceiver(broker, buffer_size=2) as receiver:
+        await broker.publish([batch([ev(uuid=str(i)) for i in range(7)])])
+        got: list[object] = []
+        with anyio.fail_after(5):
+            got.extend(await receiver.receive_batch())
+            while len(got) < 7:
+                chunk = await receiver.receive_batch(dicts=True)
+                assert chunk and all(type(d) is dict for d in chunk)
+                got.extend(chunk)
+        assert [e["uuid"] for e in got] == [str(i) for i in range(7)]  # type: ignore[index]
+        assert receiver.statistics().dropped == 0
+
+
+async def test_dict_batches_feed_a_state_as_events_do(broker: MemoryBroker) -> None:
+    stream = [
+        ev("task-received", uuid="t1", name="add", clock=3),
+        ev("task-started", uuid="t1", clock=4),
+        ev("task-succeeded", uuid="t1", result="3", runtime=0.5, clock=5),
+    ]
+    typed, wire = ClusterState(), ClusterState()
+    async with EventReceiver(broker) as a, EventReceiver(broker) as b:
+        await broker.publish([batch(stream)])
+        await wait_until(lambda: a.statistics().events == b.statistics().events == 3)
+        typed.apply_many(await next_batch(a))
+        with anyio.fail_after(5):
+            async for chunk in b.batches(dicts=True):
+                wire.apply_many(chunk)
+                if wire.event_count == 3:
+                    break
+    x, y = typed.task("t1"), wire.task("t1")
+    assert x is not None and y is not None
+    assert x.to_dict() == y.to_dict()
+    assert (x.state, x.result, x.runtime) == ("SUCCESS", "3", 0.5)

@@ -29,7 +29,6 @@ from aiocelev import (
     ConnectionStatus,
     Control,
     ControlReply,
-    Event,
     EventReceiver,
     TaskState,
     open_broker,
@@ -323,7 +322,9 @@ class Hub:
                     self.version += 1
                     logger.info("dashboard: receiving events from %s", feed.label)
                     apply = self._apply_batch
-                    async for batch in receiver.batches(max_size=_BATCH):
+                    # Wire dicts: the state, the metrics and the store take
+                    # mappings, and the typed wrapper would cost each event.
+                    async for batch in receiver.batches(max_size=_BATCH, dicts=True):
                         apply(feed, batch)
                         if feed.writer is not None:
                             await self._write(feed, feed.writer, batch)
@@ -353,7 +354,7 @@ class Hub:
         )
         self.version += 1
 
-    def _apply_batch(self, feed: Feed, batch: list[Event]) -> None:
+    def _apply_batch(self, feed: Feed, batch: list[dict[str, Any]]) -> None:
         """Apply a list of events from *feed*: state, labels, metrics (one loop, names bound once)."""
         hosts = self._host_feed
         limit = self._host_limit
@@ -372,7 +373,7 @@ class Hub:
         feed.events += len(batch)
         self.version += 1
 
-    async def _write(self, feed: Feed, writer: StoreWriter, batch: list[Event]) -> None:
+    async def _write(self, feed: Feed, writer: StoreWriter, batch: list[dict[str, Any]]) -> None:
         """Hand *batch* to the history writer (waits while its buffer is full)."""
         try:
             for event in batch:
