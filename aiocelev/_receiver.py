@@ -813,6 +813,7 @@ class EventReceiver:
         errors: dict[str, DecodeError] | None = None
         cls: type[Event] | None
         ts: Any
+        host: Any
         # The clock's value is kept in a local and stored back at the end (and
         # before on_error runs): nothing awaits in between, and on an error
         # the value reached so far is stored (finally).
@@ -827,12 +828,13 @@ class EventReceiver:
                 try:
                     cls = registry_get(data["type"])
                     ts = data["timestamp"]
+                    host = data["hostname"]
                 except (KeyError, TypeError):  # not a dict, a key missing, unhashable type
                     cls = None
                 if (
                     cls is None
                     or (type(ts) is not float and type(ts) is not int)
-                    or type(data.get("hostname")) is not str
+                    or type(host) is not str
                 ):
                     why = validate_event(data)
                     if why is not None:
@@ -864,7 +866,11 @@ class EventReceiver:
                         data["clock"] = value
                 if localize:
                     offset = data.get("utcoffset")
-                    if type(offset) is int or type(offset) is float:
+                    # A float timestamp from this machine's offset (the common
+                    # case) would come out unchanged: skip the arithmetic.
+                    if (offset != here or type(ts) is not float) and (
+                        type(offset) is int or type(offset) is float
+                    ):
                         data["timestamp"] = ts - (offset - here) * 3600
                 data["local_received"] = now
                 if wrap:
