@@ -212,6 +212,9 @@ class EventReceiver:
         # Markers of messages whose last event went out in the latest batch:
         # acknowledged when the caller asks for more.
         self._deferred_acks: deque[_Ack] = deque()
+        # Whether __anext__ may hand over the first buffered item as it is: no
+        # deferred acknowledgement is due and events are buffered typed.
+        self._direct = True
         # Wake-ups cost an Event only when the other side is actually waiting.
         self._readable = anyio.Event()
         self._writable = anyio.Event()
@@ -236,7 +239,11 @@ class EventReceiver:
         self._dicts = False
         self._messages = 0
         self._events = 0
-        self._delivered = 0
+        # Events handed over = those that entered the buffer, less those still
+        # in it and those that left otherwise (dropped as the oldest, or
+        # discarded on close): counted per message, not per event handed over.
+        self._entered = 0
+        self._gone = 0
         self._dropped = 0
         self._invalid_clocks = 0
         self._malformed: Counter[str] = Counter()
@@ -279,7 +286,7 @@ class EventReceiver:
         return ReceiverStatistics(
             messages=self._messages,
             events=self._events,
-            delivered=self._delivered,
+            delivered=self._entered - (len(self._buffer) - self._acks_buffered) - self._gone,
             buffered=len(self._buffer) - self._acks_buffered,
             dropped=self._dropped,
             malformed=dict(self._malformed),
@@ -292,10 +299,9 @@ class EventReceiver:
     async def __anext__(self) -> Event:
         # The common case inline (one coroutine per event, not two): an event is ready.
         buffer = self._buffer
-        if buffer and type(buffer[0]) is not _Ack and not self._deferred_acks and not self._dicts:
+        if buffer and self._direct and type(buffer[0]) is not _Ack:
             if self._pump_waiting:
                 self._writable.set()
-            self._delivered += 1
             return buffer.popleft()  # type: ignore[return-value]
         try:
             return await self.receive()
@@ -325,7 +331,6 @@ class EventReceiver:
                     self._acks_buffered -= 1
                     self._acknowledge(item)  # type: ignore[arg-type]
                     continue
-                self._delivered += 1
                 if kind is dict:  # a batches(dicts=True) caller switched the form meanwhile
                     return _wrap(item)  # type: ignore[arg-type]
                 return item  # type: ignore[return-value]
@@ -418,7 +423,6 @@ class EventReceiver:
                 if self._pump_waiting:
                     self._writable.set()
                 if batch:
-                    self._delivered += len(batch)
                     return batch
                 continue
             await self._fill()
@@ -441,6 +445,7 @@ class EventReceiver:
                 self._acks_buffered -= 1
                 if batch:
                     deferred.append(item)
+                    self._direct = False
                 else:
                     self._acknowledge(item)
                 continue
@@ -452,6 +457,7 @@ class EventReceiver:
     def _set_form(self, dicts: bool) -> None:
         """Decode events as wire dicts (or typed events) from now on; convert those buffered."""
         self._dicts = dicts
+        self._direct = not dicts and not self._deferred_acks
         convert: Callable[[Any], _Buffered] = _unwrap if dicts else _wrap
         buffer = self._buffer
         # In place (the pump may hold a reference): rotate once through it.
@@ -472,6 +478,7 @@ class EventReceiver:
         deferred = self._deferred_acks
         while deferred:
             self._acknowledge(deferred.popleft())
+        self._direct = not self._dicts
 
     async def _fill(self) -> None:
         """Wait until the buffer holds something (or the stream ended); raise if it ended.
@@ -646,6 +653,7 @@ class EventReceiver:
                 finally:
                     if self._owns_broker:
                         await self._broker.aclose()
+                    self._gone += len(self._buffer) - self._acks_buffered
                     self._buffer.clear()
                     self._deferred_acks.clear()
                     self._acks_buffered = 0
@@ -919,6 +927,7 @@ class EventReceiver:
         limit = self._buffer_size
         if start == 0 and len(buffer) + len(events) <= limit:
             buffer.extend(events)
+            self._entered += len(events)
             if ack is not None:
                 buffer.append(_Ack(ack))
                 self._acks_buffered += 1
@@ -951,6 +960,7 @@ class EventReceiver:
         limit = self._buffer_size
         if start == 0 and len(buffer) + len(events) <= limit:
             buffer.extend(events)
+            self._entered += len(events)
             start = len(events)
         policy = self._overflow
         for i in range(start, len(events)):
@@ -968,6 +978,7 @@ class EventReceiver:
                     )
                     raise self._pump_error
             buffer.append(events[i])
+            self._entered += 1
         if ack is not None:
             buffer.append(_Ack(ack))
             self._acks_buffered += 1
@@ -983,6 +994,7 @@ class EventReceiver:
                 self._acks_buffered -= 1
                 self._acknowledge(item)
                 continue
+            self._gone += 1
             self._count_drop()
             return
 

@@ -283,3 +283,25 @@ async def test_dict_batches_feed_a_state_as_events_do(broker: MemoryBroker) -> N
     assert x is not None and y is not None
     assert x.to_dict() == y.to_dict()
     assert (x.state, x.result, x.runtime) == ("SUCCESS", "3", 0.5)
+
+
+async def test_delivered_counts_what_was_handed_over(broker: MemoryBroker) -> None:
+    # events = delivered + buffered + dropped, whatever the way out of the buffer
+    receiver = EventReceiver(broker, buffer_size=3, overflow="drop_oldest")
+    async with receiver:
+        await broker.publish([batch([ev(uuid=str(i)) for i in range(10)])])
+        await wait_until(lambda: receiver.statistics().events == 10)
+        stats = receiver.statistics()
+        assert (stats.delivered, stats.buffered, stats.dropped) == (0, 3, 7)
+        assert uuids(await take(receiver, 1)) == ["7"]
+        assert uuids(await next_batch(receiver, 1)) == ["8"]
+        with anyio.fail_after(5):
+            assert [d["uuid"] for d in await receiver.receive_batch(dicts=True)] == ["9"]
+        stats = receiver.statistics()
+        assert (stats.delivered, stats.buffered, stats.dropped) == (3, 0, 7)
+        await broker.publish([single(ev(uuid="10")), single(ev(uuid="11"))])
+        await wait_until(lambda: receiver.statistics().events == 12)
+        assert receiver.statistics().delivered == 3
+    # closing discards what was buffered: it was not handed over
+    stats = receiver.statistics()
+    assert (stats.delivered, stats.buffered, stats.events) == (3, 0, 12)
