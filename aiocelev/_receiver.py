@@ -283,11 +283,12 @@ class EventReceiver:
 
     def statistics(self) -> ReceiverStatistics:
         """A snapshot of the counters."""
+        buffered = len(self._buffer) - self._acks_buffered
         return ReceiverStatistics(
             messages=self._messages,
             events=self._events,
-            delivered=self._entered - (len(self._buffer) - self._acks_buffered) - self._gone,
-            buffered=len(self._buffer) - self._acks_buffered,
+            delivered=self._entered - buffered - self._gone,
+            buffered=buffered,
             dropped=self._dropped,
             malformed=dict(self._malformed),
             invalid_clocks=self._invalid_clocks,
@@ -461,11 +462,11 @@ class EventReceiver:
         convert: Callable[[Any], _Buffered] = _unwrap if dicts else _wrap
         buffer = self._buffer
         # In place (the pump may hold a reference): rotate once through it.
+        # Events not buffered yet (a carry, the pump's message waiting for
+        # room) are conformed when they join the buffer (_enqueue, _put).
         for _ in range(len(buffer)):
             item = buffer.popleft()
             buffer.append(item if type(item) is _Ack else convert(item))
-        if self._carry is not None:
-            self._conform(self._carry[0], self._carry[2])
 
     def _conform(self, events: list[_Buffered], start: int) -> None:
         """Give ``events[start:]`` the buffer's form, if a caller switched it since they were decoded."""
@@ -914,9 +915,7 @@ class EventReceiver:
             if type(offset) is int or type(offset) is float:
                 data["timestamp"] = data["timestamp"] - (offset - here) * 3600
         data["local_received"] = now
-        event = _new(_registry.get(data["type"]) or event_class(data["type"]))
-        _set_fields(event, data)
-        return event
+        return _wrap(data)
 
     async def _enqueue(
         self, events: list[_Buffered], ack: Callable[[], None] | None, start: int = 0
