@@ -7,8 +7,10 @@ memory hub, named after the test.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator, Callable
+from typing import IO, Any
 
 import anyio
 import pytest
@@ -55,3 +57,19 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: 
                 await anyio.sleep(0.002)
     except TimeoutError:
         raise AssertionError(f"not true within {timeout}s: {what or predicate}") from None
+
+
+def read_output(file: IO[Any]) -> str:
+    """Everything a child process wrote so far to *file* (its stdout or stderr).
+
+    Read with ``pread``: the child shares the file's offset, so seeking the file
+    and reading it would move the child's write position, and a line written
+    meanwhile would overwrite the start of the output.
+    """
+    fd = file.fileno()
+    chunks: list[bytes] = []
+    pos = 0
+    while chunk := os.pread(fd, 1 << 16, pos):
+        chunks.append(chunk)
+        pos += len(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")

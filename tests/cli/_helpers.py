@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from .._helpers import read_output
+
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = [sys.executable, "-m", "aiocelev"]
 
@@ -109,12 +111,10 @@ class Background:
         )
 
     def stdout(self) -> str:
-        self.out.seek(0)
-        return self.out.read()
+        return read_output(self.out)
 
     def stderr(self) -> str:
-        self.err.seek(0)
-        return self.err.read()
+        return read_output(self.err)
 
     def wait_for_stderr(self, text: str, timeout: float = 15) -> None:
         """Wait until *text* appears on stderr (e.g. the "listening on" line)."""

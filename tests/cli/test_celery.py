@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from .._helpers import read_output
 from ..interop._common import Worker
 from ._helpers import (
     ROOT,
@@ -214,8 +215,7 @@ def test_celery_events_dump_sees_the_demo_workers(broker_url: str) -> None:
     )
 
     def output() -> str:
-        log.seek(0)
-        return log.read()
+        return read_output(log)
 
     try:
         # Ready once a probe published with `aiocelev replay` shows up in the dump.

@@ -31,6 +31,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from .._helpers import read_output
 from ..conftest import AMQP_URL, IN_CI, REDIS_URL, require_broker
 from ..interop._common import ROOT, Worker, stop_process
 
@@ -113,8 +114,7 @@ class Stack:
         return str(self.client.send_task(name, args=args, **options).id)
 
     def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-4000:]
+        return read_output(self.log)[-4000:]
 
     def close(self) -> None:
         try:

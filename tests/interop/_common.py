@@ -19,6 +19,8 @@ import anyio.to_thread
 from aiocelev import EventDispatcher
 from aiocelev._codec import decode_message
 
+from .._helpers import read_output
+
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = str(Path(sys.executable).with_name("celery"))
 
@@ -103,8 +105,7 @@ class Worker:
             stop_process(self.proc, timeout)
 
     def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-4000:]
+        return read_output(self.log)[-4000:]
 
 
 @asynccontextmanager

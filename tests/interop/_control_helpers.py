@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+from .._helpers import read_output
 from ._common import CELERY, ROOT
 
 
@@ -59,8 +60,7 @@ class ControlWorker:
         )
 
     def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-6000:]
+        return read_output(self.log)[-6000:]
 
     def exited(self) -> bool:
         return self.proc is None or self.proc.poll() is not None
