@@ -9,7 +9,10 @@ Both harnesses follow the same script so that only the implementation differs:
    publisher reports it started the stream (it polls for the file), CPU time
    from the "go";
 4. hand every task event to ``handle``; stop after ``n`` events, or when the
-   publisher has exited and nothing arrived for ``idle`` seconds.
+   publisher has sent everything and nothing arrived for ``idle`` seconds;
+5. stop the clocks, then release the publisher (the ``hold`` file): until
+   then it idles instead of tearing down, so that its exit does not take CPU
+   from a receiver still measuring (see ``_stream._hold``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,16 @@ def _switches() -> tuple[int, int]:
     """This process's voluntary and involuntary context switches so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_nvcsw, usage.ru_nivcsw
+
+
+def _published(proc: Any, hold: str) -> bool:
+    """Whether the publisher has sent its whole stream (it then idles until released)."""
+    return proc.poll() is not None or os.path.exists(hold + ".sent")
+
+
+def _release(hold: str) -> None:
+    """Let the publisher finish: the receiver's clocks are stopped (see ``_stream._hold``)."""
+    open(hold, "w").close()
 
 
 class _Run:
@@ -153,7 +166,8 @@ def run_aiocelev(
                 broker_options=base_options(spec["broker"], **(broker_options or {})),
                 **(receiver_options or {}),
             ) as receiver:
-                proc = spawn("_stream", dict(stream, go=go, broker=spec["broker"]))
+                hold = os.path.join(tmp, "hold")
+                proc = spawn("_stream", dict(stream, go=go, hold=hold, broker=spec["broker"]))
                 try:
                     async with anyio.create_task_group() as tg:
 
@@ -162,7 +176,7 @@ def run_aiocelev(
                             while True:
                                 await anyio.sleep(0.1)
                                 now = time.perf_counter()
-                                if exited is None and proc.poll() is not None:
+                                if exited is None and _published(proc, hold):
                                     exited = now
                                 last = run.t_last or run.t_go or now
                                 if hard_stop and exited is not None:
@@ -180,6 +194,7 @@ def run_aiocelev(
                     run.stop()
                     extra = stats(receiver) if stats else {}
                 finally:
+                    _release(hold)
                     publisher = await anyio.to_thread.run_sync(wait_side, proc, 60.0)
         return run.result(publisher, extra)
 
@@ -263,6 +278,7 @@ def run_celery(
     app = celery_app(URLS[spec["broker"]])
     with tempfile.TemporaryDirectory() as tmp:
         go = os.path.join(tmp, "go")
+        hold = os.path.join(tmp, "hold")
         procs: list[Any] = []
         receiver: Any = None
 
@@ -286,7 +302,9 @@ def run_celery(
 
         def on_ready(*_args: Any, **_kwargs: Any) -> None:
             if not procs:
-                procs.append(spawn("_stream", dict(stream, go=go, broker=spec["broker"])))
+                procs.append(
+                    spawn("_stream", dict(stream, go=go, hold=hold, broker=spec["broker"]))
+                )
 
         with app.connection_for_read() as conn:
             receiver = app.events.Receiver(conn, handlers={"*": on_event}, queue_ttl=queue_ttl)
@@ -297,5 +315,6 @@ def run_celery(
                 pass
             run.count = count
             run.stop()
+        _release(hold)
         publisher = wait_side(procs[0], 60.0) if procs else {"error": "never subscribed"}
     return run.result(publisher, {})

@@ -50,6 +50,27 @@ def _wait_go_sync(go: str, send_probe: Any, limit: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+async def _hold(spec: dict[str, Any], limit: float = 60.0) -> None:
+    """With ``spec["hold"]``: say the stream is sent, then idle until the receiver is done.
+
+    The receiver creates the ``hold`` file once it has stopped its clocks;
+    until then this process only sleeps, so that its teardown (closing the
+    connection, freeing the stream, the interpreter's exit: tens of
+    milliseconds of CPU) does not compete for the machine's cores with a
+    receiver that is still measuring.  ``<hold>.sent`` tells the receiver
+    that everything was published (what the publisher's exit told it before).
+    """
+    import anyio
+
+    hold = spec.get("hold")
+    if not hold:
+        return
+    open(hold + ".sent", "w").close()
+    deadline = time.monotonic() + limit
+    while not os.path.exists(hold) and time.monotonic() < deadline:
+        await anyio.sleep(0.05)
+
+
 def _raw_messages(spec: dict[str, Any]) -> tuple[list[Any], int]:
     from aiocelev._codec import dumps
     from aiocelev._message import OutgoingMessage
@@ -214,6 +235,7 @@ async def _run_async(spec: dict[str, Any]) -> dict[str, Any]:
                 for i in range(0, len(messages), chunk):
                     await publish(messages[i : i + chunk])
             elapsed = time.perf_counter() - start
+            await _hold(spec)
             # ``start`` is on the system-wide monotonic clock (perf_counter is
             # CLOCK_MONOTONIC on Linux): the receiver starts its clock there.
             return {
