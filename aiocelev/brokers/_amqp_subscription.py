@@ -32,7 +32,7 @@ from aiormq.abc import DeliveredMessage
 from .._backoff import Backoff
 from .._exceptions import AiocelevError, BrokerConnectionError, BrokerError, ClosedError
 from .._link import LinkMonitor
-from .._message import IncomingMessage
+from .._message import IncomingMessage, incoming_message
 from ._amqp_connection import AmqpConnection, close_quietly, declare_event_exchange, ms
 from ._amqp_consume import delivery_protocol
 from ._amqp_errors import map_errors
@@ -210,7 +210,7 @@ class AmqpSubscription:
                     self.wake()
 
         self._buffer.append(
-            IncomingMessage(
+            incoming_message(
                 routing_key,
                 body,
                 content_type,

@@ -26,7 +26,7 @@ import msgspec
 
 from .._codec import dumps, loads
 from .._exceptions import DecodeError
-from .._message import IncomingMessage, OutgoingMessage
+from .._message import IncomingMessage, OutgoingMessage, incoming_message
 
 __all__ = ["decode_envelope", "encode_envelope", "unwrap_envelope"]
 
@@ -147,12 +147,12 @@ def _incoming(raw: bytes, env: _Fields, routing_key: str) -> IncomingMessage:
         if type(key) is str:
             routing_key = key
     content_type, content_encoding, headers = env.content_type, env.content_encoding, env.headers
-    return IncomingMessage(
-        routing_key=routing_key,
-        body=raw,
-        content_type=content_type if type(content_type) is str else None,
-        content_encoding=content_encoding if type(content_encoding) is str else None,
-        headers=headers if type(headers) is dict else {},
+    return incoming_message(
+        routing_key,
+        raw,
+        content_type if type(content_type) is str else None,
+        content_encoding if type(content_encoding) is str else None,
+        headers if type(headers) is dict else {},
     )
 
 

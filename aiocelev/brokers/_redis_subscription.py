@@ -57,6 +57,9 @@ _DRAIN_MAX = 255
 #: Most replies taken straight from the hiredis reader in one read pass.
 _FAST_DRAIN_MAX = 4096
 
+#: Most channels whose routing key (and match) is remembered (then forgotten all at once).
+_KEYS_KEPT = 1024
+
 #: Most bytes moved from the stream's buffer to the hiredis reader at a time.
 #: Not more: each reply taken moves what is left of the reader's buffer to its
 #: front, so a large feed costs more than it saves (feeding 15.8 MB of batched
@@ -135,6 +138,8 @@ class RedisSubscription:
         self._last_channel: bytes | None = None
         self._last_data: bytes | None = None
         self._last_patterns: set[bytes] = set()
+        # channel -> (routing key it names, whether that key matches): see _key_of
+        self._keys: dict[bytes, tuple[str | None, bool]] = {}
         #: How many times the connection was lost and re-established (each is a gap).
         self.reconnects = 0
         #: Whether this subscription hears the broker now; each loss is a gap.
@@ -246,6 +251,20 @@ class RedisSubscription:
 
     # -- reading ----------------------------------------------------------
 
+    def _key_of(self, channel: bytes) -> tuple[str | None, bool]:
+        """The routing key a channel names (``None``: only the envelope knows) and whether it matches.
+
+        Remembered per channel: a stream uses a handful of channels (one per
+        routing key), each seen for every message.
+        """
+        key = self._channels.routing_key_of(channel)
+        known = (key, key is not None and self._matches(key))
+        keys = self._keys
+        if len(keys) >= _KEYS_KEPT:
+            keys.clear()
+        keys[channel] = known
+        return known
+
     def _handle(self, response: list[Any]) -> None:
         kind = response[0]
         if kind == b"pmessage" and len(response) == 4:
@@ -266,10 +285,13 @@ class RedisSubscription:
                 return
             self._last_channel, self._last_data = channel, data
             self._last_patterns = {pattern}
-        key = self._channels.routing_key_of(channel)
+        known = self._keys.get(channel)
+        if known is None:
+            known = self._key_of(channel)
+        key = known[0]
         if key is not None:
             # the channel names the routing key: filter before unwrapping
-            if not self._matches(key):
+            if not known[1]:
                 self.filtered += 1
                 return
             message = unwrap_envelope(bytes(data), key)
@@ -337,7 +359,13 @@ class RedisSubscription:
                         return
                 if taken >= _FAST_DRAIN_MAX:
                     return
-                if stream is not None and stream._buffer:
+                if stream is not None:
+                    if not stream._buffer:
+                        # Everything the event loop had read is taken; the
+                        # next read waits for more (no zero-timeout read here:
+                        # it would cost a timer and a loop iteration to learn
+                        # the same).
+                        return
                     try:
                         chunk = await stream.read(_READ_SIZE)
                     except REDIS_ERRORS as exc:  # the connection failed after these bytes
