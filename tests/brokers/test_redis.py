@@ -366,6 +366,28 @@ async def test_amqp_topic_semantics_despite_redis_globs(
 
 
 @pytest.mark.redis
+async def test_routing_stays_right_past_the_remembered_channels(
+    pair: tuple[RedisBroker, RedisBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each channel's routing key and match is remembered (a wrong reuse would
+    # misroute); with room for two, the channels keep being forgotten and relearnt.
+    monkeypatch.setattr("aiocelev.brokers._redis_subscription._KEYS_KEPT", 2)
+    pub, con = pair
+    sub = await con.subscribe(["task.*"])
+    keys = ["task.a", "task.a.b", "worker.x", "task.b", "task.c"]
+    for round_ in range(3):
+        await pub.publish([OutgoingMessage(k, b"[%d]" % round_) for k in keys])
+        got = [(await _next(sub)) for _ in range(3)]
+        assert [(m.routing_key, m.body) for m in got] == [
+            (k, b"[%d]" % round_) for k in ("task.a", "task.b", "task.c")
+        ]
+    assert await _nothing(sub) is None
+    # task.a.b three times (Redis' glob over-matches; worker.x never reaches the pattern)
+    assert sub.filtered == 3
+    assert sub.received == 9
+
+
+@pytest.mark.redis
 async def test_a_batch_is_one_round_trip(
     pair: tuple[RedisBroker, RedisBroker], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -236,6 +236,26 @@ async def test_command_gets_the_worker_reply(nodes: Nodes, command: str) -> None
     assert reply.ok == (command != "autoscale")
 
 
+async def _queue_names_until(
+    control: Control, node: str, done: Callable[[list[str]], bool], limit: float = 10.0
+) -> list[str]:
+    """``active_queues`` of *node*, asked until *done* holds for its names (or *limit* passes).
+
+    The worker answers ``add_consumer`` / ``cancel_consumer`` at once and changes
+    its consumers on its next loop iteration (``call_soon``): a query right after
+    the reply may still see the old set.
+    """
+    names: list[str] = []
+    with anyio.move_on_after(limit):
+        while True:
+            queues = (await one(control.active_queues(destination=[node]), node)).payload
+            names = [q["name"] for q in queues]
+            if done(names):
+                break
+            await anyio.sleep(0.1)
+    return names
+
+
 async def test_consumers_and_events_commands(nodes: Nodes) -> None:
     """add_consumer / cancel_consumer change active_queues; events go off and on again."""
     node, extra = nodes.a.nodename, f"{nodes.a.queue}-extra"
@@ -244,12 +264,11 @@ async def test_consumers_and_events_commands(nodes: Nodes) -> None:
     async with nodes.control() as control:
         reply = await one(control.add_consumer(extra, destination=d), node)
         assert reply.payload == {"ok": f"add consumer {extra}"}
-        queues = (await one(control.active_queues(destination=d), node)).payload
-        assert extra in [q["name"] for q in queues]
+        assert extra in await _queue_names_until(control, node, lambda names: extra in names)
         reply = await one(control.cancel_consumer(extra, destination=d), node)
         assert reply.payload == {"ok": f"no longer consuming from {extra}"}
-        queues = (await one(control.active_queues(destination=d), node)).payload
-        assert extra not in [q["name"] for q in queues]
+        names = await _queue_names_until(control, node, lambda names: extra not in names)
+        assert extra not in names
 
         reply = await one(control.disable_events(destination=d), node)
         # A worker started with -E has no restricted event groups: Celery says
