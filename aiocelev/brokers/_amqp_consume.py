@@ -62,6 +62,25 @@ class DeliveryProtocol(asyncio.StreamReaderProtocol):
         self._loop = loop
         self._passed_at = loop.time()
         self.demux = DeliveryDemux()
+        #: The connection's writer (set by the factory): see :meth:`write_frames`.
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def write_frames(self, payload: bytes) -> bool:
+        """Write whole frames straight to the transport; wait only if it is over its limit.
+
+        What aiormq's writer task does with a frame put in its queue, without
+        the hand-off to that task (one event-loop iteration per publish).  The
+        payload goes in one ``write``, so the frames are never split by other
+        writers' frames and a cancellation cannot leave part of them behind.
+        ``False`` (nothing written) when the transport is closing: the caller
+        then goes through aiormq, which reports the connection's state.
+        """
+        writer = self.writer
+        if writer is None or writer.transport.is_closing():
+            return False
+        writer.write(payload)
+        await writer.drain()
+        return True
 
     def data_received(self, data: bytes) -> None:
         """Assemble deliveries; pass every other frame on to aiormq's reader."""
@@ -115,7 +134,8 @@ class LeanTransportFactory(TransportFactory):
         except OSError as exc:
             raise AMQPConnectionError(*exc.args) from exc
         self.protocol = protocol
-        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+        protocol.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        return reader, protocol.writer
 
 
 async def open_connection(url: str, timeout: float) -> AbstractConnection:

@@ -15,6 +15,7 @@ from pamqp.commands import Basic
 from .._exceptions import BrokerConnectionError, BrokerError, ClosedError, PublishError
 from .._message import OutgoingMessage
 from ._amqp_connection import AmqpConnection, close_quietly, declare_event_exchange
+from ._amqp_consume import DeliveryProtocol, delivery_protocol
 from ._amqp_errors import map_errors
 from ._amqp_frames import PublishEncoder
 
@@ -37,6 +38,9 @@ class AmqpPublisher:
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._encoder = PublishEncoder()
+        # The lean protocol of the current connection (fast_consume), if any:
+        # frames are written through it directly (see _write_frames).
+        self._protocol: DeliveryProtocol | None = None
 
     async def open(self, conn: AbstractConnection) -> None:
         """Open the publishing channel on *conn* and declare the event exchange."""
@@ -50,10 +54,12 @@ class AmqpPublisher:
                 raise
         self._channel = channel
         self._exchange = exchange
+        self._protocol = delivery_protocol(conn)
 
     def forget(self) -> None:
         """Drop the channel (its connection is being discarded)."""
         self._channel = self._exchange = None
+        self._protocol = None
 
     async def _ready_channel(self) -> AbstractChannel:
         link = self._link
@@ -138,6 +144,12 @@ class AmqpPublisher:
         )
         if payload is None:
             return False
+        protocol = self._protocol
+        if protocol is not None:
+            # Straight to the transport: no hop through aiormq's writer task.
+            with anyio.fail_after(timeout):
+                if await protocol.write_frames(payload):
+                    return True
         # A future of the channel: rejected if the channel or connection closes.
         written = underlay.create_future()
         with anyio.fail_after(timeout):
