@@ -199,3 +199,57 @@ async def test_every_ack_of_a_read_reaches_the_broker(amqp_url: str, private_exc
         with anyio.fail_after(10):
             while await anyio.to_thread.run_sync(unacknowledged) != 1:
                 await anyio.sleep(0.05)
+
+
+@pytest.mark.amqp
+@pytest.mark.parametrize("fast", [True, False], ids=["lean", "aiormq"])
+async def test_publishing_writes_to_the_transport_directly(
+    amqp_url: str, private_exchange: str, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the adapter's protocol a publish never waits for aiormq's writer task: with
+    that task's queue refusing frames, 300 messages in 3 calls still arrive in order.
+    A transport over its write limit makes ``publish()`` wait until it has room."""
+    async with from_url(amqp_url, exchange=private_exchange, fast_consume=fast) as broker:
+        sub = await broker.subscribe(["k.#"])
+        conn = broker._connection._conn
+        assert conn is not None
+        protocol = delivery_protocol(conn)
+        assert (protocol is not None) is (fast and supported())
+        if protocol is None:
+            await broker.publish([OutgoingMessage("k.x", b"[0]")])
+            with anyio.fail_after(10):
+                assert (await sub.__anext__()).body == b"[0]"
+            return
+        channel = broker._publisher._channel
+        assert channel is not None
+        aiormq_conn = (await channel.get_underlay_channel()).connection
+
+        async def refuse(frame: object) -> None:
+            raise AssertionError("publish went through aiormq's writer queue")
+
+        monkeypatch.setattr(aiormq_conn.write_queue, "put", refuse)
+        for start in range(0, 300, 100):
+            await broker.publish(
+                [OutgoingMessage("k.x", b"[%d]" % i) for i in range(start, start + 100)]
+            )
+        with anyio.fail_after(10):
+            got = [(await sub.__anext__()).body for _ in range(300)]
+        assert got == [b"[%d]" % i for i in range(300)]
+
+        # Over its limit (as if the socket did not take the bytes): the publish waits.
+        protocol.pause_writing()
+        done = anyio.Event()
+
+        async def publish() -> None:
+            await broker.publish([OutgoingMessage("k.x", b"[300]")])
+            done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publish)
+            await anyio.sleep(0.2)
+            assert not done.is_set()
+            protocol.resume_writing()
+            with anyio.fail_after(5):
+                await done.wait()
+        with anyio.fail_after(10):
+            assert (await sub.__anext__()).body == b"[300]"
