@@ -342,3 +342,40 @@ async def test_connection_status_follows_a_recovery_in_the_consumers_read() -> N
         assert statuses == [False, True]
         status = receiver.connection
         assert status.connected and status.gaps == 1
+
+
+async def test_the_pump_stays_parked_while_the_consumer_comes_straight_back() -> None:
+    """A consumer handling each event without awaiting reads every message itself and
+    never has the pump woken for nothing; one that awaits in its handler gets read-ahead."""
+    broker = _HandBroker()
+    sub = broker.sub
+    sub.consumer = anyio.get_current_task().id
+    async with EventReceiver(broker) as receiver, anyio.create_task_group() as tg:
+        wakes = 0
+        wake = receiver._wake_pump
+
+        def counting_wake() -> None:
+            nonlocal wakes
+            if receiver._pump_parked:
+                wakes += 1
+            wake()
+
+        receiver._wake_pump = counting_wake  # type: ignore[method-assign]
+        tg.start_soon(sub.deliver, *(message(str(i)) for i in range(10)))
+        got = []
+        with anyio.fail_after(5):
+            async for event in receiver:
+                got.append(event["uuid"])  # handled without awaiting
+                if len(got) == 10:
+                    break
+        assert got == [str(i) for i in range(10)]
+        assert sub.readers == ["consumer"] * 10
+        assert wakes == 0
+
+        # Now the consumer awaits in its handler: the pump reads the next message.
+        tg.start_soon(_push_later, sub, message("10"))
+        await anyio.sleep(0.2)
+        assert sub.readers[-1] == "pump"
+        assert wakes >= 1
+        with anyio.fail_after(5):
+            assert (await receiver.receive())["uuid"] == "10"
