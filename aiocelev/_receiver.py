@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import time
@@ -227,10 +226,6 @@ class EventReceiver:
         self._reader = _NOBODY
         self._pump_parked = False
         self._pump_wake = anyio.Event()
-        # The running asyncio loop's call_soon (set on entry), and whether a
-        # deferred wake-up of the pump is scheduled: see _wake_pump_unless_back.
-        self._call_soon: Callable[..., object] | None = None
-        self._wake_due = False
         # Acknowledgements requested since the subscription was last read: the
         # adapter sends them from its next read, which is then left to the pump
         # (never cancelled mid-stream) rather than to a cancellable consumer.
@@ -519,7 +514,7 @@ class EventReceiver:
                 self._reader_waiting = False
         finally:
             # Leaving: the pump reads ahead while the caller is busy.
-            self._wake_pump_unless_back()
+            self._wake_pump()
 
     async def _pull(self) -> None:
         """Read one message from the subscription in the caller's task and buffer it.
@@ -573,31 +568,6 @@ class EventReceiver:
         if self._pump_parked:
             self._pump_wake.set()
 
-    def _wake_pump_unless_back(self) -> None:
-        """Wake the pump to read ahead, unless the consumer is reading again by then.
-
-        A consumer that handles what it got without awaiting comes back to read
-        before the event loop runs anything else; waking the pump for it would
-        cost a task step (and a cold one at low rates) only for the pump to
-        park again.  So the wake-up is decided on the loop's next iteration:
-        a consumer still away then (awaiting in its handler, or gone) has the
-        pump read ahead as before.  Without an asyncio loop, the pump is woken
-        at once.
-        """
-        if not self._pump_parked or self._wake_due:
-            return
-        call_soon = self._call_soon
-        if call_soon is None:
-            self._pump_wake.set()
-            return
-        self._wake_due = True
-        call_soon(self._wake_pump_if_away)
-
-    def _wake_pump_if_away(self) -> None:
-        self._wake_due = False
-        if self._reader == _NOBODY:
-            self._wake_pump()
-
     async def capture(
         self,
         handlers: Mapping[str, Handler],
@@ -641,10 +611,6 @@ class EventReceiver:
         if isinstance(source, LinkMonitor):
             self._unlisten = source.listen(self._follow_link)
         self._link.restored()
-        try:
-            self._call_soon = asyncio.get_running_loop().call_soon
-        except RuntimeError:  # another anyio backend
-            self._call_soon = None
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._pump, self._subscription, name="aiocelev receiver pump")
