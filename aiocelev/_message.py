@@ -58,11 +58,26 @@ class IncomingMessage:
 
 
 _new_message = object.__new__
-_set_routing_key, _set_body, _set_content_type, _set_content_encoding, _set_headers, _set_ack = (
+(
+    _set_routing_key,
+    _set_body,
+    _set_content_type,
+    _set_content_encoding,
+    _set_headers,
+    _set_ack,
+    _set_error,
+) = (
     IncomingMessage.__dict__[name].__set__
-    for name in ("routing_key", "body", "content_type", "content_encoding", "headers", "ack")
+    for name in (
+        "routing_key",
+        "body",
+        "content_type",
+        "content_encoding",
+        "headers",
+        "ack",
+        "error",
+    )
 )
-_set_error = IncomingMessage.__dict__["error"].__set__
 
 
 def incoming_message(

@@ -306,15 +306,17 @@ def run_celery(
                     spawn("_stream", dict(stream, go=go, hold=hold, broker=spec["broker"]))
                 )
 
-        with app.connection_for_read() as conn:
-            receiver = app.events.Receiver(conn, handlers={"*": on_event}, queue_ttl=queue_ttl)
-            receiver.on_consume_ready = on_ready
-            try:
-                receiver.capture(limit=None, timeout=idle, wakeup=False)
-            except TimeoutError:
-                pass
-            run.count = count
-            run.stop()
-        _release(hold)
+        try:
+            with app.connection_for_read() as conn:
+                receiver = app.events.Receiver(conn, handlers={"*": on_event}, queue_ttl=queue_ttl)
+                receiver.on_consume_ready = on_ready
+                try:
+                    receiver.capture(limit=None, timeout=idle, wakeup=False)
+                except TimeoutError:
+                    pass
+                run.count = count
+                run.stop()
+        finally:
+            _release(hold)
         publisher = wait_side(procs[0], 60.0) if procs else {"error": "never subscribed"}
     return run.result(publisher, {})
