@@ -7,7 +7,10 @@ Both harnesses follow the same script so that only the implementation differs:
 3. when the first probe event arrives, create the "go" file (the publisher
    then starts the real stream); the clock runs from the moment the
    publisher reports it started the stream (it polls for the file), CPU time
-   from the "go";
+   from the "go".  With ``backlog`` (the throughput cases) the receiver
+   instead stops right there, without reading, until the publisher has sent
+   the whole stream and the broker has had a moment to route it: both
+   clocks then start and the window is the receiver draining the backlog;
 4. hand every task event to ``handle``; stop after ``n`` events, or when the
    publisher has sent everything and nothing arrived for ``idle`` seconds;
 5. stop the clocks, then release the publisher (the ``hold`` file): until
@@ -29,10 +32,10 @@ from ._common import PROBE_TYPE, URLS, broker_options as base_options, spawn, wa
 Handler = Callable[[Any], Any]
 
 
-def _switches() -> tuple[int, int]:
-    """This process's voluntary and involuntary context switches so far."""
+def _switches() -> tuple[int, int, int]:
+    """This process's voluntary and involuntary context switches, and minor page faults, so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_nvcsw, usage.ru_nivcsw
+    return usage.ru_nvcsw, usage.ru_nivcsw, usage.ru_minflt
 
 
 def _published(proc: Any, hold: str) -> bool:
@@ -45,11 +48,19 @@ def _release(hold: str) -> None:
     open(hold, "w").close()
 
 
+#: ``backlog``: how long the broker is given, once the publisher has sent
+#: everything, to route the last messages before the clocks start.
+BACKLOG_SETTLE = 0.1
+
+
 class _Run:
     """Counters shared by a harness and its handler."""
 
     def __init__(self, n: int) -> None:
         self.n = n
+        #: With ``backlog``: the publisher's "everything sent" file to wait for.
+        self.backlog: str | None = None
+        self.backlog_wait: float | None = None
         self.count = 0
         self.t_go: float | None = None
         self.t_last: float | None = None
@@ -57,16 +68,37 @@ class _Run:
         self.cpu_go = 0.0
         self.cpu_last = 0.0
         self.counted = 0
-        self.switches_go = (0, 0)
-        self.switches_last = (0, 0)
+        self.switches_go = (0, 0, 0)
+        self.switches_last = (0, 0, 0)
 
     def go(self, path: str) -> None:
         """A probe arrived: on the first, create the "go" file *path* and start the clocks."""
         if self.t_go is None:
             open(path, "w").close()
+            if self.backlog is not None:
+                self._wait_backlog(self.backlog)
             self.t_go = time.perf_counter()
             self.cpu_go = time.process_time()
             self.switches_go = _switches()
+
+    def _wait_backlog(self, sent: str, limit: float = 60.0) -> None:
+        """Block (reading nothing) until the publisher has sent the whole stream.
+
+        Both harnesses call this from their event handler, so neither
+        receiver reads while it waits (asyncio's loop and kombu's
+        ``drain_events`` alike are blocked): the stream piles up in the broker
+        and the sockets, and the window that follows holds only the receiver
+        and the broker, not the publisher's burst (three busy processes on a
+        small machine's cores).
+        """
+        began = time.perf_counter()
+        deadline = began + limit
+        while not os.path.exists(sent):
+            if time.perf_counter() > deadline:
+                raise RuntimeError("the publisher never reported the stream sent")
+            time.sleep(0.002)
+        time.sleep(BACKLOG_SETTLE)
+        self.backlog_wait = time.perf_counter() - began
 
     def progress(self, count: int) -> bool:
         """Store *count* with the time of the latest event; whether it reached ``n``.
@@ -110,6 +142,7 @@ class _Run:
             "elapsed": elapsed,
             "rate": self.counted / elapsed if self.counted and elapsed > 0 else 0.0,
             "start_delay": start_delay,
+            "backlog_wait": self.backlog_wait,
             # from the start of the stream to the first events handled (at most 64)
             "first_delay": self.t_first - t_go if self.t_first is not None else None,
             "cpu": self.cpu_last - self.cpu_go,
@@ -118,6 +151,9 @@ class _Run:
             # publisher and the broker share the machine's cores).
             "voluntary_switches": self.switches_last[0] - self.switches_go[0],
             "involuntary_switches": self.switches_last[1] - self.switches_go[1],
+            # Minor page faults in the window: memory the process touches for
+            # the first time (or again, after the allocator gave it back).
+            "page_faults": self.switches_last[2] - self.switches_go[2],
             "cpu_rate": self.counted / (self.cpu_last - self.cpu_go)
             if self.counted and self.cpu_last > self.cpu_go
             else 0.0,
@@ -140,6 +176,7 @@ def run_aiocelev(
     hard_stop: bool = False,
     batches: bool = False,
     dicts: bool = False,
+    backlog: bool = False,
 ) -> dict[str, Any]:
     """Receive with :class:`aiocelev.EventReceiver`; ``handle(event)`` may be sync or async.
 
@@ -148,6 +185,8 @@ def run_aiocelev(
 
     With *hard_stop*, stop *idle* seconds after the publisher exits even if
     events are still arriving (the overload case).
+
+    With *backlog*, measure the drain of the whole stream (see the module doc).
     """
     import inspect
 
@@ -167,6 +206,8 @@ def run_aiocelev(
                 **(receiver_options or {}),
             ) as receiver:
                 hold = os.path.join(tmp, "hold")
+                if backlog:
+                    run.backlog = hold + ".sent"
                 proc = spawn("_stream", dict(stream, go=go, hold=hold, broker=spec["broker"]))
                 try:
                     async with anyio.create_task_group() as tg:
@@ -270,8 +311,12 @@ def run_celery(
     *,
     queue_ttl: float | None = None,
     idle: float = 3.0,
+    backlog: bool = False,
 ) -> dict[str, Any]:
-    """Receive with Celery's ``EventReceiver`` (``capture`` with a ``"*"`` handler)."""
+    """Receive with Celery's ``EventReceiver`` (``capture`` with a ``"*"`` handler).
+
+    *backlog* as for :func:`run_aiocelev`.
+    """
     from ._common import celery_app
 
     run = _Run(spec["n"])
@@ -279,6 +324,8 @@ def run_celery(
     with tempfile.TemporaryDirectory() as tmp:
         go = os.path.join(tmp, "go")
         hold = os.path.join(tmp, "hold")
+        if backlog:
+            run.backlog = hold + ".sent"
         procs: list[Any] = []
         receiver: Any = None
 

@@ -3,8 +3,13 @@
 The receiver subscribes first, then starts a separate publisher process that
 sends ``n`` lifecycle events (task-received / started / succeeded, pre-encoded)
 either batched 24 per ``task.multi`` message, as a Celery worker sends them
-under load, or one per message.  The rate is events received / time from the
-"go" signal to the last event.  On RabbitMQ both receivers declare their queue
+under load, or one per message.  The receiver does not read while the
+publisher sends (see ``_receivers``, ``backlog``): the whole stream waits in
+the broker, and the rate is events received / time from the moment the
+receiver starts reading it to the last event, the receiver's own speed rather
+than that of three processes sharing the machine's cores (``"backlog": false``
+in the spec, or ``--live``, measures from the start of the publisher's burst
+instead).  On RabbitMQ both receivers declare their queue
 with the same 120 s message TTL (instead of the default 5 s) so that the
 backlog of the slower receiver does not expire; Redis has no TTL (a subscriber
 that falls more than 32 MiB behind is disconnected by the server, so ``n`` is
@@ -58,6 +63,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             broker_options=broker_options,
             batches=batches,
             dicts=spec.get("dicts", False),
+            backlog=spec.get("backlog", True),
         )
         if with_state:
             result["tasks_kept"] = len(state.tasks)
@@ -73,7 +79,13 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         def handle(event: Any) -> None:
             pass
 
-    result = run_celery(spec, stream, handle, queue_ttl=RECEIVE_QUEUE_TTL if amqp else None)
+    result = run_celery(
+        spec,
+        stream,
+        handle,
+        queue_ttl=RECEIVE_QUEUE_TTL if amqp else None,
+        backlog=spec.get("backlog", True),
+    )
     if with_state:
         result["tasks_kept"] = len(cstate.tasks)
     return _complete(result)

@@ -7,6 +7,7 @@ import datetime
 import decimal
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import given, settings, strategies as st
 from pamqp import body as pbody, commands, frame, header, heartbeat
@@ -321,6 +322,63 @@ async def test_protocol_passes_other_frames_and_keeps_aiormq_fed(
     assert await reader.readexactly(len(HEARTBEAT_FRAME)) == HEARTBEAT_FRAME
     assert HEARTBEAT_FRAME == HEARTBEAT
     assert [m[0] for m in sink.messages] == [1, 2, 3]
+
+
+async def test_protocol_reads_into_one_reused_buffer() -> None:
+    """The transport reads into the protocol's own buffer (no allocation per
+    read); bytes kept across reads -- a delivery split between two reads, the
+    frames passed on to aiormq -- are copies, intact after the buffer is
+    overwritten by the next read."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    protocol = DeliveryProtocol(reader, loop)
+    assert isinstance(protocol, asyncio.BufferedProtocol)
+    sink = Sink()
+    protocol.demux.attach(CH, sink.deliver, sink.wake, sink.close)
+    payloads = [bytes([65 + i]) * (3000 + 7 * i) for i in range(6)]
+    stream = QOS_OK + b"".join(deliver(i + 1, "k", p) for i, p in enumerate(payloads))
+    buffer = protocol.get_buffer(-1)
+    pos = 0
+    for size in (5, 1000, 4096, 17, 9000, len(stream)):
+        chunk = stream[pos : pos + size]
+        pos += len(chunk)
+        assert protocol.get_buffer(-1) is buffer
+        buffer[: len(chunk)] = chunk
+        protocol.buffer_updated(len(chunk))
+        buffer[:] = b"\xff" * len(buffer)  # the next read overwrites it all
+    assert pos == len(stream)
+    assert [m[0] for m in sink.messages] == [1, 2, 3, 4, 5, 6]
+    assert [bytes(m[2]) for m in sink.messages] == payloads
+    assert await reader.readexactly(len(QOS_OK)) == QOS_OK
+
+
+async def test_protocol_is_read_through_its_buffer_by_asyncio() -> None:
+    """A real transport fills the protocol's buffer (asyncio picks the
+    buffered path) and the deliveries come out whole."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    protocol = DeliveryProtocol(reader, loop)
+    sink = Sink()
+    protocol.demux.attach(CH, sink.deliver, sink.wake, sink.close)
+    payloads = [bytes([97 + i % 26]) * 50_000 for i in range(12)]
+    stream = b"".join(deliver(i + 1, "k", p) for i, p in enumerate(payloads))
+
+    async def serve(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(stream)
+        await w.drain()
+        w.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(lambda: protocol, "127.0.0.1", port)
+        try:
+            with anyio.fail_after(10):
+                while len(sink.messages) < len(payloads):
+                    await asyncio.sleep(0.01)
+        finally:
+            transport.close()
+    assert [bytes(m[2]) for m in sink.messages] == payloads
 
 
 async def test_protocol_fails_the_reader_on_malformed_frames() -> None:
