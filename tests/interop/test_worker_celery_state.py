@@ -129,6 +129,9 @@ class CeleryMonitor:
     def __init__(self, app: Celery, node: str) -> None:
         self.app = app
         self.node = node
+        #: Events from this node only prove the subscription live (not kept).
+        self.probe_node = f"probe-{node}"
+        self.subscribed = threading.Event()
         self.state = State()
         self.types: list[str] = []
         self.alive_at_heartbeat: list[bool] = []
@@ -140,6 +143,8 @@ class CeleryMonitor:
 
     def _on_event(self, event: dict[str, Any]) -> None:
         if event.get("hostname") != self.node:
+            if event.get("hostname") == self.probe_node:
+                self.subscribed.set()
             return
         self.state.event(event)
         self.types.append(event["type"])
@@ -175,12 +180,22 @@ async def wait_for(flag: threading.Event, what: str) -> None:
 
 
 @asynccontextmanager
-async def celery_monitor(app: Celery, node: str) -> AsyncIterator[CeleryMonitor]:
+async def celery_monitor(app: Celery, node: str, url: str) -> AsyncIterator[CeleryMonitor]:
+    """Celery's receiver running, and proven subscribed: kombu PSUBSCRIBEs on Redis
+    only at its first poll, after ``on_consume_ready``, so events sent before that
+    are lost.  Heartbeats from a probe node are sent until the receiver sees one."""
     monitor = CeleryMonitor(app, node)
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: anyio.to_thread.run_sync(monitor.run, abandon_on_cancel=True))
         try:
             await wait_for(monitor.ready, "Celery's receiver consuming")
+            assert monitor.error is None, monitor.error
+            async with EventDispatcher(url, hostname=monitor.probe_node) as probe:
+                with anyio.fail_after(WAIT):
+                    while not monitor.subscribed.is_set():
+                        await probe.send("worker-heartbeat", freq=2.0, active=0, processed=0)
+                        await probe.flush()
+                        await anyio.sleep(0.05)
             assert monitor.error is None, monitor.error
             yield monitor
         finally:
@@ -204,7 +219,7 @@ async def test_celery_sees_a_live_worker_and_task_states(
     app.conf.broker_connection_retry_on_startup = False
     call = anyio.to_thread.run_sync
     try:
-        async with celery_monitor(app, node) as monitor:
+        async with celery_monitor(app, node, url) as monitor:
             # No -E: only worker events until a monitor enables task events.
             async with (
                 EventDispatcher(
