@@ -214,9 +214,10 @@ class StateStore:
             self._by_state.add(state, uuid, t)
         else:
             self._seq = t._seq_state = self._seq + 1
-        pending = self._pending_children.pop(uuid, None)
-        if pending is not None:
-            t._children = pending
+        if self._pending_children:
+            pending = self._pending_children.pop(uuid, None)
+            if pending is not None:
+                t._children = pending
         return t
 
     def _set_state(self, t: TaskState, state: str, rank: int) -> None:

@@ -117,6 +117,48 @@ def test_normal_lifecycle_keeps_every_field() -> None:
     assert d["state"] == "SUCCESS" and d["ready"] is True and d["children"] == []
 
 
+@pytest.mark.parametrize("missing", [(), ("eta",), ("name", "parent_id"), ("args", "expires")])
+def test_message_fields_present_are_copied_and_absent_ones_kept(missing: tuple[str, ...]) -> None:
+    """task-sent / task-received copy the message fields they carry, all of them
+    or only some (an event from another client may leave some out): what a later
+    event leaves out keeps the value an earlier one gave."""
+    first = {
+        "name": "proj.a",
+        "args": "(1,)",
+        "kwargs": "{'a': 1}",
+        "root_id": "r1",
+        "parent_id": "p1",
+        "retries": 1,
+        "eta": "2026-01-01T00:00:00",
+        "expires": "2026-01-02T00:00:00",
+    }
+    second = {
+        "name": "proj.b",
+        "args": "(2,)",
+        "kwargs": "{'b': 2}",
+        "root_id": "r2",
+        "parent_id": "p2",
+        "retries": 2,
+        "eta": None,
+        "expires": None,
+    }
+    s = ClusterState()
+    s.apply(task_ev("task-sent", "t1", T0, **first))
+    d = received("t1", T0 + 1)._fields | second
+    for key in missing:
+        del d[key]
+    s.apply(d)
+    t = s.task("t1")
+    assert t is not None
+    for key in first:
+        expected = first[key] if key in missing else second[key]
+        assert getattr(t, key) == expected, key
+    assert s.tasks_by_name(t.name or "") == [t]
+    assert s.tasks_by_name("proj.b" if "name" in missing else "proj.a") == []
+    s.apply(task_ev("task-sent", t.parent_id or "", T0 + 2))
+    assert s.children(t.parent_id or "") == [t]
+
+
 def test_rarely_set_fields_read_none_and_cost_nothing_until_set() -> None:
     s = ClusterState()
     s.apply_many(lifecycle("ok"))
