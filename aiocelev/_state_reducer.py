@@ -261,10 +261,10 @@ class Reducer(StateStore):
             and t.eta is None
             and (type(r) is float or type(r) is int)
             and (type(s) is float or type(s) is int)
-            and s >= r  # type: ignore[operator]
+            and s >= r
         ):
             t._waited = True
-            self.queue_waits.add(s - r)  # type: ignore[operator]
+            self.queue_waits.add(s - r)
 
     # Each handler below applies Celery's precedence rule with the rank of its
     # state: the state, ``timestamp`` and ``clock`` change only when the event
