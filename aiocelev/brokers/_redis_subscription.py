@@ -86,18 +86,37 @@ def _buffered_stream(conn: AbstractConnection) -> Any:
     """The connection's ``asyncio.StreamReader`` when its buffered bytes can be read directly.
 
     What the hiredis parser reads from (``read_from_socket``); ``None`` when
-    the connection is not laid out that way (another redis-py), and then every
-    read goes through ``read_response``.  Like redis-py's own ``can_read``,
-    this looks at the reader's ``_buffer``: asyncio has no public way to ask
-    whether bytes are waiting.
+    the connection is not laid out that way (another redis-py, another
+    asyncio), and then every read goes through ``read_response``.  Like
+    redis-py's own ``can_read``, this looks at the reader's ``_buffer``:
+    asyncio has no public way to ask whether bytes are waiting, nor to take
+    them without copying them twice (``read`` slices the buffer, then copies
+    the slice into ``bytes``); see :func:`_feed_buffered`.
     """
     parser = getattr(conn, "_parser", None)
     stream = getattr(parser, "_stream", None)
-    if isinstance(stream, asyncio.StreamReader) and isinstance(
-        getattr(stream, "_buffer", None), bytearray
+    if (
+        isinstance(stream, asyncio.StreamReader)
+        and isinstance(getattr(stream, "_buffer", None), bytearray)
+        and callable(getattr(stream, "_maybe_resume_transport", None))
     ):
         return stream
     return None
+
+
+def _feed_buffered(stream: Any, reader: Any) -> None:
+    """Move up to ``_READ_SIZE`` of the bytes *stream* holds into the hiredis *reader*.
+
+    What ``stream.read(_READ_SIZE)`` then ``reader.feed(chunk)`` do, with one
+    copy instead of three: hiredis copies straight out of the stream's buffer.
+    Taking bytes out of the buffer may let a paused transport read again,
+    exactly as ``read`` does.
+    """
+    buffer = stream._buffer
+    size = min(len(buffer), _READ_SIZE)
+    reader.feed(buffer, 0, size)
+    del buffer[:size]
+    stream._maybe_resume_transport()
 
 
 @final
@@ -336,10 +355,10 @@ class RedisSubscription:
         # Drain what has already arrived without waiting: first the replies the
         # hiredis reader has already parsed or buffered (no await, no timeout
         # per message), then the bytes the event loop has already read from the
-        # socket (fed to the reader directly: StreamReader.read returns at once
-        # when bytes are buffered), then one read_response with a zero timeout,
-        # which only expires when a read would have to wait for the network
-        # (the loop reads the socket meanwhile), and so on.
+        # socket (fed to the reader straight from the stream's buffer), then
+        # one read_response with a zero timeout, which only expires when a
+        # read would have to wait for the network (the loop reads the socket
+        # meanwhile), and so on.
         taken = 0
         for _ in range(_DRAIN_MAX):
             if reader is not None:
@@ -366,12 +385,7 @@ class RedisSubscription:
                         # it would cost a timer and a loop iteration to learn
                         # the same).
                         return
-                    try:
-                        chunk = await stream.read(_READ_SIZE)
-                    except REDIS_ERRORS as exc:  # the connection failed after these bytes
-                        await self._drop(describe(exc))
-                        return
-                    reader.feed(chunk)
+                    _feed_buffered(stream, reader)
                     continue
             try:
                 response = await conn.read_response(timeout=0)

@@ -433,7 +433,7 @@ async def test_bytes_the_loop_already_read_are_drained_in_order(
     pair: tuple[RedisBroker, RedisBroker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A burst larger than one socket read: the bytes asyncio buffered are fed
-    to the reader directly (StreamReader.read), every message arrives, in order."""
+    to the reader directly, every message arrives, in order."""
     from redis.asyncio.connection import AbstractConnection
 
     pub, con = pair
@@ -461,6 +461,47 @@ async def test_bytes_the_loop_already_read_are_drained_in_order(
     # ~1.8 MB in a few socket reads: a handful of read_response calls (a read
     # per 64 KiB chunk, as before, made it ~65)
     assert len(calls) < 30, len(calls)
+
+
+async def test_buffered_bytes_go_to_the_parser_and_a_paused_transport_resumes() -> None:
+    """The bytes asyncio buffered are moved to hiredis in order, at most
+    ``_READ_SIZE`` at a time, and taking them lets a transport the stream
+    paused (its buffer over the limit) read again, as ``StreamReader.read`` does."""
+    import asyncio
+
+    import hiredis
+
+    from aiocelev.brokers import _redis_subscription as mod
+
+    class Transport(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.paused = False
+
+        def pause_reading(self) -> None:
+            self.paused = True
+
+        def resume_reading(self) -> None:
+            self.paused = False
+
+    stream = asyncio.StreamReader(limit=1024)
+    transport = Transport()
+    stream.set_transport(transport)
+    replies = [b"x" * n for n in (10, 30_000, 5, 50_000, 1)]
+    wire = b"".join(b"$%d\r\n%s\r\n" % (len(r), r) for r in replies)
+    stream.feed_data(wire)
+    assert transport.paused
+    reader = hiredis.Reader()
+    got: list[bytes] = []
+    feeds = 0
+    while stream._buffer:
+        mod._feed_buffered(stream, reader)
+        feeds += 1
+        while (reply := reader.gets()) is not False:
+            got.append(reply)
+    assert got == replies
+    assert feeds == -(-len(wire) // mod._READ_SIZE)
+    assert not transport.paused
 
 
 @pytest.mark.redis
