@@ -122,8 +122,18 @@ class Reducer(StateStore):
         try:
             for event in events:
                 count += 1
-                f = event._fields if isinstance(event, event_cls) else event
-                type_: Any = f.get("type")
+                if type(event) is dict:  # what receiver.batches(dicts=True) hands over
+                    f = event
+                elif isinstance(event, event_cls):
+                    f = event._fields
+                else:
+                    f = event
+                try:  # a received event has both: one subscript each, no method call
+                    type_: Any = f["type"]
+                    lr = f["local_received"]
+                except (KeyError, TypeError):
+                    type_ = f.get("type")
+                    lr = f.get("local_received")
                 try:
                     handler = handlers_get(type_)
                 except TypeError:  # an unhashable type
@@ -131,7 +141,6 @@ class Reducer(StateStore):
                 if handler is None and type(type_) is not str:
                     self.ignored_events += 1
                     continue
-                lr = f.get("local_received")
                 if lr is not last_lr:
                     if type(lr) is float or type(lr) is int:
                         try:
