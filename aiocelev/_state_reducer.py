@@ -282,7 +282,11 @@ class Reducer(StateStore):
 
     def _on_task_sent(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-sent``: PENDING; the sender is the task's client."""
-        uuid = f.get("uuid")
+        try:  # a received event has all four: one subscript each, no method call
+            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
+        except (KeyError, TypeError):
+            uuid, host = f.get("uuid"), f.get("hostname")
+            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
@@ -292,8 +296,7 @@ class Reducer(StateStore):
             t = self._new_task(uuid, "PENDING", _PENDING)
         else:
             tasks[uuid] = t
-        ts = f.get("timestamp")
-        t.client = f.get("hostname")
+        t.client = host
         t.sent = ts
         self._copy_fields(t, f)
         if "queue" in f:
@@ -305,7 +308,6 @@ class Reducer(StateStore):
         cur = t._rank
         if cur >= _PENDING or cur == _RETRY:
             t.timestamp = ts
-            clock = f.get("clock")
             if clock is not None:
                 t.clock = clock
             if t.state != "PENDING":
@@ -314,21 +316,21 @@ class Reducer(StateStore):
 
     def _on_task_received(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-received``: RECEIVED; name/args/... are taken even when late."""
-        uuid = f.get("uuid")
+        try:  # a received event has all four: one subscript each, no method call
+            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
+        except (KeyError, TypeError):
+            uuid, host = f.get("uuid"), f.get("hostname")
+            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
-        t, _ = self._worker_task(
-            uuid, f.get("hostname"), lr, "task-received", "RECEIVED", _RECEIVED
-        )
-        ts = f.get("timestamp")
+        t, _ = self._worker_task(uuid, host, lr, "task-received", "RECEIVED", _RECEIVED)
         t.received = ts
         t._waited = False
         self._copy_fields(t, f)
         cur = t._rank
         if cur >= _RECEIVED or cur == _RETRY:
             t.timestamp = ts
-            clock = f.get("clock")
             if clock is not None:
                 t.clock = clock
             if t.state != "RECEIVED":
@@ -339,17 +341,19 @@ class Reducer(StateStore):
 
     def _on_task_started(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-started``: STARTED."""
-        uuid = f.get("uuid")
+        try:  # a received event has all four: one subscript each, no method call
+            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
+        except (KeyError, TypeError):
+            uuid, host = f.get("uuid"), f.get("hostname")
+            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
-        t, w = self._worker_task(uuid, f.get("hostname"), lr, "task-started", "STARTED", _STARTED)
-        ts = f.get("timestamp")
+        t, w = self._worker_task(uuid, host, lr, "task-started", "STARTED", _STARTED)
         t.started = ts
         cur = t._rank
         if cur >= _STARTED or cur == _RETRY:
             t.timestamp = ts
-            clock = f.get("clock")
             if clock is not None:
                 t.clock = clock
             if t.state != "STARTED":
@@ -362,12 +366,15 @@ class Reducer(StateStore):
 
     def _on_task_succeeded(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-succeeded``: SUCCESS, with ``result`` and ``runtime``."""
-        uuid = f.get("uuid")
+        try:  # a received event has all four: one subscript each, no method call
+            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
+        except (KeyError, TypeError):
+            uuid, host = f.get("uuid"), f.get("hostname")
+            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
-        t, w = self._worker_task(uuid, f.get("hostname"), lr, "task-succeeded", "SUCCESS", _SUCCESS)
-        ts = f.get("timestamp")
+        t, w = self._worker_task(uuid, host, lr, "task-succeeded", "SUCCESS", _SUCCESS)
         t.succeeded = ts
         if "result" in f:
             t.result = f["result"]
@@ -379,7 +386,6 @@ class Reducer(StateStore):
         cur = t._rank
         if cur >= _SUCCESS or cur == _RETRY:
             t.timestamp = ts
-            clock = f.get("clock")
             if clock is not None:
                 t.clock = clock
             if t.state != "SUCCESS":
@@ -390,12 +396,15 @@ class Reducer(StateStore):
 
     def _on_task_failed(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-failed``: FAILURE, with ``exception`` and ``traceback``."""
-        uuid = f.get("uuid")
+        try:  # a received event has all four: one subscript each, no method call
+            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
+        except (KeyError, TypeError):
+            uuid, host = f.get("uuid"), f.get("hostname")
+            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
-        t, w = self._worker_task(uuid, f.get("hostname"), lr, "task-failed", "FAILURE", _FAILURE)
-        ts = f.get("timestamp")
+        t, w = self._worker_task(uuid, host, lr, "task-failed", "FAILURE", _FAILURE)
         t.failed = ts
         if "exception" in f:
             t.exception = f["exception"]
@@ -404,7 +413,6 @@ class Reducer(StateStore):
         cur = t._rank
         if cur >= _FAILURE or cur == _RETRY:
             t.timestamp = ts
-            clock = f.get("clock")
             if clock is not None:
                 t.clock = clock
             if t.state != "FAILURE":
@@ -415,19 +423,21 @@ class Reducer(StateStore):
 
     def _on_task_retried(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-retried``: RETRY (always overrides and is always overridden)."""
-        uuid = f.get("uuid")
+        try:  # a received event has all four: one subscript each, no method call
+            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
+        except (KeyError, TypeError):
+            uuid, host = f.get("uuid"), f.get("hostname")
+            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
-        t, w = self._worker_task(uuid, f.get("hostname"), lr, "task-retried", "RETRY", _RETRY)
-        ts = f.get("timestamp")
+        t, w = self._worker_task(uuid, host, lr, "task-retried", "RETRY", _RETRY)
         t.retried = ts
         if "exception" in f:
             t.exception = f["exception"]
         if "traceback" in f:
             t.traceback = f["traceback"]
         t.timestamp = ts
-        clock = f.get("clock")
         if clock is not None:
             t.clock = clock
         if t.state != "RETRY":
@@ -438,17 +448,19 @@ class Reducer(StateStore):
 
     def _on_task_revoked(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-revoked``: REVOKED (counts as a completion only when it terminated a run)."""
-        uuid = f.get("uuid")
+        try:  # a received event has all four: one subscript each, no method call
+            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
+        except (KeyError, TypeError):
+            uuid, host = f.get("uuid"), f.get("hostname")
+            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
-        t, w = self._worker_task(uuid, f.get("hostname"), lr, "task-revoked", "REVOKED", _REVOKED)
-        ts = f.get("timestamp")
+        t, w = self._worker_task(uuid, host, lr, "task-revoked", "REVOKED", _REVOKED)
         t.revoked = ts
         cur = t._rank
         if cur >= _REVOKED or cur == _RETRY:
             t.timestamp = ts
-            clock = f.get("clock")
             if clock is not None:
                 t.clock = clock
             if t.state != "REVOKED":
@@ -459,20 +471,20 @@ class Reducer(StateStore):
 
     def _on_task_rejected(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
         """``task-rejected``: REJECTED (ignored after STARTED, as in Celery)."""
-        uuid = f.get("uuid")
+        try:  # a received event has all four: one subscript each, no method call
+            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
+        except (KeyError, TypeError):
+            uuid, host = f.get("uuid"), f.get("hostname")
+            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
-        t, w = self._worker_task(
-            uuid, f.get("hostname"), lr, "task-rejected", "REJECTED", _REJECTED
-        )
+        t, w = self._worker_task(uuid, host, lr, "task-rejected", "REJECTED", _REJECTED)
         was_started = t.state == "STARTED"
-        ts = f.get("timestamp")
         t.rejected = ts
         cur = t._rank
         if cur >= _REJECTED or cur == _RETRY:
             t.timestamp = ts
-            clock = f.get("clock")
             if clock is not None:
                 t.clock = clock
             if t.state != "REJECTED":
@@ -486,12 +498,16 @@ class Reducer(StateStore):
         self, f: Mapping[str, Any], lr: float, type_: str, state: str
     ) -> TaskState | None:
         """A custom task event (``task-progress``...): the upper-cased subject is the state."""
-        uuid = f.get("uuid")
+        try:  # a received event has all four: one subscript each, no method call
+            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
+        except (KeyError, TypeError):
+            uuid, host = f.get("uuid"), f.get("hostname")
+            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
         rank = _rank_of(state, CUSTOM_RANK)
-        t, w = self._worker_task(uuid, f.get("hostname"), lr, type_, state, rank)
+        t, w = self._worker_task(uuid, host, lr, type_, state, rank)
         extra = t.extra
         if extra is None:
             extra = t.extra = {}
@@ -500,8 +516,7 @@ class Reducer(StateStore):
                 extra[key] = value
         cur = t._rank
         if cur >= rank or cur == _RETRY or rank == _RETRY:
-            t.timestamp = f.get("timestamp")
-            clock = f.get("clock")
+            t.timestamp = ts
             if clock is not None:
                 t.clock = clock
             if t.state != state:
