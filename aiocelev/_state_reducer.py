@@ -20,7 +20,31 @@ from ._state_store import StateStore
 
 __all__ = ["Reducer"]
 
-_Handler = Callable[[Mapping[str, Any], float], TaskState | WorkerState | None]
+#: What every handler is given besides the event and its receive time: its
+#: ``uuid``, ``hostname``, ``timestamp`` and ``clock`` (``None`` when missing).
+_Head = tuple[Any, Any, Any, Any]
+_Handler = Callable[..., TaskState | WorkerState | None]
+
+
+def _read(f: Mapping[str, Any]) -> tuple[Any, Any, _Head]:
+    """``type``, ``local_received`` and the head of *f* (``None`` for what is missing).
+
+    A received event has them all: one subscript each, no method call.
+    """
+    try:
+        return (
+            f["type"],
+            f["local_received"],
+            (f["uuid"], f["hostname"], f["timestamp"], f["clock"]),
+        )
+    except (KeyError, TypeError):
+        get = f.get
+        return (
+            get("type"),
+            get("local_received"),
+            (get("uuid"), get("hostname"), get("timestamp"), get("clock")),
+        )
+
 
 # Worker event kinds.
 _ONLINE, _HEARTBEAT, _OFFLINE, _OTHER = 0, 1, 2, 3
@@ -80,7 +104,7 @@ class Reducer(StateStore):
         """
         f: Mapping[str, Any] = event._fields if isinstance(event, Event) else event
         self.event_count += 1
-        type_: Any = f.get("type")
+        type_, lr, head = _read(f)
         try:
             handler = self._handlers.get(type_)
         except TypeError:  # an unhashable type
@@ -88,7 +112,6 @@ class Reducer(StateStore):
         if handler is None and type(type_) is not str:
             self.ignored_events += 1
             return None
-        lr = f.get("local_received")
         if type(lr) is not float and type(lr) is not int:
             lr = self._time_source()
         rates = self._rates
@@ -102,8 +125,8 @@ class Reducer(StateStore):
         bucket = rates.current
         bucket[type_] = bucket.get(type_, 0) + 1
         if handler is None:
-            return self._on_other(f, lr, type_)
-        return handler(f, lr)
+            return self._on_other(f, lr, head, type_)
+        return handler(f, lr, *head)
 
     def apply_many(self, events: Iterable[Event | Mapping[str, Any]]) -> None:
         """Apply every event of *events* in order (as :meth:`apply` does, in one loop).
@@ -128,12 +151,11 @@ class Reducer(StateStore):
                     f = event._fields
                 else:
                     f = event
-                try:  # a received event has both: one subscript each, no method call
-                    type_: Any = f["type"]
-                    lr = f["local_received"]
+                try:  # _read, inlined: a received event has all six
+                    type_, lr = f["type"], f["local_received"]
+                    uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
                 except (KeyError, TypeError):
-                    type_ = f.get("type")
-                    lr = f.get("local_received")
+                    type_, lr, (uuid, host, ts, clock) = _read(f)
                 try:
                     handler = handlers_get(type_)
                 except TypeError:  # an unhashable type
@@ -157,19 +179,19 @@ class Reducer(StateStore):
                         bucket = rates.current
                 bucket[type_] = bucket.get(type_, 0) + 1
                 if handler is None:
-                    self._on_other(f, lr, type_)
+                    self._on_other(f, lr, (uuid, host, ts, clock), type_)
                 else:
-                    handler(f, lr)
+                    handler(f, lr, uuid, host, ts, clock)
         finally:
             self.event_count += count
 
     def _on_other(
-        self, f: Mapping[str, Any], lr: float, type_: str
+        self, f: Mapping[str, Any], lr: float, head: _Head, type_: str
     ) -> TaskState | WorkerState | None:
         """An event type without a handler: a custom task or worker event, or nothing."""
         group, _, subject = type_.partition("-")
         if group == "task":
-            return self._on_task_custom(f, lr, type_, subject.upper())
+            return self._on_task_custom(f, lr, head, type_, subject.upper())
         if group == "worker":
             return self._on_worker(f, lr, _OTHER)
         return None
@@ -280,13 +302,10 @@ class Reducer(StateStore):
     # is not logically older than the current state (RETRY excepted); the
     # event's fields are merged all the same.
 
-    def _on_task_sent(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+    def _on_task_sent(
+        self, f: Mapping[str, Any], lr: float, uuid: Any, host: Any, ts: Any, clock: Any
+    ) -> TaskState | None:
         """``task-sent``: PENDING; the sender is the task's client."""
-        try:  # a received event has all four: one subscript each, no method call
-            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
-        except (KeyError, TypeError):
-            uuid, host = f.get("uuid"), f.get("hostname")
-            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
@@ -314,13 +333,10 @@ class Reducer(StateStore):
                 self._set_state(t, "PENDING", _PENDING)
         return t
 
-    def _on_task_received(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+    def _on_task_received(
+        self, f: Mapping[str, Any], lr: float, uuid: Any, host: Any, ts: Any, clock: Any
+    ) -> TaskState | None:
         """``task-received``: RECEIVED; name/args/... are taken even when late."""
-        try:  # a received event has all four: one subscript each, no method call
-            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
-        except (KeyError, TypeError):
-            uuid, host = f.get("uuid"), f.get("hostname")
-            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
@@ -339,13 +355,10 @@ class Reducer(StateStore):
             self._record_wait(t)
         return t
 
-    def _on_task_started(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+    def _on_task_started(
+        self, f: Mapping[str, Any], lr: float, uuid: Any, host: Any, ts: Any, clock: Any
+    ) -> TaskState | None:
         """``task-started``: STARTED."""
-        try:  # a received event has all four: one subscript each, no method call
-            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
-        except (KeyError, TypeError):
-            uuid, host = f.get("uuid"), f.get("hostname")
-            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
@@ -364,13 +377,10 @@ class Reducer(StateStore):
             w.started_seen += 1
         return t
 
-    def _on_task_succeeded(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+    def _on_task_succeeded(
+        self, f: Mapping[str, Any], lr: float, uuid: Any, host: Any, ts: Any, clock: Any
+    ) -> TaskState | None:
         """``task-succeeded``: SUCCESS, with ``result`` and ``runtime``."""
-        try:  # a received event has all four: one subscript each, no method call
-            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
-        except (KeyError, TypeError):
-            uuid, host = f.get("uuid"), f.get("hostname")
-            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
@@ -394,13 +404,10 @@ class Reducer(StateStore):
             w.done_seen += 1
         return t
 
-    def _on_task_failed(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+    def _on_task_failed(
+        self, f: Mapping[str, Any], lr: float, uuid: Any, host: Any, ts: Any, clock: Any
+    ) -> TaskState | None:
         """``task-failed``: FAILURE, with ``exception`` and ``traceback``."""
-        try:  # a received event has all four: one subscript each, no method call
-            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
-        except (KeyError, TypeError):
-            uuid, host = f.get("uuid"), f.get("hostname")
-            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
@@ -421,13 +428,10 @@ class Reducer(StateStore):
             w.done_seen += 1
         return t
 
-    def _on_task_retried(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+    def _on_task_retried(
+        self, f: Mapping[str, Any], lr: float, uuid: Any, host: Any, ts: Any, clock: Any
+    ) -> TaskState | None:
         """``task-retried``: RETRY (always overrides and is always overridden)."""
-        try:  # a received event has all four: one subscript each, no method call
-            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
-        except (KeyError, TypeError):
-            uuid, host = f.get("uuid"), f.get("hostname")
-            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
@@ -446,13 +450,10 @@ class Reducer(StateStore):
             w.done_seen += 1
         return t
 
-    def _on_task_revoked(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+    def _on_task_revoked(
+        self, f: Mapping[str, Any], lr: float, uuid: Any, host: Any, ts: Any, clock: Any
+    ) -> TaskState | None:
         """``task-revoked``: REVOKED (counts as a completion only when it terminated a run)."""
-        try:  # a received event has all four: one subscript each, no method call
-            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
-        except (KeyError, TypeError):
-            uuid, host = f.get("uuid"), f.get("hostname")
-            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
@@ -469,13 +470,10 @@ class Reducer(StateStore):
             w.done_seen += 1
         return t
 
-    def _on_task_rejected(self, f: Mapping[str, Any], lr: float) -> TaskState | None:
+    def _on_task_rejected(
+        self, f: Mapping[str, Any], lr: float, uuid: Any, host: Any, ts: Any, clock: Any
+    ) -> TaskState | None:
         """``task-rejected``: REJECTED (ignored after STARTED, as in Celery)."""
-        try:  # a received event has all four: one subscript each, no method call
-            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
-        except (KeyError, TypeError):
-            uuid, host = f.get("uuid"), f.get("hostname")
-            ts, clock = f.get("timestamp"), f.get("clock")
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
@@ -495,14 +493,10 @@ class Reducer(StateStore):
         return t
 
     def _on_task_custom(
-        self, f: Mapping[str, Any], lr: float, type_: str, state: str
+        self, f: Mapping[str, Any], lr: float, head: _Head, type_: str, state: str
     ) -> TaskState | None:
         """A custom task event (``task-progress``...): the upper-cased subject is the state."""
-        try:  # a received event has all four: one subscript each, no method call
-            uuid, host, ts, clock = f["uuid"], f["hostname"], f["timestamp"], f["clock"]
-        except (KeyError, TypeError):
-            uuid, host = f.get("uuid"), f.get("hostname")
-            ts, clock = f.get("timestamp"), f.get("clock")
+        uuid, host, ts, clock = head
         if type(uuid) is not str:
             self.ignored_events += 1
             return None
@@ -527,15 +521,19 @@ class Reducer(StateStore):
 
     # ------------------------------------------------------------------ workers
 
-    def _on_worker_online(self, f: Mapping[str, Any], lr: float) -> WorkerState | None:
+    def _on_worker_online(self, f: Mapping[str, Any], lr: float, *_head: Any) -> WorkerState | None:
         """``worker-online``."""
         return self._on_worker(f, lr, _ONLINE)
 
-    def _on_worker_heartbeat(self, f: Mapping[str, Any], lr: float) -> WorkerState | None:
+    def _on_worker_heartbeat(
+        self, f: Mapping[str, Any], lr: float, *_head: Any
+    ) -> WorkerState | None:
         """``worker-heartbeat``."""
         return self._on_worker(f, lr, _HEARTBEAT)
 
-    def _on_worker_offline(self, f: Mapping[str, Any], lr: float) -> WorkerState | None:
+    def _on_worker_offline(
+        self, f: Mapping[str, Any], lr: float, *_head: Any
+    ) -> WorkerState | None:
         """``worker-offline``."""
         return self._on_worker(f, lr, _OFFLINE)
 

@@ -32,7 +32,7 @@ from ._common import PROBE_TYPE, URLS, broker_options as base_options, spawn, wa
 Handler = Callable[[Any], Any]
 
 
-def _switches() -> tuple[int, int, int]:
+def _usage() -> tuple[int, int, int]:
     """This process's voluntary and involuntary context switches, and minor page faults, so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_nvcsw, usage.ru_nivcsw, usage.ru_minflt
@@ -68,8 +68,8 @@ class _Run:
         self.cpu_go = 0.0
         self.cpu_last = 0.0
         self.counted = 0
-        self.switches_go = (0, 0, 0)
-        self.switches_last = (0, 0, 0)
+        self.usage_go = (0, 0, 0)
+        self.usage_last = (0, 0, 0)
 
     def go(self, path: str) -> None:
         """A probe arrived: on the first, create the "go" file *path* and start the clocks."""
@@ -79,7 +79,7 @@ class _Run:
                 self._wait_backlog(self.backlog)
             self.t_go = time.perf_counter()
             self.cpu_go = time.process_time()
-            self.switches_go = _switches()
+            self.usage_go = _usage()
 
     def _wait_backlog(self, sent: str, limit: float = 60.0) -> None:
         """Block (reading nothing) until the publisher has sent the whole stream.
@@ -113,7 +113,7 @@ class _Run:
     def stop(self) -> None:
         """Stop the CPU clock (the consuming loop has ended)."""
         self.cpu_last = time.process_time()
-        self.switches_last = _switches()
+        self.usage_last = _usage()
 
     def mark(self) -> None:
         """Note the time of the latest event (CPU time is read once, at the end)."""
@@ -149,11 +149,11 @@ class _Run:
             # Context switches between "go" and the end: voluntary ones are
             # waits (for the socket...), involuntary ones preemptions (the
             # publisher and the broker share the machine's cores).
-            "voluntary_switches": self.switches_last[0] - self.switches_go[0],
-            "involuntary_switches": self.switches_last[1] - self.switches_go[1],
+            "voluntary_switches": self.usage_last[0] - self.usage_go[0],
+            "involuntary_switches": self.usage_last[1] - self.usage_go[1],
             # Minor page faults in the window: memory the process touches for
             # the first time (or again, after the allocator gave it back).
-            "page_faults": self.switches_last[2] - self.switches_go[2],
+            "page_faults": self.usage_last[2] - self.usage_go[2],
             "cpu_rate": self.counted / (self.cpu_last - self.cpu_go)
             if self.counted and self.cpu_last > self.cpu_go
             else 0.0,
