@@ -198,6 +198,39 @@ def build_cases(n: int | None, quick: bool) -> list[Case]:
                 extra_metrics=("p50_ms",),
             )
         )
+    # Which side a p99 comes from: each receiver fed by each sender, at 200/s.
+    sides_duration = 8.0 * dur
+    cases.append(
+        Case(
+            "latency_sides",
+            "latency",
+            Variant(
+                "aiocelev -> aiocelev",
+                {"impl": "aiocelev", "rate": 200, "duration": sides_duration},
+            ),
+            [
+                Variant(
+                    f"{sender} -> {receiver}",
+                    {
+                        "impl": receiver,
+                        "sender": "aiocelev" if sender == "aiocelev" else "celery-single",
+                        "rate": 200,
+                        "duration": sides_duration,
+                    },
+                )
+                for sender, receiver in (
+                    ("celery", "celery"),
+                    ("celery", "aiocelev"),
+                    ("aiocelev", "celery"),
+                )
+            ],
+            "p99_ms",
+            False,
+            rounds=3,
+            unit="ms",
+            extra_metrics=("p50_ms",),
+        )
+    )
     layers_n = 60 if quick else 400
     cases.append(
         Case(

@@ -11,6 +11,10 @@ so their clocks agree.
   it: flush at 24 buffered events and whenever the sender goes idle (the
   worker flushes on its event loop's next iteration) -> Celery ``EventReceiver``.
 * Celery unbatched: the default ``EventDispatcher`` -> Celery ``EventReceiver``.
+
+``spec["sender"]`` (``aiocelev``, ``celery-single`` or ``celery-batched``)
+pairs a receiver with the other implementation's sender (the
+``latency_sides`` case): which side a difference in latency comes from.
 """
 
 from __future__ import annotations
@@ -29,20 +33,20 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     rate = spec["rate"]
     n = max(1, int(rate * spec["duration"]))
     spec = dict(spec, n=n)
+    sender = spec.get("sender")
+    if sender is None:
+        if spec["impl"] == "aiocelev":
+            sender = "aiocelev"
+        else:
+            sender = "celery-batched" if spec.get("batched") else "celery-single"
+    stream = {"mode": sender, "n": n, "rate": rate}
+
+    def handle(event: Any) -> None:
+        latencies.append(time.time() - event["sent_at"])
+
     if spec["impl"] == "aiocelev":
-        stream = {"mode": "aiocelev", "n": n, "rate": rate}
-
-        def handle(event: Any) -> None:
-            latencies.append(time.time() - event["sent_at"])
-
         result = run_aiocelev(spec, stream, handle, idle=2.0)
     else:
-        mode = "celery-batched" if spec.get("batched") else "celery-single"
-        stream = {"mode": mode, "n": n, "rate": rate}
-
-        def handle(event: Any) -> None:
-            latencies.append(time.time() - event["sent_at"])
-
         result = run_celery(spec, stream, handle, idle=2.0)
     ms = summarize([x * 1000.0 for x in latencies])
     result.update({"p50_ms": ms["p50"], "p99_ms": ms["p99"], "max_ms": ms["max"]})

@@ -30,6 +30,7 @@ CASES = {
     "monitor",
     "latency_200",
     "latency_5000",
+    "latency_sides",
     "latency_layers",
     "memory_state",
     "memory_overload",
