@@ -32,8 +32,9 @@ them as a node.
 The parts live in their own modules: ``_redis_options`` (URL and options),
 ``_redis_errors`` (error translation), ``_redis_channels`` (channel names and
 patterns), ``_redis_envelope`` (kombu's envelope), ``_redis_connection``
-(pool, Sentinel, up/down state), ``_redis_subscription`` (pub/sub) and
-``_redis_control`` (remote control).
+(pool, Sentinel, up/down state), ``_redis_publisher`` (the publishing
+connection), ``_redis_subscription`` (pub/sub) and ``_redis_control`` (remote
+control).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from ._redis_control import RedisControl
 from ._redis_envelope import encode_envelope
 from ._redis_errors import CONNECTION_ERRORS, REDIS_ERRORS, translate
 from ._redis_options import ParsedUrl, RedisOptions
+from ._redis_publisher import PublishConnection
 from ._redis_queues import redis_queue_info
 from ._redis_subscription import RedisSubscription
 from ._topic import compile_bindings
@@ -71,6 +73,8 @@ class RedisBroker:
         self._channels = RedisChannels(self._link.parsed)
         self._subscriptions: set[RedisSubscription] = set()
         self._control: RedisControl | None = None
+        # Sentinel: publish through the pool, which follows the master.
+        self._publisher = None if self._link.parsed.sentinel else PublishConnection(self._link)
 
     # -- introspection ----------------------------------------------------
 
@@ -143,6 +147,16 @@ class RedisBroker:
         channels = self._channels
         exchange = channels.exchange
         try:
+            publisher = self._publisher
+            if publisher is not None and not publisher.busy:
+                await publisher.publish(
+                    [
+                        (channels.channel_for(m.routing_key), encode_envelope(m, exchange))
+                        for m in messages
+                    ]
+                )
+                link.mark_up()
+                return
             await link.follow_master(now)
             if len(messages) == 1:
                 m = messages[0]
@@ -235,6 +249,8 @@ class RedisBroker:
             for sub in list(self._subscriptions):
                 await sub.aclose()
             self._subscriptions.clear()
+            if self._publisher is not None:
+                await self._publisher.aclose()
             await self._link.aclose()
 
 

@@ -396,6 +396,9 @@ async def test_a_batch_is_one_round_trip(
     pub, con = pair
     sub = await con.subscribe(["#"])
     await pub.connect()
+    # the publishing connection is opened (and greets the server) by the first publish
+    await pub.publish([_hb(n=-1)])
+    assert decode_message(await _next(sub))[0][0]["clock"] == -1
     writes: list[int] = []
     original = AbstractConnection.send_packed_command
 
