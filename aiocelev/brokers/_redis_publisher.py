@@ -11,9 +11,9 @@ credentials, database, timeouts and client name), and writes each batch of
 
 It serves one publisher at a time: while it is busy, the adapter publishes
 through the pool as before, so concurrent publishers never wait for each
-other.  It behaves as the pooled client does: a connection the server closed
-while idle is replaced before writing, and a connection error or timeout is
-retried once on a fresh connection.  Any other failure, and a cancellation
+other.  It behaves as the pooled client does: a connection error or timeout
+(a connection the server closed while it was idle included) is retried once
+on a fresh connection.  Any other failure, and a cancellation
 before every reply is read, closes the connection (replies left unread would
 be taken for the next command's); the next publish opens a fresh one.  Sentinel URLs do not use it: the pool
 follows the master there.
@@ -50,9 +50,8 @@ class PublishConnection:
         """``PUBLISH channel payload`` for each pair, in one write, then read every reply.
 
         The caller checks :attr:`busy` first.  As the pooled client does, a
-        connection found closed (or holding unexpected bytes) is replaced
-        before writing, and a connection error or timeout is retried once on
-        a fresh connection.  Raises what redis-py raises (the caller
+        connection error or timeout (a connection the server closed while it
+        was idle included) is retried once on a fresh connection.  Raises what redis-py raises (the caller
         translates it): a connection error, a timeout, or the first error
         reply (``NOPERM``...).
         """
@@ -79,9 +78,6 @@ class PublishConnection:
         if conn is None:
             conn = self._link.ensure_pool().make_connection()  # type: ignore[no-untyped-call]
             self._conn = conn
-        elif conn.is_connected and await conn.can_read():
-            # a reply nobody asked for: the connection is not in a known state
-            raise redis_exc.ConnectionError("the publishing connection holds unexpected data")
         if len(commands) == 1:
             channel, payload = commands[0]
             packed = conn.pack_command("PUBLISH", channel, payload)
