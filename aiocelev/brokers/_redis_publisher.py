@@ -3,20 +3,20 @@
 redis.asyncio's client runs every command through its pool: take a connection
 under the pool's lock, record it in use, check it, pack, send, read, put it
 back.  For one event at a time that machinery is most of what stands between
-``publish()`` and the socket (at 200 events/s, 0.08 ms of the p50 and 0.1 ms
-of the p99 of dispatch-to-receive latency; see docs/benchmarks.md).  This
-keeps one connection, made by the pool's own factory (same address, TLS,
-credentials, database, timeouts and client name), and writes each batch of
-``PUBLISH`` commands to it in one send, then reads their replies.
+``publish()`` and the socket (at 200 events/s, about 0.1 ms of the
+dispatch-to-receive latency; see docs/benchmarks.md).  This keeps one
+connection, made by the pool's own factory (same address, TLS, credentials,
+database, timeouts and client name), and writes each batch of ``PUBLISH``
+commands to it in one send, then reads their replies.
 
 It serves one publisher at a time: while it is busy, the adapter publishes
 through the pool as before, so concurrent publishers never wait for each
 other.  It behaves as the pooled client does: a connection error or timeout
 (a connection the server closed while it was idle included) is retried once
-on a fresh connection.  Any other failure, and a cancellation
-before every reply is read, closes the connection (replies left unread would
-be taken for the next command's); the next publish opens a fresh one.  Sentinel URLs do not use it: the pool
-follows the master there.
+on a fresh connection.  Any other failure, and a cancellation before every
+reply is read, closes the connection (replies left unread would be taken for
+the next command's); the next publish opens a fresh one.  Sentinel URLs do not
+use it: the pool follows the master there.
 """
 
 from __future__ import annotations
