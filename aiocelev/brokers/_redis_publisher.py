@@ -51,38 +51,29 @@ class PublishConnection:
 
         The caller checks :attr:`busy` first.  As the pooled client does, a
         connection error or timeout (a connection the server closed while it
-        was idle included) is retried once on a fresh connection.  Raises what redis-py raises (the caller
-        translates it): a connection error, a timeout, or the first error
-        reply (``NOPERM``...).
+        was idle included) is retried once on a fresh connection.  Raises what
+        redis-py raises (the caller translates it): a connection error, a
+        timeout, or the first error reply (``NOPERM``...).
         """
         self.busy = True
-        done = False
         try:
-            for attempt in (1, 2):
-                try:
-                    await self._publish_once(commands)
-                except _RETRIED:
-                    await self.aclose()
-                    if attempt == 2:
-                        raise
-                else:
-                    done = True
-                    return
+            try:
+                await self._publish_once(commands)
+            except _RETRIED:
+                await self.aclose()
+                await self._publish_once(commands)
+        except BaseException:
+            await self.aclose()
+            raise
         finally:
             self.busy = False
-            if not done:
-                await self.aclose()
 
     async def _publish_once(self, commands: Sequence[tuple[str, bytes]]) -> None:
         conn = self._conn
         if conn is None:
             conn = self._link.ensure_pool().make_connection()  # type: ignore[no-untyped-call]
             self._conn = conn
-        if len(commands) == 1:
-            channel, payload = commands[0]
-            packed = conn.pack_command("PUBLISH", channel, payload)
-        else:
-            packed = conn.pack_commands([("PUBLISH", ch, data) for ch, data in commands])
+        packed = conn.pack_commands([("PUBLISH", channel, data) for channel, data in commands])
         # connects first if needed (the handshake: AUTH, SELECT, CLIENT SETNAME...)
         await conn.send_packed_command(packed, check_health=False)
         for _ in range(len(commands)):

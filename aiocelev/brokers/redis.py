@@ -146,27 +146,18 @@ class RedisBroker:
         link.check_available(now)
         channels = self._channels
         exchange = channels.exchange
+        commands = [
+            (channels.channel_for(m.routing_key), encode_envelope(m, exchange)) for m in messages
+        ]
         try:
             publisher = self._publisher
             if publisher is not None and not publisher.busy:
-                await publisher.publish(
-                    [
-                        (channels.channel_for(m.routing_key), encode_envelope(m, exchange))
-                        for m in messages
-                    ]
-                )
-                link.mark_up()
-                return
-            await link.follow_master(now)
-            if len(messages) == 1:
-                m = messages[0]
-                await client.publish(
-                    channels.channel_for(m.routing_key), encode_envelope(m, exchange)
-                )
+                await publisher.publish(commands)
             else:
+                await link.follow_master(now)
                 pipe = client.pipeline(transaction=False)
-                for m in messages:
-                    pipe.publish(channels.channel_for(m.routing_key), encode_envelope(m, exchange))
+                for channel, payload in commands:
+                    pipe.publish(channel, payload)
                 await pipe.execute()
         except CONNECTION_ERRORS as exc:
             link.mark_down(exc)

@@ -14,11 +14,9 @@ from aiocelev import OutgoingMessage, PublishError
 from aiocelev._codec import decode_message, encode_event
 from aiocelev.brokers.redis import RedisBroker, from_url
 
+from .test_redis import _kill_clients, _prefix
+
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
-
-
-def _prefix() -> str:
-    return f"aiocelev-test-{uuid.uuid4().hex[:12]}:"
 
 
 def _event(sender: str, n: int) -> OutgoingMessage:
@@ -28,12 +26,12 @@ def _event(sender: str, n: int) -> OutgoingMessage:
     return OutgoingMessage(routing_key="worker.heartbeat", body=body)
 
 
-async def _clients(url: str, name: str) -> list[dict[str, Any]]:
-    admin = aioredis.Redis.from_url(url, protocol=2)
-    try:
-        return [c for c in await admin.client_list() if c.get("name") == name]
-    finally:
-        await admin.aclose()
+async def _subscribed_and_warm(pub: RedisBroker, con: RedisBroker) -> Any:
+    """A subscription of *con*, with *pub*'s publishing connection open (one event through)."""
+    sub = await con.subscribe(["#"])
+    await pub.publish([_event("warm", 0)])
+    decode_message(await sub.__anext__())
+    return sub
 
 
 @pytest.fixture
@@ -72,13 +70,11 @@ async def test_concurrent_publishers_lose_nothing_and_keep_their_order(
 
 
 async def test_a_cancelled_publish_leaves_no_connection_behind(
-    pair: tuple[RedisBroker, RedisBroker, str], redis_url: str
+    pair: tuple[RedisBroker, RedisBroker, str],
 ) -> None:
-    pub, con, name = pair
-    sub = await con.subscribe(["#"])
-    await pub.publish([_event("warm", 0)])
-    decode_message(await sub.__anext__())
-    assert len(await _clients(redis_url, name)) >= 1
+    pub, con, _ = pair
+    sub = await _subscribed_and_warm(pub, con)
+    assert pub._publisher is not None and pub._publisher._conn is not None
     cancelled = 0
     for attempt in range(50):
         # cancelled at some point of the write or of reading the replies
@@ -103,15 +99,8 @@ async def test_an_idle_publishing_connection_killed_by_the_server_is_replaced(
     pair: tuple[RedisBroker, RedisBroker, str], redis_url: str
 ) -> None:
     pub, con, name = pair
-    sub = await con.subscribe(["#"])
-    await pub.publish([_event("before", 0)])
-    decode_message(await sub.__anext__())
-    admin = aioredis.Redis.from_url(redis_url, protocol=2)
-    try:
-        for client in await _clients(redis_url, name):
-            await admin.execute_command("CLIENT", "KILL", "ID", client["id"])
-    finally:
-        await admin.aclose()
+    sub = await _subscribed_and_warm(pub, con)
+    assert await _kill_clients(redis_url, name) >= 1
     for n in range(3):  # no error: the dead connection is replaced (or the write retried)
         await pub.publish([_event("after", n)])
     with anyio.fail_after(10):
